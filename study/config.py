@@ -1,0 +1,393 @@
+"""YAML study → validated settings → grid expansion → frozen RunSpecs."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+FULL_BUDGET = "full"
+Scalar = bool | int | float | str | None
+
+
+class StudyError(ValueError):
+    """Bad study input: the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamNoiseSettings(_Strict):
+    """Parameter-space noise (DESIGN.md §3)."""
+
+    interval: PositiveInt | Literal["episode"] = "episode"
+    adaptive: bool = True
+    initial_sigma: PositiveFloat = 0.2
+    target_distance: PositiveFloat = 0.2
+    adapt_every: PositiveInt = 100
+    alpha: float = Field(1.01, gt=1.0)
+    follow_learner: bool = False
+
+
+class ActionNoiseSettings(_Strict):
+    """Action-space noise, in the normalized [-1, 1] action space."""
+
+    type: Literal["none", "normal", "ou"] = "none"
+    sigma: NonNegativeFloat = 0.1
+    theta: PositiveFloat = 0.15
+
+
+class ExplorationSettings(_Strict):
+    param_noise: ParamNoiseSettings | None = None
+    action_noise: ActionNoiseSettings = ActionNoiseSettings()
+
+
+class EvalSettings(_Strict):
+    freq: PositiveInt = 10_000
+    episodes: PositiveInt = 10
+
+
+TrainFreq = PositiveInt | Literal["episode"] | tuple[PositiveInt, Literal["step", "episode"]]
+
+
+class Hyperparams(_Strict):
+    """SB3 constructor arguments; unset ones keep SB3's defaults."""
+
+    learning_rate: PositiveFloat | None = None
+    buffer_size: PositiveInt | None = None
+    learning_starts: int | None = Field(None, ge=0)
+    batch_size: PositiveInt | None = None
+    tau: float | None = Field(None, gt=0, le=1)
+    gamma: float | None = Field(None, gt=0, le=1)
+    train_freq: TrainFreq | None = None
+    gradient_steps: int | None = Field(None, ge=-1)
+    policy_delay: PositiveInt | None = None
+    target_policy_noise: NonNegativeFloat | None = None
+    target_noise_clip: NonNegativeFloat | None = None
+
+    def sb3_kwargs(self) -> dict[str, Any]:
+        """The set hyperparameters, as SB3 expects them."""
+        kwargs = self.model_dump(exclude_none=True)
+        if kwargs.get("train_freq") == "episode":
+            kwargs["train_freq"] = (1, "episode")
+        if kwargs.get("train_freq") == (1, "episode") and "gradient_steps" not in kwargs:
+            kwargs["gradient_steps"] = -1  # as many gradient steps as environment steps
+        return kwargs
+
+
+class Resources(_Strict):
+    cpus: PositiveInt = 1
+    gpus: NonNegativeFloat = 0
+
+
+class _SharedSettings(_Strict):
+    """Settings shared by a study file and each of its runs."""
+
+    algo: str
+    total_steps: PositiveInt
+    eval: EvalSettings = EvalSettings()
+    hyperparams: Hyperparams = Hyperparams()
+    net_arch: list[PositiveInt] = Field(default_factory=lambda: [400, 300], min_length=1)
+    activation: Literal["relu", "tanh"] = "relu"
+    layer_norm: bool = False
+    exploration: ExplorationSettings = ExplorationSettings()
+    resources: Resources = Resources()
+
+    @field_validator("algo")
+    @classmethod
+    def _known_algo(cls, name: str) -> str:
+        from study.algos import ALGOS
+
+        if name not in ALGOS:
+            raise ValueError(f"unknown algorithm {name!r} (known: {', '.join(sorted(ALGOS))})")
+        return name
+
+    @model_validator(mode="after")
+    def _hyperparams_fit_algo(self) -> _SharedSettings:
+        from study.algos import ALGOS
+
+        accepted = ALGOS[self.algo].hyperparams()
+        for key in self.hyperparams.model_dump(exclude_none=True):
+            if key not in accepted:
+                raise ValueError(f"hyperparams.{key}: not a hyperparameter of {self.algo}")
+        return self
+
+
+def _check_env_id(env_id: str) -> str:
+    import gymnasium as gym
+
+    import study.envs  # noqa: F401  (registers the project's envs)
+
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown environment id {env_id!r} (not registered with gymnasium)")
+    return env_id
+
+
+class RunSettings(_SharedSettings):
+    """Everything that determines one run, but the seed."""
+
+    env: str
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, env_id: str) -> str:
+        return _check_env_id(env_id)
+
+
+class StudyFile(_SharedSettings):
+    """The schema of a study YAML file (after the chosen budget is applied)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    envs: list[str] = Field(min_length=1)
+    seeds: PositiveInt | list[int] = 1
+    budgets: dict[str, PositiveInt | dict[str, Any]]
+    env_overrides: dict[str, dict[str, Any]] = {}
+    grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = {}
+
+    @field_validator("envs")
+    @classmethod
+    def _known_envs(cls, envs: list[str]) -> list[str]:
+        return [_check_env_id(e) for e in envs]
+
+    @field_validator("budgets")
+    @classmethod
+    def _has_full(cls, budgets: dict[str, Any]) -> dict[str, Any]:
+        if FULL_BUDGET not in budgets:
+            raise ValueError(f"must name the study's {FULL_BUDGET!r} budget")
+        return budgets
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_levels(cls, grid: dict[str, Any]) -> dict[str, Any]:
+        for factor, levels in grid.items():
+            if len(levels) == 0:
+                raise ValueError(f"factor {factor!r} has no levels")
+        return grid
+
+    @model_validator(mode="after")
+    def _overrides_name_envs(self) -> StudyFile:
+        for env in self.env_overrides:
+            if env not in self.envs:
+                raise ValueError(f"env_overrides.{env}: not one of envs")
+        return self
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+class RunSpec(_Strict):
+    """One run of a study: frozen, hashable, picklable."""
+
+    study: str
+    budget: str
+    seed: int
+    factors: dict[str, str] = {}
+    settings: RunSettings
+
+    @property
+    def env(self) -> str:
+        return self.settings.env
+
+    @property
+    def spec_hash(self) -> str:
+        """Short hash of everything that determines the run's results."""
+        payload = json.dumps(
+            {"settings": self.settings.model_dump(mode="json"), "seed": self.seed},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:8]
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.settings.env.replace("/", "-")]
+        parts += [f"{name}={label}" for name, label in self.factors.items()]
+        parts += [f"s{self.seed}", self.spec_hash]
+        return re.sub(r"[^A-Za-z0-9_.=+-]", "-", "_".join(parts))
+
+
+class Study(BaseModel):
+    """A validated study: its file, the budget in force and the expanded grid."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    budget: str
+    file: StudyFile
+    factor_levels: dict[str, list[str]]
+    runs: list[RunSpec]
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+
+# ---------------------------------------------------------------------------
+# Overrides on plain dicts, keyed by dotted paths
+
+
+def set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict; mappings merge into mappings."""
+    *parents, leaf = dotted.split(".")
+    node = doc
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        for key, sub in value.items():
+            set_path(node[leaf], key, sub)
+    else:
+        node[leaf] = copy.deepcopy(value)
+
+
+def apply_overrides(doc: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    for key, value in overrides.items():
+        set_path(out, str(key), value)
+    return out
+
+
+def level_label(value: Any) -> str:
+    """A factor level as the YAML writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _factor_levels(grid: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Factor column name → [(level label, overrides)], in YAML order."""
+    short = [name.rsplit(".", 1)[-1] for name in grid]
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for (name, levels), column in zip(grid.items(), short, strict=True):
+        column = column if short.count(column) == 1 else name
+        if isinstance(levels, list):
+            out[column] = [(level_label(v), {name: v}) for v in levels]
+        else:
+            out[column] = [(str(label), dict(over)) for label, over in levels.items()]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def _format_errors(err: ValidationError, where: str = "") -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        # pydantic reports union members as extra loc parts; keep the user's key path
+        loc = re.sub(r"\.(int|str|bool|float|tuple\[[^\]]*\]|literal\[[^\]]*\]|constrained-[a-z]+)", "", loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        key = ".".join(p for p in (where, loc) if p)
+        lines.append(f"{key}: {msg}" if key else msg)
+    return list(dict.fromkeys(lines))
+
+
+def _fail(path: Path, lines: list[str]) -> StudyError:
+    return StudyError("\n".join(f"{path}: {line}" for line in lines))
+
+
+def load_study(path: str | Path, budget: str = FULL_BUDGET, steps: int | None = None) -> Study:
+    """Read, validate and expand a study file; raises StudyError on any bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: a study must be a YAML mapping")
+
+    budgets = raw.get("budgets")
+    if isinstance(budgets, dict) and budget not in budgets:
+        raise StudyError(f"{path}: budgets: no budget named {budget!r} (have: {', '.join(map(str, budgets))})")
+    if isinstance(budgets, dict):
+        overlay = budgets[budget]
+        overlay = {"total_steps": overlay} if isinstance(overlay, int) else overlay
+        if not isinstance(overlay, dict):
+            raise StudyError(f"{path}: budgets.{budget}: must be a step count or a mapping of settings")
+        if {"budgets", "grid", "name"} & set(overlay):
+            raise StudyError(f"{path}: budgets.{budget}: may not set name, budgets or grid")
+        raw = apply_overrides(raw, overlay)
+    if steps is not None:
+        raw["total_steps"] = steps
+
+    try:
+        file = StudyFile.model_validate(raw)
+    except ValidationError as err:
+        raise _fail(path, _format_errors(err)) from None
+
+    shared = {k: v for k, v in raw.items() if k in _SharedSettings.model_fields}
+    levels = _factor_levels(file.grid)
+    errors: list[str] = []
+    # every level on its own, so that an error names the grid key that caused it
+    for (column, column_levels), grid_key in zip(levels.items(), file.grid, strict=True):
+        for i, (label, over) in enumerate(column_levels):
+            doc = apply_overrides(shared, over) | {"env": file.envs[0]}
+            try:
+                RunSettings.model_validate(doc)
+            except ValidationError as err:
+                where = f"grid.{grid_key}[{i}]" if isinstance(file.grid[grid_key], list) else f"grid.{grid_key}.{label}"
+                errors += _format_errors(err, where)
+    if errors:
+        raise _fail(path, errors)
+
+    runs: list[RunSpec] = []
+    for env in file.envs:
+        base = apply_overrides(shared, file.env_overrides.get(env, {})) | {"env": env}
+        for combo in itertools.product(*levels.values()):
+            doc = base
+            for _, over in combo:
+                doc = apply_overrides(doc, over)
+            try:
+                settings = RunSettings.model_validate(doc)
+            except ValidationError as err:
+                where = "env_overrides." + env if env in file.env_overrides else ""
+                raise _fail(path, _format_errors(err, where)) from None
+            factors = {col: label for col, (label, _) in zip(levels, combo, strict=True)}
+            for seed in file.seed_list():
+                runs.append(
+                    RunSpec(
+                        study=file.name,
+                        budget=budget,
+                        seed=seed,
+                        factors=factors,
+                        settings=settings,
+                    )
+                )
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise StudyError(f"{path}: grid: two grid cells give the same run (repeated levels?)")
+    return Study(
+        path=path,
+        budget=budget,
+        file=file,
+        factor_levels={col: [label for label, _ in lv] for col, lv in levels.items()},
+        runs=runs,
+    )

@@ -1,0 +1,1 @@
+"""The project's own environments, registered with gymnasium on import."""

@@ -1,0 +1,140 @@
+"""Parameter-space noise as an SB3 callback: resampling schedule and σ adaptation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+
+from study.exploration.perturb import Perturbation
+
+
+def derived_seed(seed: int, stream: str) -> int:
+    """A seed for a named random stream, independent of the run's other streams."""
+    entropy = [seed, *stream.encode()]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class ParamNoiseCallback(BaseCallback):
+    """Explore with θ̃ = θ + ε, resampled at every episode start and every `interval` steps.
+
+    Requires a policy with a perturbed copy of its acting network (see `study.policies`).
+    With `adaptive`, every `adapt_every` steps (once the replay buffer holds a batch) a
+    second copy is perturbed with the current σ, its distance d to the unperturbed network
+    is measured on replay states, and σ ← σ/α if d > δ else σ·α.
+
+    :param interval: "episode", or k: also resample every k environment steps
+    :param adaptive: adapt σ towards `target_distance`
+    :param initial_sigma: σ₀
+    :param target_distance: δ
+    :param adapt_every: adaptation period, in environment steps
+    :param alpha: adaptation factor
+    :param follow_learner: keep ε fixed but re-apply it to the learner's θ after training
+    :param seed: seed of the noise's own random streams
+    """
+
+    def __init__(
+        self,
+        interval: int | Literal["episode"] = "episode",
+        adaptive: bool = True,
+        initial_sigma: float = 0.2,
+        target_distance: float = 0.2,
+        adapt_every: int = 100,
+        alpha: float = 1.01,
+        follow_learner: bool = False,
+        seed: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if interval != "episode" and (not isinstance(interval, int) or interval <= 0):
+            raise ValueError(f"interval must be 'episode' or a positive integer, got {interval!r}")
+        self.interval = interval
+        self.adaptive = adaptive
+        self.sigma = initial_sigma
+        self.target_distance = target_distance
+        self.adapt_every = adapt_every
+        self.alpha = alpha
+        self.follow_learner = follow_learner
+        self.seed = seed
+        self.adaptations: list[dict[str, float]] = []
+        self.resamples = 0
+        self._steps_in_episode = 0
+        self._acting: Perturbation | None = None
+
+    def _init_callback(self) -> None:
+        policy = self.model.policy
+        if not hasattr(policy, "perturbed_net"):
+            raise TypeError(f"{type(policy).__name__} has no perturbed copy: use a policy from study.policies")
+        if self.model.n_envs != 1:
+            raise ValueError("parameter noise supports a single training environment")
+        if not isinstance(self.model.replay_buffer, ReplayBuffer) or isinstance(
+            self.model.replay_buffer.observations, dict
+        ):
+            raise TypeError("parameter noise needs a replay buffer of array observations")
+        if self._acting is None or self._acting.source is not policy.acting_net:
+            seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+            self._generator = th.Generator(device=policy.device)
+            self._generator.manual_seed(derived_seed(seed, "perturbation"))
+            self._rng = np.random.default_rng(derived_seed(seed, "adaptation-states"))
+            self._acting = Perturbation(policy.acting_net, policy.perturbed_net)
+            self._adaptive = Perturbation(policy.acting_net, policy.adaptive_net)
+
+    def _on_training_start(self) -> None:
+        self.model.policy.explore_perturbed = True
+        if self.model.num_timesteps == 0:  # the environment was just reset
+            self._steps_in_episode = 0
+            self.resample()
+
+    def _on_training_end(self) -> None:
+        self.model.policy.explore_perturbed = False
+
+    def _on_rollout_start(self) -> None:
+        if self.follow_learner:
+            self._acting.apply()
+
+    def _on_step(self) -> bool:
+        self._steps_in_episode += 1
+        if self.locals["dones"][0]:
+            self._steps_in_episode = 0
+            self.resample()
+        elif self.interval != "episode" and self._steps_in_episode % self.interval == 0:
+            self.resample()
+        if (
+            self.adaptive
+            and self.num_timesteps % self.adapt_every == 0
+            and self.model.replay_buffer.size() >= self.model.batch_size
+        ):
+            self.adapt()
+        return True
+
+    def resample(self) -> None:
+        """Draw a new ε and set the acting copy to θ + ε with the current θ."""
+        self._acting.sample(self.sigma, self._generator)
+        self.resamples += 1
+
+    def adapt(self) -> None:
+        """Measure d with a fresh perturbation of the adaptive copy and update σ."""
+        obs = self._replay_states()
+        self._adaptive.sample(self.sigma, self._generator)
+        distance = self.distance(obs)
+        self.adaptations.append({"step": self.num_timesteps, "sigma": self.sigma, "distance": distance})
+        self.logger.record("param_noise/distance", distance)
+        self.sigma = self.sigma / self.alpha if distance > self.target_distance else self.sigma * self.alpha
+        self.logger.record("param_noise/sigma", self.sigma)
+
+    def distance(self, obs: th.Tensor) -> float:
+        """d between the unperturbed and the adaptive copy on `obs`."""
+        return self.model.policy.perturbation_distance(obs)
+
+    def _replay_states(self) -> th.Tensor:
+        """A batch of states from the replay buffer, drawn with the noise's own RNG."""
+        buffer = self.model.replay_buffer
+        idx = self._rng.integers(0, buffer.size(), size=self.model.batch_size)
+        obs = buffer.observations[idx, 0]
+        vec_normalize = self.model.get_vec_normalize_env()
+        if vec_normalize is not None:
+            obs = vec_normalize.normalize_obs(obs)
+        return self.model.policy.obs_to_tensor(obs)[0]

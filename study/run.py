@@ -1,0 +1,101 @@
+"""One run: seed, train, evaluate, record. Returns a RunResult; touches no results folder."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import gymnasium as gym
+import pandas as pd
+import torch as th
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.utils import set_random_seed
+
+from study import algos, provenance
+from study.config import RunSpec
+from study.exploration.param_noise import ParamNoiseCallback, derived_seed
+from study.recording import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, EpisodeRecorder, Evaluator
+
+
+def table(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
+    """Rows as a DataFrame with fixed columns and dtypes (also when empty)."""
+    return pd.DataFrame(rows, columns=list(columns)).astype(columns)
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced, to be written by the driver."""
+
+    spec: RunSpec
+    status: Literal["done", "failed"]
+    meta: dict[str, Any]
+    episodes: pd.DataFrame = field(default_factory=lambda: table([], EPISODE_COLUMNS))
+    evaluations: pd.DataFrame = field(default_factory=lambda: table([], EVALUATION_COLUMNS))
+    adaptations: pd.DataFrame = field(default_factory=lambda: table([], ADAPTATION_COLUMNS))
+    error: str | None = None
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"episodes": self.episodes, "evaluations": self.evaluations, "adaptations": self.adaptations}
+
+    @property
+    def final_return(self) -> float:
+        return float(self.evaluations["return_mean"].iloc[-1]) if len(self.evaluations) else float("nan")
+
+
+def execute(spec: RunSpec, cpus: int | None = None) -> RunResult:
+    """Train and evaluate one run; exceptions become a failed RunResult with the traceback."""
+    cpus = cpus or spec.settings.resources.cpus
+    th.set_num_threads(cpus)
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    recorder = evaluator = noise = None
+    envs: list[gym.Env] = []
+    status, error = "done", None
+    try:
+        set_random_seed(spec.seed)
+        envs = [gym.make(spec.env), gym.make(spec.env)]
+        model, callbacks = algos.build(spec.settings, envs[0], spec.seed)
+        noise = next((cb for cb in callbacks if isinstance(cb, ParamNoiseCallback)), None)
+        recorder = EpisodeRecorder(sigma=(lambda: noise.sigma) if noise else None)
+        evaluator = Evaluator(
+            envs[1], spec.settings.eval.freq, spec.settings.eval.episodes, seed=derived_seed(spec.seed, "eval-env")
+        )
+        model.learn(spec.settings.total_steps, callback=CallbackList([*callbacks, recorder, evaluator]))
+        steps = model.num_timesteps
+    except Exception:
+        status, error, steps = "failed", traceback.format_exc(), 0
+    finally:
+        for env in envs:
+            env.close()
+    wall = time.perf_counter() - clock
+    meta = {
+        "run_id": spec.run_id,
+        "study": spec.study,
+        "budget": spec.budget,
+        "env": spec.env,
+        "seed": spec.seed,
+        "factors": dict(spec.factors),
+        "status": status,
+        "started": started.isoformat(),
+        "ended": datetime.now(UTC).isoformat(),
+        "wall_time_s": wall,
+        "steps": steps,
+        "steps_per_s": steps / wall if wall > 0 else None,
+        "cpus": cpus,
+        "torch_threads": th.get_num_threads(),
+        "versions": provenance.package_versions(),
+        "code": provenance.code_version(),
+        "host": provenance.host(),
+    }
+    result = RunResult(spec=spec, status=status, meta=meta, error=error)
+    if recorder is not None:
+        result.episodes = table(recorder.rows, EPISODE_COLUMNS)
+    if evaluator is not None:
+        result.evaluations = table(evaluator.rows, EVALUATION_COLUMNS)
+    if noise is not None:
+        result.adaptations = table(noise.adaptations, ADAPTATION_COLUMNS)
+    result.meta["final_return"] = result.final_return
+    return result
