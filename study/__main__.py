@@ -32,27 +32,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def _grid_table(study, results: Path) -> Table:
     table = Table(title=f"{study.name} · budget {study.budget} · {len(study.runs)} runs")
-    for column in ["run_id", "env", *study.factor_levels, "seed", "steps", "status"]:
+    for column in ["env", *study.factor_levels, "seed", "steps", "id", "status"]:
         table.add_column(column)
     for spec in study.runs:
-        status = run_status(results, spec)
         table.add_row(
-            spec.run_id,
             spec.env,
             *spec.factors.values(),
             str(spec.seed),
             str(spec.settings.total_steps),
-            status,
+            spec.spec_hash,
+            run_status(results, spec),
         )
     return table
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    study = load_study(args.study, budget=args.budget, steps=args.steps)
     if args.steps is not None and args.steps <= 0:
         raise StudyError(f"--steps: must be a positive integer (got {args.steps})")
     if args.workers < 1:
         raise StudyError(f"--workers: must be at least 1 (got {args.workers})")
+    study = load_study(args.study, budget=args.budget, steps=args.steps)
     if args.dry_run:
         console.print(_grid_table(study, args.results))
         return 0
@@ -61,7 +60,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         meta = result.meta
         line = f"[{index}/{total}] {result.status:6} {result.spec.run_id}"
         if result.status == "done":
-            line += f"  return {result.final_return:.1f}  {meta['steps_per_s']:.0f} steps/s  {meta['wall_time_s']:.0f} s"
+            line += (
+                f"  return {result.final_return:.1f}  {meta['steps_per_s']:.0f} steps/s  {meta['wall_time_s']:.0f} s"
+            )
         console.print(line, highlight=False)
 
     summary = run_study(study, args.results, workers=args.workers, on_result=report)
@@ -77,7 +78,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console()
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     try:
         return {"run": cmd_run}[args.command](args, console)
     except StudyError as err:

@@ -38,13 +38,20 @@ class _Strict(BaseModel):
 class ParamNoiseSettings(_Strict):
     """Parameter-space noise (DESIGN.md §3)."""
 
-    interval: PositiveInt | Literal["episode"] = "episode"
+    interval: int | Literal["episode"] = "episode"
     adaptive: bool = True
     initial_sigma: PositiveFloat = 0.2
     target_distance: PositiveFloat = 0.2
     adapt_every: PositiveInt = 100
     alpha: float = Field(1.01, gt=1.0)
     follow_learner: bool = False
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _k_or_episode(cls, value: Any) -> Any:
+        if value == "episode" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError("must be a positive integer k or 'episode'")
 
 
 class ActionNoiseSettings(_Strict):
@@ -294,18 +301,24 @@ def _factor_levels(grid: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, 
 # Loading
 
 
+_TYPE_TAG = re.compile(r"(int|str|bool|float|constrained-\w+|(literal|tuple|list|dict|function-\w+)\[.*\])")
+
+
 def _format_errors(err: ValidationError, where: str = "") -> list[str]:
-    lines = []
+    """One line per offending key: `key: message (got value)`; union alternatives joined."""
+    by_key: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        # pydantic reports union members as extra loc parts; keep the user's key path
-        loc = re.sub(r"\.(int|str|bool|float|tuple\[[^\]]*\]|literal\[[^\]]*\]|constrained-[a-z]+)", "", loc)
-        msg = e["msg"].removeprefix("Value error, ")
-        if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
-            msg += f" (got {e['input']!r})"
-        key = ".".join(p for p in (where, loc) if p)
-        lines.append(f"{key}: {msg}" if key else msg)
-    return list(dict.fromkeys(lines))
+        # pydantic adds union members and validators to the location; keep the user's key path
+        loc = ".".join(str(p) for p in e["loc"] if not _TYPE_TAG.fullmatch(str(p)))
+        by_key.setdefault(loc, []).append(e["msg"].removeprefix("Value error, "))
+        if e["type"] != "missing" and not isinstance(e["input"], dict):
+            got[loc] = f" (got {e['input']!r})"
+    lines = []
+    for loc, msgs in by_key.items():
+        text = ", or ".join(dict.fromkeys(msgs)) + got.get(loc, "")
+        lines.append(": ".join(p for p in (where, loc, text) if p))
+    return lines
 
 
 def _fail(path: Path, lines: list[str]) -> StudyError:
@@ -347,7 +360,7 @@ def load_study(path: str | Path, budget: str = FULL_BUDGET, steps: int | None = 
     levels = _factor_levels(file.grid)
     errors: list[str] = []
     # every level on its own, so that an error names the grid key that caused it
-    for (column, column_levels), grid_key in zip(levels.items(), file.grid, strict=True):
+    for column_levels, grid_key in zip(levels.values(), file.grid, strict=True):
         for i, (label, over) in enumerate(column_levels):
             doc = apply_overrides(shared, over) | {"env": file.envs[0]}
             try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch as th
+from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.td3.policies import Actor, TD3Policy
-from stable_baselines3.common.policies import ContinuousCritic
 from torch import nn
 
 from study.exploration.distances import rms_action_distance

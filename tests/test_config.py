@@ -1,0 +1,145 @@
+"""Study files: grid expansion, budgets, run ids, and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from study.__main__ import main
+from study.config import StudyError, load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_grid_is_the_product_of_factors_envs_and_seeds(write_study) -> None:
+    path = write_study(
+        {
+            "envs": ["Pendulum-v1", "MountainCarContinuous-v0"],
+            "seeds": [3, 4, 5],
+            "grid": {"exploration.param_noise.interval": [1, 8, "episode"], "layer_norm": [True, False]},
+        }
+    )
+    study = load_study(path)
+    assert len(study.runs) == 2 * 3 * 2 * 3
+    assert study.factor_levels == {"interval": ["1", "8", "episode"], "layer_norm": ["true", "false"]}
+    run = study.runs[0]
+    assert run.settings.exploration.param_noise.interval == 1 and run.settings.layer_norm is True
+    assert run.run_id.startswith("Pendulum-v1_interval=1_layer_norm=true_s3_")
+    assert len({r.run_id for r in study.runs}) == len(study.runs)
+
+
+def test_run_ids_are_stable_and_follow_the_spec(write_study) -> None:
+    first = [r.run_id for r in load_study(write_study()).runs]
+    assert first == [r.run_id for r in load_study(write_study()).runs]
+    changed = load_study(write_study({"hyperparams.gamma": 0.9})).runs
+    assert changed[0].run_id != first[0]
+    assert changed[0].run_id.rsplit("_", 1)[0] == first[0].rsplit("_", 1)[0]
+
+
+def test_named_levels_set_several_keys(write_study) -> None:
+    path = write_study(
+        {
+            "grid": {
+                "noise": {
+                    "param": {"exploration.param_noise.interval": 4},
+                    "action": {"exploration.param_noise": None, "exploration.action_noise": {"type": "normal"}},
+                }
+            }
+        }
+    )
+    runs = load_study(path).runs
+    assert [r.factors["noise"] for r in runs] == ["param", "action"]
+    assert runs[1].settings.exploration.param_noise is None
+    assert runs[1].settings.exploration.action_noise.type == "normal"
+
+
+def test_budgets_and_steps_override(write_study) -> None:
+    path = write_study({"budgets": {"full": 1000, "small": {"total_steps": 50, "seeds": 2, "eval.freq": 25}}})
+    assert load_study(path).runs[0].settings.total_steps == 1000
+    small = load_study(path, budget="small")
+    assert [r.settings.total_steps for r in small.runs] == [50, 50]
+    assert small.runs[0].settings.eval.freq == 25
+    assert load_study(path, budget="small", steps=7).runs[0].settings.total_steps == 7
+
+
+def test_env_overrides(write_study) -> None:
+    path = write_study(
+        {
+            "envs": ["Pendulum-v1", "MountainCarContinuous-v0"],
+            "env_overrides": {"Pendulum-v1": {"hyperparams.gamma": 0.9}},
+        }
+    )
+    runs = load_study(path).runs
+    assert [r.settings.hyperparams.gamma for r in runs] == [0.9, None]
+
+
+@pytest.mark.parametrize("name", ["smoke", "sampling_interval", "layer_norm", "adaptation"])
+def test_shipped_studies_are_valid(name: str) -> None:
+    study = load_study(ROOT / "ablations" / f"{name}.yaml")
+    assert study.runs
+    for budget in study.file.budgets:
+        assert load_study(ROOT / "ablations" / f"{name}.yaml", budget=budget).runs
+
+
+BAD = [
+    ({"algo": "td4"}, "algo: unknown algorithm 'td4'"),
+    ({"envs": ["NoSuchEnv-v0"]}, "envs: unknown environment id 'NoSuchEnv-v0'"),
+    ({"totl_steps": 5}, "totl_steps: Extra inputs are not permitted"),
+    ({"exploration.param_noise.intervall": 5}, "exploration.param_noise.intervall: Extra inputs"),
+    ({"exploration.param_noise.interval": 0}, "exploration.param_noise.interval: must be a positive integer k"),
+    ({"exploration.param_noise.interval": -2}, "exploration.param_noise.interval: must be a positive integer k"),
+    ({"grid": {"exploration.param_noise.interval": [4, 0]}}, "grid.exploration.param_noise.interval[1]"),
+    ({"grid": {"layer_norm": ["maybe"]}}, "grid.layer_norm[0]: layer_norm"),
+    ({"grid": {"layer_norm": []}}, "grid: Value error, factor 'layer_norm' has no levels"),
+    ({"budgets.full": "lots"}, "budgets.full"),
+    ({"budgets.full": {"total_steps": 0}}, "total_steps: Input should be greater than 0 (got 0)"),
+    ({"seeds": -1}, "seeds"),
+    ({"hyperparams.learning_rat": 1e-3}, "hyperparams.learning_rat: Extra inputs"),
+    ({"algo": "ddpg", "hyperparams.policy_delay": 2}, "hyperparams.policy_delay: not a hyperparameter of ddpg"),
+    ({"exploration.action_noise.type": "pink"}, "exploration.action_noise.type"),
+    ({"env_overrides": {"Hopper-v5": {}}}, "env_overrides.Hopper-v5: not one of envs"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_input_exits_2_naming_file_and_key(write_study, tmp_path, capsys, overrides, message) -> None:
+    path = write_study(overrides)
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err
+    assert message.replace("Value error, ", "") in err
+    assert not results.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "argv", "message"),
+    [
+        ("name: [unclosed", [], "not valid YAML"),
+        ("name: x\nbudgets: {short: 5}\n", [], "budgets: no budget named 'full' (have: short)"),
+        ("- just\n- a list\n", [], "must be a YAML mapping"),
+        (None, ["--budget", "huge"], "budgets: no budget named 'huge' (have: full)"),
+        (None, ["--steps", "0"], "--steps: must be a positive integer"),
+        (None, ["--workers", "0"], "--workers: must be at least 1"),
+    ],
+)
+def test_bad_files_and_options(write_study, tmp_path, capsys, text, argv, message) -> None:
+    path = write_study(text=text)
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert str(path) in err or message.startswith("--")
+    assert not results.exists()
+
+
+def test_missing_file(tmp_path, capsys) -> None:
+    assert main(["run", str(tmp_path / "nope.yaml"), "--results", str(tmp_path / "r")]) == 2
+    assert f"{tmp_path / 'nope.yaml'}: file not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_study_error_is_a_value_error(write_study) -> None:
+    with pytest.raises(StudyError):
+        load_study(write_study({"algo": "nope"}))

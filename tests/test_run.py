@@ -1,0 +1,74 @@
+"""One run: seeding, recorded tables, metadata, failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.config import load_study
+from study.run import execute
+
+
+@pytest.fixture
+def spec(write_study):
+    return load_study(write_study({"exploration.param_noise.interval": 5})).runs[0]
+
+
+def test_same_seed_identical_results_other_seed_differs(spec) -> None:
+    a, b = execute(spec), execute(spec)
+    assert a.status == b.status == "done", a.error
+    for name in ("episodes", "evaluations", "adaptations"):
+        pd.testing.assert_frame_equal(a.tables()[name], b.tables()[name])
+    other = execute(spec.model_copy(update={"seed": 1}))
+    assert not np.array_equal(other.evaluations["return_mean"], a.evaluations["return_mean"])
+    assert not np.array_equal(other.episodes["return"], a.episodes["return"])
+
+
+def test_tables_record_what_the_run_did(spec) -> None:
+    result = execute(spec)
+    episodes, evaluations, adaptations = result.episodes, result.evaluations, result.adaptations
+    assert list(evaluations["step"]) == [150, 300]
+    assert (evaluations["length_mean"] == 200).all()
+    assert evaluations["continuity_cost"].between(0, 100).all()
+    assert evaluations["jerk_cost"].between(0, 100).all()
+    # Pendulum episodes last 200 steps; 300 steps complete one
+    assert list(episodes["step"]) == [200] and list(episodes["length"]) == [200]
+    assert episodes["warmup"].tolist() == [True]
+    assert episodes["sigma"].iloc[0] == pytest.approx(0.2)
+    # adapting every 50 steps once the buffer holds a batch of 32
+    assert list(adaptations["step"]) == [50, 100, 150, 200, 250, 300]
+    assert (adaptations["distance"] > 0).all()
+    ratios = adaptations["sigma"].iloc[1:].to_numpy() / adaptations["sigma"].iloc[:-1].to_numpy()
+    assert set(np.round(ratios, 6)) <= {round(1.01, 6), round(1 / 1.01, 6)}
+
+
+def test_metadata(spec) -> None:
+    meta = execute(spec, cpus=1).meta
+    assert meta["status"] == "done" and meta["steps"] == 300
+    assert meta["torch_threads"] == 1
+    assert meta["versions"]["stable-baselines3"] and meta["versions"]["torch"].startswith("2.13.0")
+    assert set(meta["code"]) == {"commit", "dirty"}
+    assert meta["steps_per_s"] > 0 and meta["wall_time_s"] > 0
+    assert meta["final_return"] < 0
+
+
+def test_action_noise_and_ddpg(write_study) -> None:
+    for overrides in (
+        {"algo": "ddpg", "exploration.param_noise": None, "exploration.action_noise": {"type": "ou", "sigma": 0.3}},
+        {"algo": "ddpg", "exploration.action_noise": {"type": "normal", "sigma": 0.1}, "layer_norm": True},
+    ):
+        result = execute(load_study(write_study(overrides)).runs[0])
+        assert result.status == "done", result.error
+        assert len(result.evaluations) == 2
+
+
+def test_a_raising_run_is_a_failed_result(spec, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise FloatingPointError("loss is NaN")
+
+    monkeypatch.setattr("study.algos.build", boom)
+    result = execute(spec)
+    assert result.status == "failed"
+    assert "FloatingPointError: loss is NaN" in result.error
+    assert result.meta["status"] == "failed"
