@@ -169,6 +169,7 @@ class StudyFile(_SharedSettings):
     budgets: dict[str, PositiveInt | dict[str, Any]]
     env_overrides: dict[str, dict[str, Any]] = {}
     grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = {}
+    checkpoint_every: PositiveInt | None = None
 
     @field_validator("envs")
     @classmethod
@@ -209,6 +210,7 @@ class RunSpec(_Strict):
     seed: int
     factors: dict[str, str] = {}
     settings: RunSettings
+    checkpoint_every: PositiveInt | None = None  # steps; does not change the results
 
     @property
     def env(self) -> str:
@@ -392,6 +394,7 @@ def load_study(path: str | Path, budget: str = FULL_BUDGET, steps: int | None = 
                         seed=seed,
                         factors=factors,
                         settings=settings,
+                        checkpoint_every=file.checkpoint_every,
                     )
                 )
     ids = [r.run_id for r in runs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -56,6 +57,12 @@ class EpisodeRecorder(BaseCallback):
         self._actions: list[np.ndarray] = []
         self._return = 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k in ("rows", "_actions", "_return", "_start", "_sigma")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
     def _on_step(self) -> bool:
         if not self._actions:
             self._start = self.num_timesteps - 1
@@ -93,6 +100,12 @@ class Evaluator(BaseCallback):
         self.n_episodes = n_episodes
         self._seed = seed
         self.rows: list[dict[str, float | int]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "seed": self._seed, "eval_env": self.eval_env}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows, self._seed, self.eval_env = list(state["rows"]), state["seed"], state["eval_env"]
 
     def _on_step(self) -> bool:
         if self.num_timesteps % self.eval_freq == 0:

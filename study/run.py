@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
 from study import algos, provenance
+from study.checkpoint import Checkpointer
 from study.config import RunSpec
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
 from study.recording import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, EpisodeRecorder, Evaluator
@@ -45,13 +47,17 @@ class RunResult:
         return float(self.evaluations["return_mean"].iloc[-1]) if len(self.evaluations) else float("nan")
 
 
-def execute(spec: RunSpec, cpus: int | None = None) -> RunResult:
-    """Train and evaluate one run; exceptions become a failed RunResult with the traceback."""
+def execute(spec: RunSpec, cpus: int | None = None, checkpoint_dir: Path | None = None) -> RunResult:
+    """Train and evaluate one run; exceptions become a failed RunResult with the traceback.
+
+    With `checkpoint_dir` and `spec.checkpoint_every`, the run saves checkpoints there and
+    continues from the last one if it finds one; the checkpoint is removed when it completes.
+    """
     cpus = cpus or spec.settings.resources.cpus
     th.set_num_threads(cpus)
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    recorder = evaluator = noise = None
+    recorder = evaluator = noise = resumed_at = None
     envs: list[gym.Env] = []
     status, error = "done", None
     try:
@@ -63,8 +69,21 @@ def execute(spec: RunSpec, cpus: int | None = None) -> RunResult:
         evaluator = Evaluator(
             envs[1], spec.settings.eval.freq, spec.settings.eval.episodes, seed=derived_seed(spec.seed, "eval-env")
         )
-        model.learn(spec.settings.total_steps, callback=CallbackList([*callbacks, recorder, evaluator]))
+        callbacks += [recorder, evaluator]
+        checkpointer = None
+        if checkpoint_dir is not None and spec.checkpoint_every:
+            parts = {f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")}
+            checkpointer = Checkpointer(checkpoint_dir, spec.checkpoint_every, parts)
+            resumed_at = model.num_timesteps if checkpointer.restore(model) else None
+            callbacks.insert(0, checkpointer)
+        model.learn(
+            spec.settings.total_steps - model.num_timesteps,
+            callback=CallbackList(callbacks),
+            reset_num_timesteps=resumed_at is None,
+        )
         steps = model.num_timesteps
+        if checkpointer is not None:
+            checkpointer.clear()
     except Exception:
         status, error, steps = "failed", traceback.format_exc(), 0
     finally:
@@ -83,7 +102,8 @@ def execute(spec: RunSpec, cpus: int | None = None) -> RunResult:
         "ended": datetime.now(UTC).isoformat(),
         "wall_time_s": wall,
         "steps": steps,
-        "steps_per_s": steps / wall if wall > 0 else None,
+        "resumed_at": resumed_at,
+        "steps_per_s": (steps - (resumed_at or 0)) / wall if wall > 0 else None,
         "cpus": cpus,
         "torch_threads": th.get_num_threads(),
         "versions": provenance.package_versions(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch as th
@@ -63,6 +63,7 @@ class ParamNoiseCallback(BaseCallback):
         self.resamples = 0
         self._steps_in_episode = 0
         self._acting: Perturbation | None = None
+        self._pending_state: dict[str, Any] | None = None
 
     def _init_callback(self) -> None:
         policy = self.model.policy
@@ -81,6 +82,9 @@ class ParamNoiseCallback(BaseCallback):
             self._rng = np.random.default_rng(derived_seed(seed, "adaptation-states"))
             self._acting = Perturbation(policy.acting_net, policy.perturbed_net)
             self._adaptive = Perturbation(policy.acting_net, policy.adaptive_net)
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
 
     def _on_training_start(self) -> None:
         self.model.policy.explore_perturbed = True
@@ -138,3 +142,29 @@ class ParamNoiseCallback(BaseCallback):
         if vec_normalize is not None:
             obs = vec_normalize.normalize_obs(obs)
         return self.model.policy.obs_to_tensor(obs)[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the noise streams exactly (for checkpoints)."""
+        return {
+            "sigma": self.sigma,
+            "steps_in_episode": self._steps_in_episode,
+            "resamples": self.resamples,
+            "adaptations": list(self.adaptations),
+            "generator": self._generator.get_state(),
+            "rng": self._rng.bit_generator.state,
+            "noise": [eps.clone() for eps in self._acting.noise],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`; takes effect when training starts."""
+        self._pending_state = state
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.sigma = state["sigma"]
+        self._steps_in_episode = state["steps_in_episode"]
+        self.resamples = state["resamples"]
+        self.adaptations = list(state["adaptations"])
+        self._generator.set_state(state["generator"])
+        self._rng.bit_generator.state = state["rng"]
+        for eps, saved in zip(self._acting.noise, state["noise"], strict=True):
+            eps.copy_(saved)
