@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import random
@@ -39,30 +40,31 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _mujoco_states(venv: VecEnv) -> list[np.ndarray | None]:
-    """Full MuJoCo integration state of each sub-env (pickling MjData does not keep it)."""
+def _sim_states(venv: VecEnv) -> list[dict[str, Any]]:
+    """What pickling a sub-env may lose: its random stream (envs that pickle by their
+    constructor arguments come back freshly seeded) and MuJoCo's integration state."""
     import mujoco
 
-    states: list[np.ndarray | None] = []
-    for env in getattr(venv, "envs", []):
+    states: list[dict[str, Any]] = []
+    for env in venv.envs:
         sim = env.unwrapped
-        if hasattr(sim, "data") and isinstance(getattr(sim, "model", None), mujoco.MjModel):
+        state: dict[str, Any] = {"np_random": sim.np_random}
+        if isinstance(getattr(sim, "model", None), mujoco.MjModel):
             spec = mujoco.mjtState.mjSTATE_INTEGRATION
-            state = np.empty(mujoco.mj_stateSize(sim.model, spec))
-            mujoco.mj_getState(sim.model, sim.data, state, spec)
-            states.append(state)
-        else:
-            states.append(None)
+            state["mujoco"] = np.empty(mujoco.mj_stateSize(sim.model, spec))
+            mujoco.mj_getState(sim.model, sim.data, state["mujoco"], spec)
+        states.append(state)
     return states
 
 
-def _set_mujoco_states(venv: VecEnv, states: list[np.ndarray | None]) -> None:
+def _set_sim_states(venv: VecEnv, states: list[dict[str, Any]]) -> None:
     import mujoco
 
-    for env, state in zip(getattr(venv, "envs", []), states, strict=True):
-        if state is not None:
-            sim = env.unwrapped
-            mujoco.mj_setState(sim.model, sim.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+    for env, state in zip(venv.envs, states, strict=True):
+        sim = env.unwrapped
+        sim.np_random = state["np_random"]
+        if "mujoco" in state:
+            mujoco.mj_setState(sim.model, sim.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
 
 
 class Checkpointer(BaseCallback):
@@ -78,6 +80,7 @@ class Checkpointer(BaseCallback):
         self.every = every
         self.parts = parts
         self._saved_at = 0
+        self._action_noise: Any = None
 
     @property
     def path(self) -> Path:
@@ -87,6 +90,11 @@ class Checkpointer(BaseCallback):
         # here the buffer holds every transition so far and training on them is done
         if self.num_timesteps - self._saved_at >= self.every:
             self.save()
+
+    def _on_training_start(self) -> None:
+        # SB3 resets the action noise when learning starts: put the saved one (OU state) back
+        if self._action_noise is not None:
+            self.model.action_noise, self._action_noise = self._action_noise, None
 
     def _on_step(self) -> bool:
         return True
@@ -98,7 +106,7 @@ class Checkpointer(BaseCallback):
             "algo": {name: getattr(model, name) for name in ALGO_STATE if hasattr(model, name)},
             "replay_buffer": model.replay_buffer,
             "env": model.get_env(),
-            "mujoco": _mujoco_states(model.get_env()),
+            "sims": _sim_states(model.get_env()),
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": th.get_rng_state()},
         }
@@ -120,9 +128,10 @@ class Checkpointer(BaseCallback):
         model.set_parameters(state["parameters"], exact_match=True)
         for name, value in state["algo"].items():
             setattr(model, name, value)
+        self._action_noise = copy.deepcopy(state["algo"].get("action_noise"))
         model.replay_buffer = state["replay_buffer"]
         model.set_env(state["env"], force_reset=False)
-        _set_mujoco_states(model.get_env(), state["mujoco"])
+        _set_sim_states(model.get_env(), state["sims"])
         for name, part in self.parts.items():
             part.load_state_dict(state["parts"][name])
         random.setstate(state["rng"]["python"])

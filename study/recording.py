@@ -102,10 +102,12 @@ class Evaluator(BaseCallback):
         self.rows: list[dict[str, float | int]] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": list(self.rows), "seed": self._seed, "eval_env": self.eval_env}
+        # between evaluations the env only needs its random stream for the next reset
+        return {"rows": list(self.rows), "seed": self._seed, "np_random": self.eval_env.unwrapped.np_random}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows, self._seed, self.eval_env = list(state["rows"]), state["seed"], state["eval_env"]
+        self.rows, self._seed = list(state["rows"]), state["seed"]
+        self.eval_env.unwrapped.np_random = state["np_random"]
 
     def _on_step(self) -> bool:
         if self.num_timesteps % self.eval_freq == 0:
