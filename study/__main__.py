@@ -1,89 +1,134 @@
-"""Command line: python -m study run STUDY.yaml ..."""
+"""Command line: python -m study run|status STUDY.yaml ..."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from study.config import StudyError, load_study
-from study.launch import run_study
-from study.run import RunResult
+from study.config import Study, StudyError, load_study
+from study.launch import MAX_RETRIES, Interrupted, run_study
+from study.progress import ProgressDisplay
 from study.store import run_status
+from study.studylock import StudyLocked
 
-EXIT_BAD_INPUT = 2
+EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a study's pending runs")
-    run.add_argument("study", type=Path, help="study YAML file")
-    run.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
-    run.add_argument("--budget", default="full", help="a budget named in the study (default: full)")
-    run.add_argument("--steps", type=int, help="override the budget's total steps per run")
+
+    def study_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("study", type=Path, help="study YAML file")
+        sub.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+        sub.add_argument("--budget", default="full", help="a budget named in the study (default: full)")
+        sub.add_argument("--steps", type=int, help="override the budget's total steps per run")
+        return sub
+
+    run = study_command("run", "run a study's pending runs")
     run.add_argument("--dry-run", action="store_true", help="print the grid and exit")
-    run.add_argument("--workers", type=int, default=1, help="runs at a time (default: 1)")
+    run.add_argument("--workers", type=int, help="local runs at a time (default: one per CPU)")
+    run.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT")
+    run.add_argument("--retry-failed", action="store_true", help="also rerun the runs that failed")
+    run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
+    run.add_argument(
+        "--max-retries",
+        type=int,
+        default=MAX_RETRIES,
+        help=f"reruns of a run whose worker died (default {MAX_RETRIES})",
+    )
+    study_command("status", "runs of a study by state")
     return parser
 
 
-def _grid_table(study, results: Path) -> Table:
+def _load(args: argparse.Namespace) -> Study:
+    if args.steps is not None and args.steps <= 0:
+        raise StudyError(f"--steps: must be a positive integer (got {args.steps})")
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise StudyError(f"--workers: must be at least 1 (got {args.workers})")
+    return load_study(args.study, budget=args.budget, steps=args.steps)
+
+
+def _runs_table(study: Study, results: Path) -> tuple[Table, Counter]:
     table = Table(title=f"{study.name} · budget {study.budget} · {len(study.runs)} runs")
-    for column in ["env", *study.factor_levels, "seed", "steps", "id", "status"]:
+    for column in ["env", *study.factor_levels, "seed", "steps", "id", "state"]:
         table.add_column(column)
+    states: Counter = Counter()
     for spec in study.runs:
+        state = run_status(results, spec)
+        states[state] += 1
         table.add_row(
-            spec.env,
-            *spec.factors.values(),
-            str(spec.seed),
-            str(spec.settings.total_steps),
-            spec.spec_hash,
-            run_status(results, spec),
+            spec.env, *spec.factors.values(), str(spec.seed), str(spec.settings.total_steps), spec.spec_hash, state
         )
-    return table
+    return table, states
+
+
+def _totals(states: Counter) -> str:
+    return " · ".join(f"{state} {states[state]}" for state in ("done", "failed", "partial", "pending"))
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    study = _load(args)
+    table, states = _runs_table(study, args.results)
+    console.print(table)
+    console.print(f"total {len(study.runs)}: {_totals(states)}", highlight=False)
+    return 0
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    if args.steps is not None and args.steps <= 0:
-        raise StudyError(f"--steps: must be a positive integer (got {args.steps})")
-    if args.workers < 1:
-        raise StudyError(f"--workers: must be at least 1 (got {args.workers})")
-    study = load_study(args.study, budget=args.budget, steps=args.steps)
+    study = _load(args)
     if args.dry_run:
-        console.print(_grid_table(study, args.results))
+        table, states = _runs_table(study, args.results)
+        console.print(table)
+        console.print(f"total {len(study.runs)}: {_totals(states)}", highlight=False)
         return 0
-
-    def report(result: RunResult, index: int, total: int) -> None:
-        meta = result.meta
-        line = f"[{index}/{total}] {result.status:6} {result.spec.run_id}"
-        if result.status == "done":
-            line += (
-                f"  return {result.final_return:.1f}  {meta['steps_per_s']:.0f} steps/s  {meta['wall_time_s']:.0f} s"
+    try:
+        with ProgressDisplay(console) as progress:
+            summary = run_study(
+                study,
+                args.results,
+                workers=args.workers,
+                address=args.address,
+                retry_failed=args.retry_failed,
+                verbose=args.verbose,
+                max_retries=args.max_retries,
+                on_event=progress,
             )
-        console.print(line, highlight=False)
-
-    summary = run_study(study, args.results, workers=args.workers, on_result=report)
-    console.print(
-        f"{study.name}: {len(summary.done)} done, {len(summary.failed)} failed, "
-        f"{summary.skipped} already complete → {args.results / study.name}",
-        highlight=False,
-    )
-    for result in summary.failed:
-        console.print(f"failed: {result.spec.run_id}\n{result.error}", highlight=False)
-    return 1 if summary.failed else 0
+    except Interrupted:
+        rerun = (
+            " ".join(["python -m study", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py") else "the same command"
+        )
+        console.print(f"interrupted: completed runs are saved; run {rerun} again to resume", highlight=False)
+        return EXIT_INTERRUPTED
+    line = f"{study.name}: {len(summary.done)} done, {len(summary.failed)} failed"
+    line += f", {summary.skipped - summary.failed_before} already complete"
+    if summary.failed_before:
+        line += f", {summary.failed_before} failed before (rerun them with --retry-failed)"
+    console.print(f"{line} → {args.results / study.name}", highlight=False)
+    if summary.failed:
+        console.print("failed runs (tracebacks in each run's error.txt):", highlight=False)
+        for result in summary.failed:
+            console.print(f"  {result.spec.run_id}", highlight=False)
+    return EXIT_FAILED_RUNS if summary.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     try:
-        return {"run": cmd_run}[args.command](args, console)
+        return {"run": cmd_run, "status": cmd_status}[args.command](args, console)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StudyLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_LOCKED
 
 
 if __name__ == "__main__":

@@ -139,13 +139,23 @@ class _SharedSettings(_Strict):
 
 
 def _check_env_id(env_id: str) -> str:
+    """A registered gymnasium id, or `module:EnvId` (gymnasium imports `module` first)."""
+    import importlib
+
     import gymnasium as gym
 
     import study.envs  # noqa: F401  (registers the project's envs)
 
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"cannot import module {module!r} for environment {env_id!r}: {err}") from None
+        env_id = name
     if env_id not in gym.registry:
         raise ValueError(f"unknown environment id {env_id!r} (not registered with gymnasium)")
-    return env_id
+    return f"{module}:{env_id}" if module else env_id
 
 
 class RunSettings(_SharedSettings):

@@ -19,7 +19,9 @@ TABLES = ("episodes", "evaluations", "adaptations")
 META = "meta.json"
 SPEC = "spec.yaml"
 ERROR = "error.txt"
-DONE = "done"
+DONE, FAILED, PARTIAL, PENDING = "done", "failed", "partial", "pending"
+STAGING = ".staging"
+CHECKPOINTS = ".checkpoints"
 
 
 def study_dir(results: Path, study: str) -> Path:
@@ -28,6 +30,16 @@ def study_dir(results: Path, study: str) -> Path:
 
 def run_dir(results: Path, spec: RunSpec) -> Path:
     return study_dir(results, spec.study) / spec.run_id
+
+
+def checkpoint_dir(results: Path, spec: RunSpec) -> Path:
+    """Where a run in progress keeps its checkpoint (on the machine that runs it)."""
+    return study_dir(results, spec.study) / CHECKPOINTS / spec.run_id
+
+
+def clear_staging(folder: Path) -> None:
+    """Remove what interrupted writes left behind."""
+    shutil.rmtree(folder / STAGING, ignore_errors=True)
 
 
 def read_meta(folder: Path) -> dict | None:
@@ -39,15 +51,17 @@ def read_meta(folder: Path) -> dict | None:
 
 
 def run_status(results: Path, spec: RunSpec) -> str:
-    """done / failed / pending."""
+    """done / failed (a complete record) / partial (a checkpoint, no record) / pending."""
     meta = read_meta(run_dir(results, spec))
-    return meta["status"] if meta else "pending"
+    if meta:
+        return meta["status"]
+    return PARTIAL if checkpoint_dir(results, spec).is_dir() else PENDING
 
 
 def write_run(result: RunResult, results: Path) -> Path:
     """Write a run's folder under a temporary name and rename it into place when complete."""
     final = run_dir(results, result.spec)
-    staging = final.parent / ".staging"
+    staging = final.parent / STAGING
     staging.mkdir(parents=True, exist_ok=True)
     tmp = staging / f"{final.name}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

@@ -43,7 +43,7 @@ def test_smoke_study_end_to_end_through_the_cli(tmp_path: Path) -> None:
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 done, 0 failed, 4 already complete" in again.stdout
     dry = subprocess.run([*cmd, "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0 and dry.stdout.count("done") == 4
+    assert dry.returncode == 0 and "total 4: done 4 · failed 0 · partial 0 · pending 0" in dry.stdout
 
 
 def test_written_folder_round_trips(write_study, tmp_path: Path) -> None:
@@ -71,11 +71,12 @@ def test_incomplete_and_failed_runs_are_pending(write_study, tmp_path: Path) -> 
     failed.status, failed.error, failed.meta["status"] = "failed", "Traceback: boom", "failed"
     write_run(failed, tmp_path)
     assert (run_dir(tmp_path, bad) / "error.txt").read_text() == "Traceback: boom"
-    assert pending_runs(study, tmp_path) == [good, bad]
+    assert pending_runs(study, tmp_path) == [good]  # failed runs rerun only on request
+    assert pending_runs(study, tmp_path, retry_failed=True) == [good, bad]
     assert len(load_results(study, tmp_path).runs) == 0
     assert load_results(study, tmp_path, include_failed=True).runs["status"].tolist() == ["failed"]
 
-    summary = run_study(study, tmp_path)
+    summary = run_study(study, tmp_path, workers=2, retry_failed=True)
     assert len(summary.done) == 2 and summary.skipped == 0
     assert pending_runs(study, tmp_path) == []
     assert load_results(study, tmp_path).runs["status"].tolist() == ["done", "done"]

@@ -1,0 +1,210 @@
+"""The grid engine on Ray: resume after a killed driver, failure isolation, retries, cluster, lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from study.config import load_study
+from study.launch import TASK_NAME
+from study.run import execute
+from study.store import load_results, run_dir
+from study.studylock import StudyLock
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a driver: workers must import tests/faulty_envs.py."""
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def start_cli(path: Path, results: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "study", "run", str(path), "--results", str(results), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_cli(path: Path, results: Path, *args: str, command: str = "run") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "study", command, str(path), "--results", str(results), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+
+
+def completed(results: Path, study: str) -> list[Path]:
+    return [p.parent for p in (results / study).glob("*/meta.json")]
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def task_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith(f"ray::{TASK_NAME}"):
+            found.append(proc)
+    return found
+
+
+def no_orphan_workers() -> bool:
+    return not task_processes()
+
+
+@pytest.fixture
+def six_runs(write_study):
+    return write_study(
+        {
+            "name": "six",
+            "seeds": 3,
+            "total_steps": 600,
+            "budgets.full": 600,
+            "eval.freq": 200,
+            "checkpoint_every": 200,
+            "grid": {"exploration.param_noise.interval": [4, "episode"]},
+        }
+    )
+
+
+def test_driver_killed_then_rerun_completes_each_run_exactly_once(six_runs, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    driver = start_cli(six_runs, results, "--workers", "2")
+    wait_for(lambda: len(completed(results, "six")) >= 2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = {p.name: json.loads((p / "meta.json").read_text())["started"] for p in completed(results, "six")}
+    assert 2 <= len(before) < 6
+    wait_for(no_orphan_workers, timeout=60)
+
+    status = run_cli(six_runs, results, command="status")
+    assert status.returncode == 0 and f"done {len(before)}" in status.stdout
+
+    rerun = run_cli(six_runs, results, "--workers", "2")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{6 - len(before)} done, 0 failed, {len(before)} already complete" in rerun.stdout
+    after = {p.name: json.loads((p / "meta.json").read_text())["started"] for p in completed(results, "six")}
+    assert len(after) == 6
+    assert all(after[name] == started for name, started in before.items())  # never rerun
+    assert not list((results / "six" / ".checkpoints").glob("*/*"))
+
+    # the same tables as runs that were never interrupted
+    study = load_study(six_runs)
+    for spec in study.runs:
+        reference = execute(spec)
+        for name, frame in reference.tables().items():
+            stored = pd.read_parquet(run_dir(results, spec) / f"{name}.parquet")
+            pd.testing.assert_frame_equal(stored, frame, obj=f"{spec.run_id}/{name}")
+
+
+def test_a_raising_run_is_isolated_and_retried_on_request(write_study, tmp_path: Path) -> None:
+    path = write_study({"name": "faulty", "envs": ["Pendulum-v1", "faulty_envs:Diverging-v0"]})
+    results = tmp_path / "results"
+    first = run_cli(path, results, "--workers", "2")
+    assert first.returncode == 1
+    assert "1 done, 1 failed" in first.stdout and "Diverging-v0" in first.stdout
+    study = load_study(path)
+    good, bad = (run_dir(results, spec) for spec in study.runs)
+    assert json.loads((good / "meta.json").read_text())["status"] == "done"
+    assert json.loads((bad / "meta.json").read_text())["status"] == "failed"
+    assert "FloatingPointError: simulation diverged" in (bad / "error.txt").read_text()
+
+    status = run_cli(path, results, command="status")
+    assert "done 1 · failed 1 · partial 0 · pending 0" in status.stdout
+
+    again = run_cli(path, results)
+    assert again.returncode == 0
+    assert "0 done, 0 failed, 1 already complete, 1 failed before (rerun them with --retry-failed)" in again.stdout
+
+    started = json.loads((bad / "meta.json").read_text())["ended"]
+    retried = run_cli(path, results, "--retry-failed")
+    assert retried.returncode == 1 and "0 done, 1 failed, 1 already complete" in retried.stdout
+    assert json.loads((bad / "meta.json").read_text())["ended"] != started
+    assert len(load_results(study, results).runs) == 1
+
+
+@pytest.mark.parametrize(("retries", "status"), [(3, "done"), (0, "failed")])
+def test_killed_worker_is_retried_or_marked_failed(write_study, tmp_path: Path, retries: int, status: str) -> None:
+    path = write_study({"name": "slow", "envs": ["faulty_envs:Slow-v0"], "total_steps": 400, "budgets.full": 400})
+    results = tmp_path / "results"
+    driver = start_cli(path, results, "--workers", "1", "--max-retries", str(retries))
+    wait_for(lambda: task_processes())
+    time.sleep(1.0)
+    for proc in task_processes():
+        proc.send_signal(signal.SIGKILL)
+    out, err = driver.communicate(timeout=300)
+    meta = json.loads((run_dir(results, load_study(path).runs[0]) / "meta.json").read_text())
+    assert meta["status"] == status
+    if status == "done":
+        assert driver.returncode == 0, err
+    else:
+        assert driver.returncode == 1
+        error = (run_dir(results, load_study(path).runs[0]) / "error.txt").read_text()
+        assert "WorkerCrashedError" in error or "died" in error
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(six_runs, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    driver = start_cli(six_runs, results, "--workers", "2")
+    wait_for(lambda: len(completed(results, "six")) >= 1)
+    driver.send_signal(signal.SIGINT)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out
+    assert "interrupted" in out and "again to resume" in out
+    assert not list((results / "six" / ".staging").glob("*"))
+    wait_for(no_orphan_workers, timeout=60)
+    rerun = run_cli(six_runs, results, "--workers", "2")
+    assert rerun.returncode == 0 and len(completed(results, "six")) == 6
+
+
+def test_second_driver_refuses_while_the_first_holds_the_lock(write_study, tmp_path: Path) -> None:
+    path = write_study()
+    results = tmp_path / "results"
+    with StudyLock(results / "tiny"):
+        refused = run_cli(path, results)
+    assert refused.returncode == 3
+    assert f"is being run by PID {os.getpid()}" in refused.stderr
+    assert not completed(results, "tiny")
+    # a lock file left by a dead driver holds no lock: the next driver proceeds
+    (results / "tiny" / ".lock").write_text(json.dumps({"pid": 999999, "host": "gone", "since": "then"}))
+    assert run_cli(path, results).returncode == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster(tmp_path: Path):
+    port = free_port()
+    ray = Path(sys.executable).parent / "ray"
+    start = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
+    subprocess.run([*start, "--disable-usage-stats"], env=cli_env(), check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_runs_on_an_existing_ray_cluster(ray_cluster: str, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = run_cli(ROOT / "ablations" / "smoke.yaml", results, "--address", ray_cluster)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 done, 0 failed" in proc.stdout
+    loaded = load_results(load_study(ROOT / "ablations" / "smoke.yaml"), results)
+    assert len(loaded.runs) == 4 and len(loaded.evaluations) == 12
