@@ -1,0 +1,81 @@
+"""Wall time of a 4-run grid: one after another in-process vs the Ray launcher with 2 workers.
+
+Prints both wall times, the speedup, and the launcher's fixed overhead: Ray's start-up,
+and the time per run the launcher adds beyond the runs' own work (dispatch, worker
+start-up with its imports, result transfer and the driver's writes).
+
+    python benchmarks/grid_scaling.py [--steps 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from study.config import load_study
+from study.launch import run_study
+from study.run import execute
+
+STUDY = {
+    "name": "scaling",
+    "algo": "td3",
+    "envs": ["Pendulum-v1"],
+    "seeds": 4,
+    "net_arch": [64, 64],
+    "eval": {"freq": 1_000_000, "episodes": 2},
+    "hyperparams": {"learning_starts": 500, "batch_size": 64, "buffer_size": 50_000},
+    "exploration": {"param_noise": {"interval": "episode"}},
+}
+
+
+def _warm_up() -> None:
+    import study.run  # noqa: F401
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20_000, help="steps per run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scaling.yaml"
+        path.write_text(yaml.safe_dump(STUDY | {"total_steps": args.steps, "budgets": {"full": args.steps}}))
+        study = load_study(path)
+
+        start = time.perf_counter()
+        sequential = [execute(spec) for spec in study.runs]
+        t_seq = time.perf_counter() - start
+
+        import ray
+
+        warm_up = ray.remote(num_cpus=1)(_warm_up)
+        start = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        t_ray = time.perf_counter() - start
+        start = time.perf_counter()  # two worker processes start and import torch, SB3 and study
+        ray.get([warm_up.remote() for _ in range(2)])
+        t_warm = time.perf_counter() - start
+
+        start = time.perf_counter()
+        summary = run_study(study, Path(tmp) / "results", workers=2)
+        t_runs = time.perf_counter() - start
+        ray.shutdown()
+    t_par = t_ray + t_warm + t_runs
+
+    assert len(summary.done) == len(sequential) == 4
+    busy = sum(r.meta["wall_time_s"] for r in summary.done) / 2  # the runs' own work per worker
+    per_run = (t_runs - busy) / len(summary.done)
+    print(f"4 runs x {args.steps} steps, TD3 64-64 on Pendulum-v1")
+    print(f"  sequential, in-process     {t_seq:7.1f} s")
+    print(f"  launcher, 2 workers        {t_par:7.1f} s   speedup {t_seq / t_par:.2f}x  (target >= 1.8x)")
+    print(f"  fixed: Ray start           {t_ray:7.1f} s")
+    print(f"  fixed: 2 workers' imports  {t_warm:7.1f} s   (fixed total {t_ray + t_warm:.1f} s, target < 10 s)")
+    print(f"  launcher overhead per run  {per_run:7.2f} s   (dispatch, transfer, writes; target < 0.5 s)")
+
+
+if __name__ == "__main__":
+    main()
