@@ -1,4 +1,4 @@
-"""Command line: python -m study run|status STUDY.yaml ..."""
+"""Command line: python -m study run|status|report STUDY.yaml ..."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"reruns of a run whose worker died (default {MAX_RETRIES})",
     )
     study_command("status", "runs of a study by state")
+    report = study_command("report", "figures, tables and report.md from a study's results")
+    report.add_argument("--include-warmup", action="store_true", help="keep warm-up episodes in C_train")
     return parser
 
 
@@ -78,6 +80,16 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     table, states = _runs_table(study, args.results)
     console.print(table)
     console.print(f"total {len(study.runs)}: {_totals(states)}", highlight=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from study.analysis.report import build_report
+
+    report = build_report(_load(args), args.results, include_warmup=args.include_warmup)
+    console.print(
+        f"wrote {report.markdown} ({len(report.figures)} figures, {len(report.tables)} tables)", highlight=False
+    )
     return 0
 
 
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     try:
-        return {"run": cmd_run, "status": cmd_status}[args.command](args, console)
+        return {"run": cmd_run, "status": cmd_status, "report": cmd_report}[args.command](args, console)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

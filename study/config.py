@@ -252,6 +252,7 @@ class Study(BaseModel):
     budget: str
     file: StudyFile
     factor_levels: dict[str, list[str]]
+    factor_keys: dict[str, str]  # column → the grid key it came from
     runs: list[RunSpec]
 
     @property
@@ -415,5 +416,6 @@ def load_study(path: str | Path, budget: str = FULL_BUDGET, steps: int | None = 
         budget=budget,
         file=file,
         factor_levels={col: [label for label, _ in lv] for col, lv in levels.items()},
+        factor_keys=dict(zip(levels, file.grid, strict=True)),
         runs=runs,
     )

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -87,29 +88,48 @@ def write_run(result: RunResult, results: Path) -> Path:
 
 @dataclass
 class StudyResults:
-    """All runs of a study as tidy tables; every table carries the run's env, seed and factors."""
+    """The complete runs of a study as tidy tables; every row carries its run's id, env,
+    seed and factor levels (ordered categoricals in YAML order)."""
 
+    study: Study
     runs: pd.DataFrame
     episodes: pd.DataFrame
     evaluations: pd.DataFrame
     adaptations: pd.DataFrame
-    factors: list[str]
+    results: Path
+
+    @property
+    def factors(self) -> list[str]:
+        return list(self.study.factor_levels)
+
+    @property
+    def specs(self) -> dict[str, RunSpec]:
+        return {spec.run_id: spec for spec in self.study.runs}
+
+    def states(self) -> pd.Series:
+        """Each run of the study's grid (not only loaded ones) and its state, by run id."""
+        return pd.Series({spec.run_id: run_status(self.results, spec) for spec in self.study.runs}, name="state")
 
 
 def load_results(study: Study, results: Path | str = "results", include_failed: bool = False) -> StudyResults:
     """Load the runs of `study` (its current grid and budget) found under `results`."""
-    run_rows, tables = [], {name: [] for name in TABLES}
-    factors = list(study.factor_levels)
+    results = Path(results)
+    run_rows: list[dict] = []
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    owners: dict[str, list[int]] = {name: [] for name in TABLES}
     for spec in study.runs:
-        folder = run_dir(Path(results), spec)
+        folder = run_dir(results, spec)
         meta = read_meta(folder)
         if meta is None or (meta["status"] != DONE and not include_failed):
             continue
-        keys = {"run_id": spec.run_id, "env": spec.env, "seed": spec.seed, **spec.factors}
         run_rows.append(
-            keys
-            | {
+            {
+                "run_id": spec.run_id,
+                "env": spec.env,
+                "seed": spec.seed,
+                **spec.factors,
                 "status": meta["status"],
+                "total_steps": spec.settings.total_steps,
                 "final_return": meta.get("final_return"),
                 "wall_time_s": meta.get("wall_time_s"),
                 "steps_per_s": meta.get("steps_per_s"),
@@ -119,20 +139,32 @@ def load_results(study: Study, results: Path | str = "results", include_failed: 
             continue
         for name in TABLES:
             frame = pd.read_parquet(folder / f"{name}.parquet")
-            tables[name].append(frame.assign(**keys))
+            frames[name].append(frame)
+            owners[name].append(len(run_rows) - 1)
 
-    key_columns = ["run_id", "env", "seed", *factors]
+    key_columns = ["run_id", "env", "seed", *study.factor_levels]
+    runs = (
+        pd.DataFrame(run_rows, columns=[*key_columns, "status", "total_steps"])
+        if not run_rows
+        else pd.DataFrame(run_rows)
+    )
+    for factor, levels in study.factor_levels.items():
+        runs[factor] = pd.Categorical(runs[factor], categories=levels, ordered=True)
 
-    def tidy(frames: list[pd.DataFrame]) -> pd.DataFrame:
-        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=key_columns)
-        for factor, levels in study.factor_levels.items():
-            frame[factor] = pd.Categorical(frame[factor], categories=levels, ordered=True)
-        return frame[key_columns + [c for c in frame.columns if c not in key_columns]]
+    def tidy(name: str) -> pd.DataFrame:
+        """The runs' tables stacked, with the run's key columns repeated on each row."""
+        if not frames[name]:
+            return pd.DataFrame(columns=key_columns)
+        body = pd.concat(frames[name], ignore_index=True)
+        index = np.repeat(owners[name], [len(f) for f in frames[name]])
+        keys = runs[key_columns].iloc[index].reset_index(drop=True)
+        return pd.concat([keys, body], axis=1)
 
     return StudyResults(
-        runs=tidy([pd.DataFrame(run_rows)] if run_rows else []),
-        episodes=tidy(tables["episodes"]),
-        evaluations=tidy(tables["evaluations"]),
-        adaptations=tidy(tables["adaptations"]),
-        factors=factors,
+        study=study,
+        runs=runs,
+        episodes=tidy("episodes"),
+        evaluations=tidy("evaluations"),
+        adaptations=tidy("adaptations"),
+        results=results,
     )

@@ -1,0 +1,264 @@
+"""The blog's figures: one style, panels per env, legends naming the levels as the YAML does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats  # noqa: E402
+from study.analysis.labels import config_label, ordered_configs  # noqa: E402
+from study.analysis.metrics import LABELS  # noqa: E402
+
+WIDTH = 7.0  # inches: a blog column at 150 dpi
+PANEL_HEIGHT = 3.0
+EPISODE = "episode"
+
+
+def set_style() -> None:
+    """One look for every figure."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.9)
+    plt.rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "legend.frameon": False})
+
+
+def save(fig: Figure, path: Path) -> list[Path]:
+    """Write `path`.png and `path`.pdf; returns both paths."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for file in out:
+        fig.savefig(file)
+    plt.close(fig)
+    return out
+
+
+def _panels(envs: Sequence[str], rows: int = 1, height: float = PANEL_HEIGHT) -> tuple[Figure, np.ndarray]:
+    cols = min(len(envs), 3)
+    grid_rows = rows * int(np.ceil(len(envs) / cols))
+    width = WIDTH if cols > 1 else WIDTH * 0.62
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(width, height * grid_rows), squeeze=False)
+    return fig, axes
+
+
+def _hide_unused(axes: np.ndarray, used: int) -> None:
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+
+
+def _legend(fig: Figure, axes: np.ndarray, title: str) -> None:
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(
+            handles, labels, title=title, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=_legend_columns(labels)
+        )
+
+
+def _legend_columns(labels: Sequence[str]) -> int:
+    """As many columns as fit the figure's width."""
+    return max(1, min(len(labels), 4, 64 // max(len(label) for label in labels)))
+
+
+def _bootstrap_mean_band(matrix: np.ndarray, reps: int = REPS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """95% percentile-bootstrap CI of the mean over rows, per column (NaNs ignored)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(matrix), size=(reps, len(matrix)))
+    with np.errstate(all="ignore"):
+        means = np.nanmean(matrix[idx], axis=1)
+    alpha = (1 - CONFIDENCE) / 2
+    return np.nanpercentile(means, 100 * alpha, axis=0), np.nanpercentile(means, 100 * (1 - alpha), axis=0)
+
+
+def learning_curves(evaluations: pd.DataFrame, factors: Sequence[str], reps: int = 500) -> Figure:
+    """Evaluation return over training steps per configuration: mean over seeds, 95% CI band."""
+    frame = evaluations.assign(config=config_label(evaluations, factors))
+    envs = list(dict.fromkeys(frame["env"]))
+    configs = ordered_configs(frame, factors)
+    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    fig, axes = _panels(envs)
+    for ax, env in zip(axes.flat, envs, strict=False):
+        for config, group in frame[frame["env"] == env].groupby("config", sort=False):
+            matrix = group.pivot_table(index="run_id", columns="step", values="return_mean", observed=True)
+            steps = matrix.columns.to_numpy()
+            mean = np.nanmean(matrix.to_numpy(), axis=0)
+            low, high = _bootstrap_mean_band(matrix.to_numpy(), reps=reps)
+            ax.plot(steps, mean, color=colors[config], label=config)
+            ax.fill_between(steps, low, high, color=colors[config], alpha=0.2, linewidth=0)
+        ax.set_title(env)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("evaluation return")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+    _hide_unused(axes, len(envs))
+    _legend(fig, axes, " × ".join(factors) if factors else "")
+    fig.tight_layout()
+    return fig
+
+
+def _interval_position(levels: Sequence[str]) -> dict[str, float]:
+    """x positions on a log2 axis: k itself; "episode" one octave-step past the largest k."""
+    ks = [int(level) for level in levels if level != EPISODE]
+    top = max(ks) if ks else 1
+    return {level: (float(level) if level != EPISODE else top * 4.0) for level in levels}
+
+
+def metric_vs_interval(
+    metrics: pd.DataFrame, interval: str, others: Sequence[str], metric: str, reps: int = REPS
+) -> Figure:
+    """A metric against the sampling interval k (log scale, "episode" as the last tick): IQM
+    over seeds with its 95% stratified-bootstrap CI, per env."""
+    stats = cell_stats(metrics, metric, ["env", interval, *others], reps=reps)
+    levels = [str(level) for level in metrics[interval].cat.categories]
+    x = _interval_position(levels)
+    stats["x"] = stats[interval].astype(str).map(x)
+    stats["config"] = config_label(stats, others)
+    envs = list(dict.fromkeys(metrics["env"]))
+    configs = ordered_configs(stats, others)
+    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    fig, axes = _panels(envs)
+    for ax, env in zip(axes.flat, envs, strict=False):
+        for config, group in stats[stats["env"] == env].groupby("config", sort=False):
+            group = group.sort_values("x")
+            err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
+            ax.errorbar(group["x"], group["iqm"], yerr=err, marker="o", capsize=3, color=colors[config], label=config)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(x.values()), labels=list(x))
+        ax.minorticks_off()
+        ax.set_title(env)
+        ax.set_xlabel("sampling interval k (steps)")
+        ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
+    _hide_unused(axes, len(envs))
+    if others:
+        _legend(fig, axes, " × ".join(others))
+    fig.tight_layout()
+    return fig
+
+
+def factor_comparison(
+    metrics: pd.DataFrame, factor: str, others: Sequence[str], metric: str, reps: int = REPS
+) -> Figure:
+    """A metric per level of one factor (e.g. layer norm on/off), side by side: IQM over
+    seeds with 95% bootstrap CIs, per env, one color per combination of the other factors."""
+    stats = cell_stats(metrics, metric, ["env", factor, *others], reps=reps)
+    stats["config"] = config_label(stats, others)
+    levels = [str(level) for level in metrics[factor].cat.categories]
+    envs = list(dict.fromkeys(metrics["env"]))
+    configs = ordered_configs(stats, others)
+    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    offsets = np.linspace(-0.15, 0.15, len(configs)) if len(configs) > 1 else [0.0]
+    fig, axes = _panels(envs)
+    for ax, env in zip(axes.flat, envs, strict=False):
+        for offset, config in zip(offsets, configs, strict=True):
+            group = stats[(stats["env"] == env) & (stats["config"] == config)]
+            xs = [levels.index(str(v)) + offset for v in group[factor]]
+            err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
+            ax.errorbar(xs, group["iqm"], yerr=err, fmt="o", capsize=4, color=colors[config], label=config)
+        ax.set_xticks(range(len(levels)), labels=levels)
+        ax.set_xlim(-0.5, len(levels) - 0.5)
+        ax.set_title(env)
+        ax.set_xlabel(factor)
+        ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
+    _hide_unused(axes, len(envs))
+    if others:
+        _legend(fig, axes, " × ".join(others))
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train") -> Figure:
+    """Return against smoothness: one point per configuration, mean ± standard error over seeds
+    on both axes; up and to the left is better."""
+    by = ["env", *factors]
+    ret = cell_stats(metrics, "final_return", by, reps=1).set_index(by)
+    cst = cell_stats(metrics, cost, by, reps=1).set_index(by)
+    stats = ret[["mean", "se"]].join(cst[["mean", "se"]], lsuffix="_return", rsuffix="_cost").reset_index()
+    stats["config"] = config_label(stats, factors)
+    envs = list(dict.fromkeys(metrics["env"]))
+    configs = ordered_configs(stats, factors)
+    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    markers = dict(zip(configs, ["o", "s", "D", "^", "v", "P", "X", "*", "<", ">"] * 4, strict=False))
+    fig, axes = _panels(envs)
+    for ax, env in zip(axes.flat, envs, strict=False):
+        for row in stats[stats["env"] == env].itertuples():
+            ax.errorbar(
+                row.mean_cost,
+                row.mean_return,
+                xerr=np.nan_to_num(row.se_cost),
+                yerr=np.nan_to_num(row.se_return),
+                fmt=markers[row.config],
+                capsize=3,
+                color=colors[row.config],
+                label=row.config,
+            )
+        ax.set_title(env)
+        ax.set_xlabel(f"{LABELS.get(cost, cost)} (0–100, lower is smoother)")
+        ax.set_ylabel("final return")
+    _hide_unused(axes, len(envs))
+    _legend(fig, axes, " × ".join(factors) if factors else "")
+    fig.tight_layout()
+    return fig
+
+
+def sigma_trajectories(adaptations: pd.DataFrame, factors: Sequence[str], targets: pd.Series) -> Figure:
+    """σ and the measured distance d over training (median over seeds, IQR band), per
+    configuration; dashed lines: the target distance δ of each configuration."""
+    frame = adaptations.assign(config=config_label(adaptations, factors))
+    frame["delta"] = frame["run_id"].map(targets)
+    envs = list(dict.fromkeys(frame["env"]))
+    configs = ordered_configs(frame, factors)
+    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    cols = len(envs)
+    fig, axes = plt.subplots(2, cols, figsize=(WIDTH if cols > 1 else WIDTH * 0.62, 2 * PANEL_HEIGHT), squeeze=False)
+    for col, env in enumerate(envs):
+        for config, group in frame[frame["env"] == env].groupby("config", sort=False):
+            for row, value in enumerate(("sigma", "distance")):
+                q = group.groupby("step")[value].quantile([0.25, 0.5, 0.75]).unstack()
+                ax = axes[row, col]
+                ax.plot(q.index, q[0.5], color=colors[config], label=config)
+                ax.fill_between(q.index, q[0.25], q[0.75], color=colors[config], alpha=0.2, linewidth=0)
+            for delta in group["delta"].dropna().unique():
+                color = "grey" if frame["delta"].nunique() == 1 else colors[config]
+                axes[1, col].axhline(delta, color=color, linestyle="--", linewidth=1)
+        axes[0, col].set_title(env)
+        axes[0, col].set_ylabel("σ (parameter noise std)")
+        axes[1, col].set_ylabel("distance d (RMS, actions in [-1, 1])")
+        axes[1, col].set_xlabel("environment steps")
+        axes[1, col].set_yscale("log")
+        for ax in axes[:, col]:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+    _legend(fig, axes, (" × ".join(factors) if factors else "") + "   (dashed: target distance δ)")
+    fig.tight_layout()
+    return fig
+
+
+def episodes_to_solve_vs_n(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float) -> Figure:
+    """Episodes until solved against chain length N: median and IQR over seeds; unsolved runs
+    count as censored at the budget (drawn at the top, hollow markers where the median is)."""
+    frame = metrics.assign(config=config_label(metrics, factors), solved=metrics["episodes_to_solve"].notna())
+    frame["episodes"] = frame["episodes_to_solve"].fillna(budget)
+    frame["N"] = frame[n].astype(str).astype(float)
+    configs = ordered_configs(frame, factors)
+    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.62, PANEL_HEIGHT * 1.2))
+    for config, group in frame.groupby("config", sort=False):
+        q = group.groupby("N")["episodes"].quantile([0.25, 0.5, 0.75]).unstack().sort_index()
+        censored = group.groupby("N")["solved"].mean().reindex(q.index) < 0.5  # median is unsolved
+        ax.plot(q.index, q[0.5], color=colors[config], marker="o", label=config)
+        ax.fill_between(q.index, q[0.25], q[0.75], color=colors[config], alpha=0.2, linewidth=0)
+        ax.scatter(q.index[censored], q[0.5][censored], facecolors="white", edgecolors=colors[config], zorder=3, s=40)
+    ax.axhline(budget, color="grey", linestyle=":", linewidth=1)
+    ax.text(ax.get_xlim()[0], budget, " budget (unsolved)", va="bottom", fontsize=8, color="grey")
+    ax.set_xlabel("chain length N")
+    ax.set_ylabel("episodes to solve")
+    ax.legend(title=" × ".join(factors) if factors else None)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,280 @@
+"""`study report`: every figure and table a study's factors allow, and a report.md that shows them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from study.analysis import figures, tables
+from study.analysis.aggregates import REPS, cell_stats, probability_of_improvement
+from study.analysis.labels import config_label
+from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
+from study.config import FULL_BUDGET, Study, StudyError
+from study.store import DONE, FAILED, StudyResults, load_results
+
+INTERVAL_KEY = "exploration.param_noise.interval"
+CHAIN_LENGTH_FACTORS = ("n", "chain_length")
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote."""
+
+    folder: Path
+    figures: dict[str, list[Path]] = field(default_factory=dict)
+    tables: list[Path] = field(default_factory=list)
+
+    @property
+    def markdown(self) -> Path:
+        return self.folder / "report.md"
+
+
+def report_dir(study: Study, results: Path) -> Path:
+    name = "report" if study.budget == FULL_BUDGET else f"report-{study.budget}"
+    return Path(results) / study.name / name
+
+
+def interval_factor(study: Study) -> str | None:
+    """The factor that varies the sampling interval k, if the study has one."""
+    return next((col for col, key in study.factor_keys.items() if key == INTERVAL_KEY), None)
+
+
+def _targets(results: StudyResults) -> pd.Series:
+    """Target distance δ of each run with adaptive parameter noise."""
+    targets = {}
+    for run_id, spec in results.specs.items():
+        noise = spec.settings.exploration.param_noise
+        if noise is not None and noise.adaptive:
+            targets[run_id] = noise.target_distance
+    return pd.Series(targets, dtype=float)
+
+
+def build_report(
+    study: Study, results: Path | str = "results", reps: int = REPS, include_warmup: bool = False
+) -> Report:
+    """Load the study's results and write figures (PNG + PDF), tables (Markdown + LaTeX) and
+    report.md to `results/<study>/report/` (`report-<budget>/` for other budgets)."""
+    results = Path(results)
+    loaded = load_results(study, results)
+    states = loaded.states()
+    if not (states == DONE).any():
+        raise StudyError(
+            f"{study.path}: no complete runs of study {study.name!r} (budget {study.budget!r}) "
+            f"under {results / study.name}: run it first with python -m study run {study.path}"
+        )
+    figures.set_style()
+    report = Report(report_dir(study, results))
+    report.folder.mkdir(parents=True, exist_ok=True)
+    factors = loaded.factors
+    metrics = run_metrics(loaded, include_warmup=include_warmup)
+    metrics.to_csv(report.folder / "metrics.csv", index=False)
+    interval = interval_factor(study)
+    others = [f for f in factors if f != interval]
+    has_costs = metrics["c_train"].notna().any()
+
+    def figure(name: str, caption: str, make: Callable[[], object]) -> None:
+        report.figures[name] = figures.save(make(), report.folder / name)
+        captions[name] = caption
+
+    captions: dict[str, str] = {}
+    figure(
+        "learning_curves",
+        "Evaluation return (deterministic, unperturbed policy) over training, mean over seeds with a 95% "
+        "bootstrap confidence band, per configuration.",
+        lambda: figures.learning_curves(loaded.evaluations, factors, reps=min(reps, 500)),
+    )
+    if interval:
+        figure(
+            "return_vs_interval",
+            "Final return against the noise sampling interval k: IQM over seeds with 95% bootstrap confidence "
+            "intervals; `episode` resamples only at episode starts.",
+            lambda: figures.metric_vs_interval(metrics, interval, others, "final_return", reps=reps),
+        )
+        if has_costs:
+            figure(
+                "continuity_vs_interval",
+                "Continuity cost of the training episodes (C_train, 0–100, lower is smoother) against the "
+                "sampling interval k: IQM over seeds with 95% bootstrap confidence intervals.",
+                lambda: figures.metric_vs_interval(metrics, interval, others, "c_train", reps=reps),
+            )
+    for factor in others:
+        rest = [f for f in factors if f != factor]
+        figure(
+            f"final_return_by_{_slug(factor)}",
+            f"Final return for each level of `{factor}`, side by side: IQM over seeds with 95% bootstrap "
+            "confidence intervals" + (f", one color per combination of {', '.join(rest)}." if rest else "."),
+            lambda factor=factor, rest=rest: figures.factor_comparison(metrics, factor, rest, "final_return", reps),
+        )
+    if has_costs:
+        figure(
+            "tradeoff",
+            "Return against smoothness: final return and continuity cost C_train (mean ± standard error over "
+            "seeds), one point per configuration. Up and to the left is better.",
+            lambda: figures.tradeoff(metrics, factors),
+        )
+    if len(loaded.adaptations):
+        figure(
+            "sigma",
+            "Adaptive parameter noise: σ and the measured distance d over training (median over seeds, "
+            "interquartile band); dashed: the target distance δ.",
+            lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded)),
+        )
+    chain_n = next((f for f in factors if f in CHAIN_LENGTH_FACTORS), None)
+    if "episodes_to_solve" in metrics and chain_n:
+        budget = float(max(spec.settings.total_steps for spec in study.runs))
+        figure(
+            "episodes_to_solve",
+            "Episodes until the greedy policy is optimal for 100 consecutive evaluations, against the chain "
+            "length N: median and interquartile range over seeds; unsolved runs are censored at the budget.",
+            lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, [f for f in factors if f != chain_n], budget),
+        )
+
+    table = tables.results_table(metrics, factors) if has_costs else None
+    if table is not None:
+        caption = (
+            f"{study.name}: final return ± standard error over seeds / continuity cost C_train, best return per "
+            "env in bold."
+        )
+        (report.folder / "results.md").write_text(tables.to_markdown(table))
+        (report.folder / "results.tex").write_text(tables.to_latex(table, caption))
+        report.tables = [report.folder / "results.md", report.folder / "results.tex"]
+    stats = cell_stats(metrics, "final_return", ["env", *factors], reps=reps)
+    stats.to_csv(report.folder / "final_return_by_cell.csv", index=False)
+
+    report.markdown.write_text(_markdown(study, loaded, states, metrics, stats, captions, table, include_warmup, reps))
+    return report
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def _markdown(
+    study: Study,
+    loaded: StudyResults,
+    states: pd.Series,
+    metrics: pd.DataFrame,
+    stats: pd.DataFrame,
+    captions: dict[str, str],
+    table: pd.DataFrame | None,
+    include_warmup: bool,
+    reps: int,
+) -> str:
+    factors = loaded.factors
+    counts = states.value_counts()
+    total = len(states)
+    lines = [
+        f"# {study.name}",
+        "",
+        study.file.description or "",
+        "",
+        f"Study file `{study.path.name}`, budget `{study.budget}`; "
+        f"{counts.get(DONE, 0)} of {total} runs complete"
+        + (f", {counts.get(FAILED, 0)} failed" if counts.get(FAILED, 0) else "")
+        + (
+            f", {total - counts.get(DONE, 0) - counts.get(FAILED, 0)} not run yet"
+            if counts.get(DONE, 0) + counts.get(FAILED, 0) < total
+            else ""
+        )
+        + ".",
+        "",
+        "Metrics: final return = the last evaluation's mean return; C_train = mean continuity cost of the "
+        "training episodes ("
+        + (
+            "episodes begun during warm-up included"
+            if include_warmup
+            else "episodes begun during warm-up, with random actions, left out"
+        )
+        + "); IQM = interquartile mean over seeds; confidence intervals are 95% percentile bootstrap "
+        f"intervals ({reps} resamples, numpy/scipy implementation of rliable's method).",
+        "",
+        "## Runs per cell",
+        "",
+        _runs_per_cell(study, states),
+    ]
+    missing = [spec for spec in study.runs if states[spec.run_id] != DONE]
+    if missing:
+        lines += ["", f"**Partial study**: {len(missing)} runs are missing from this report:", ""]
+        lines += [f"- `{spec.run_id}` ({states[spec.run_id]})" for spec in missing[:50]]
+        if len(missing) > 50:
+            lines.append(f"- … and {len(missing) - 50} more")
+    lines += ["", "## Figures", ""]
+    for name, caption in captions.items():
+        lines += [f"![{name}]({name}.png)", "", f"*{caption}* ([PDF]({name}.pdf))", ""]
+    if table is not None:
+        lines += [
+            "## Results table",
+            "",
+            "Final return ± standard error over seeds / continuity cost C_train; best return per env in bold "
+            "(also as LaTeX: [results.tex](results.tex)).",
+            "",
+            tables.to_markdown(table),
+        ]
+    improvement = _improvement_table(metrics, loaded.study, reps)
+    if improvement:
+        lines += ["## Probability of improvement", "", improvement]
+    lines += [
+        "## Final return per cell",
+        "",
+        _stats_markdown(stats, factors),
+        "Per-run metrics: [metrics.csv](metrics.csv).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _runs_per_cell(study: Study, states: pd.Series) -> str:
+    rows = pd.DataFrame([{"env": spec.env, **spec.factors, "state": states[spec.run_id]} for spec in study.runs])
+    factors = list(study.factor_levels)
+    rows["config"] = config_label(rows, factors)
+    counts = rows.pivot_table(index="config", columns="env", values="state", aggfunc=lambda s: (s == DONE).sum())
+    planned = rows.pivot_table(index="config", columns="env", values="state", aggfunc="size")
+    order = list(dict.fromkeys(rows["config"]))
+    envs = list(dict.fromkeys(rows["env"]))
+    lines = ["| configuration | " + " | ".join(envs) + " |", "|" + "---|" * (len(envs) + 1)]
+    for config in order:
+        cells = [f"{counts.loc[config, env]}/{planned.loc[config, env]}" for env in envs]
+        lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n(complete seeds / planned seeds)\n"
+
+
+def _improvement_table(metrics: pd.DataFrame, study: Study, reps: int) -> str:
+    """P(each level beats the factor's last level), on final return and on C_train."""
+    lines = []
+    for factor, levels in study.factor_levels.items():
+        if len(levels) < 2:
+            continue
+        reference = levels[-1]
+        for level in levels[:-1]:
+            for metric in ("final_return", "c_train"):
+                if metrics[metric].isna().all():
+                    continue
+                p = probability_of_improvement(metrics, factor, level, reference, metric, reps=reps)
+                if p["tasks"]:
+                    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+                    lines.append(
+                        f"| {factor} | {level} vs {reference} | {LABELS[metric]} ({better} is better) | "
+                        f"{p['p']:.2f} [{p['low']:.2f}, {p['high']:.2f}] |"
+                    )
+    if not lines:
+        return ""
+    head = [
+        "P(X better than Y): over seeds, averaged over envs and the other factors' levels, with 95% bootstrap "
+        "CIs; 0.5 means no difference.",
+        "",
+        "| factor | X vs Y | metric | P(X better) [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"
+
+
+def _stats_markdown(stats: pd.DataFrame, factors: list[str]) -> str:
+    columns = ["env", *factors, "n", "mean", "se", "iqm", "iqm_low", "iqm_high"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in stats[columns].itertuples(index=False):
+        cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
