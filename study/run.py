@@ -22,9 +22,9 @@ from study.exploration.param_noise import ParamNoiseCallback, derived_seed
 from study.recording import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, EpisodeRecorder, Evaluator
 
 
-def table(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
-    """Rows as a DataFrame with fixed columns and dtypes (also when empty)."""
-    return pd.DataFrame(rows, columns=list(columns)).astype(columns)
+def table(data: list[dict[str, Any]] | dict[str, Any], columns: dict[str, str]) -> pd.DataFrame:
+    """Rows (or a mapping of columns) as a DataFrame with fixed columns and dtypes, also when empty."""
+    return pd.DataFrame(data, columns=list(columns)).astype(columns)
 
 
 @dataclass

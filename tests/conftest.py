@@ -50,3 +50,21 @@ def tiny_td3(max_episode_steps: int = 10, layer_norm: bool = False, **kwargs: An
         policy_kwargs={"net_arch": [8, 8], "layer_norm": layer_norm},
         **params,
     )
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory) -> Path:
+    """The smoke study, run once in-process; returns its results folder."""
+    from study.config import load_study
+    from study.run import execute
+    from study.store import write_run
+
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    for spec in load_study(ROOT / "ablations" / "smoke.yaml").runs:
+        result = execute(spec)
+        assert result.status == "done", result.error
+        write_run(result, results)
+    return results
+
+
+ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats  # noqa: E402
-from study.analysis.labels import config_label, ordered_configs  # noqa: E402
+from study.analysis.labels import config_label, config_styles, ordered_configs  # noqa: E402
 from study.analysis.metrics import LABELS  # noqa: E402
 
 WIDTH = 7.0  # inches: a blog column at 150 dpi
@@ -83,8 +83,7 @@ def learning_curves(evaluations: pd.DataFrame, factors: Sequence[str], reps: int
     """Evaluation return over training steps per configuration: mean over seeds, 95% CI band."""
     frame = evaluations.assign(config=config_label(evaluations, factors))
     envs = list(dict.fromkeys(frame["env"]))
-    configs = ordered_configs(frame, factors)
-    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    styles = config_styles(frame, factors)
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
         for config, group in frame[frame["env"] == env].groupby("config", sort=False):
@@ -92,8 +91,9 @@ def learning_curves(evaluations: pd.DataFrame, factors: Sequence[str], reps: int
             steps = matrix.columns.to_numpy()
             mean = np.nanmean(matrix.to_numpy(), axis=0)
             low, high = _bootstrap_mean_band(matrix.to_numpy(), reps=reps)
-            ax.plot(steps, mean, color=colors[config], label=config)
-            ax.fill_between(steps, low, high, color=colors[config], alpha=0.2, linewidth=0)
+            style = styles[config]
+            ax.plot(steps, mean, color=style["color"], linestyle=style["linestyle"], label=config)
+            ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
         ax.set_title(env)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("evaluation return")
@@ -122,14 +122,13 @@ def metric_vs_interval(
     stats["x"] = stats[interval].astype(str).map(x)
     stats["config"] = config_label(stats, others)
     envs = list(dict.fromkeys(metrics["env"]))
-    configs = ordered_configs(stats, others)
-    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    styles = config_styles(stats, others)
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
         for config, group in stats[stats["env"] == env].groupby("config", sort=False):
             group = group.sort_values("x")
             err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
-            ax.errorbar(group["x"], group["iqm"], yerr=err, marker="o", capsize=3, color=colors[config], label=config)
+            ax.errorbar(group["x"], group["iqm"], yerr=err, capsize=3, label=config, **styles[config])
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(x.values()), labels=list(x))
         ax.minorticks_off()
@@ -153,7 +152,7 @@ def factor_comparison(
     levels = [str(level) for level in metrics[factor].cat.categories]
     envs = list(dict.fromkeys(metrics["env"]))
     configs = ordered_configs(stats, others)
-    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    styles = config_styles(stats, others)
     offsets = np.linspace(-0.15, 0.15, len(configs)) if len(configs) > 1 else [0.0]
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
@@ -161,7 +160,8 @@ def factor_comparison(
             group = stats[(stats["env"] == env) & (stats["config"] == config)]
             xs = [levels.index(str(v)) + offset for v in group[factor]]
             err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
-            ax.errorbar(xs, group["iqm"], yerr=err, fmt="o", capsize=4, color=colors[config], label=config)
+            style = styles[config]
+            ax.errorbar(xs, group["iqm"], yerr=err, fmt=style["marker"], capsize=4, color=style["color"], label=config)
         ax.set_xticks(range(len(levels)), labels=levels)
         ax.set_xlim(-0.5, len(levels) - 0.5)
         ax.set_title(env)
@@ -183,9 +183,7 @@ def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train
     stats = ret[["mean", "se"]].join(cst[["mean", "se"]], lsuffix="_return", rsuffix="_cost").reset_index()
     stats["config"] = config_label(stats, factors)
     envs = list(dict.fromkeys(metrics["env"]))
-    configs = ordered_configs(stats, factors)
-    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
-    markers = dict(zip(configs, ["o", "s", "D", "^", "v", "P", "X", "*", "<", ">"] * 4, strict=False))
+    styles = config_styles(stats, factors)
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
         for row in stats[stats["env"] == env].itertuples():
@@ -194,13 +192,13 @@ def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train
                 row.mean_return,
                 xerr=np.nan_to_num(row.se_cost),
                 yerr=np.nan_to_num(row.se_return),
-                fmt=markers[row.config],
+                fmt=styles[row.config]["marker"],
                 capsize=3,
-                color=colors[row.config],
+                color=styles[row.config]["color"],
                 label=row.config,
             )
         ax.set_title(env)
-        ax.set_xlabel(f"{LABELS.get(cost, cost)} (0–100, lower is smoother)")
+        ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)")
         ax.set_ylabel("final return")
     _hide_unused(axes, len(envs))
     _legend(fig, axes, " × ".join(factors) if factors else "")
@@ -214,8 +212,7 @@ def sigma_trajectories(adaptations: pd.DataFrame, factors: Sequence[str], target
     frame = adaptations.assign(config=config_label(adaptations, factors))
     frame["delta"] = frame["run_id"].map(targets)
     envs = list(dict.fromkeys(frame["env"]))
-    configs = ordered_configs(frame, factors)
-    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    styles = config_styles(frame, factors)
     cols = len(envs)
     fig, axes = plt.subplots(2, cols, figsize=(WIDTH if cols > 1 else WIDTH * 0.62, 2 * PANEL_HEIGHT), squeeze=False)
     for col, env in enumerate(envs):
@@ -223,10 +220,11 @@ def sigma_trajectories(adaptations: pd.DataFrame, factors: Sequence[str], target
             for row, value in enumerate(("sigma", "distance")):
                 q = group.groupby("step")[value].quantile([0.25, 0.5, 0.75]).unstack()
                 ax = axes[row, col]
-                ax.plot(q.index, q[0.5], color=colors[config], label=config)
-                ax.fill_between(q.index, q[0.25], q[0.75], color=colors[config], alpha=0.2, linewidth=0)
+                color, linestyle = styles[config]["color"], styles[config]["linestyle"]
+                ax.plot(q.index, q[0.5], color=color, linestyle=linestyle, label=config)
+                ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, linewidth=0)
             for delta in group["delta"].dropna().unique():
-                color = "grey" if frame["delta"].nunique() == 1 else colors[config]
+                color = "grey" if frame["delta"].nunique() == 1 else styles[config]["color"]
                 axes[1, col].axhline(delta, color=color, linestyle="--", linewidth=1)
         axes[0, col].set_title(env)
         axes[0, col].set_ylabel("σ (parameter noise std)")
@@ -246,15 +244,15 @@ def episodes_to_solve_vs_n(metrics: pd.DataFrame, n: str, factors: Sequence[str]
     frame = metrics.assign(config=config_label(metrics, factors), solved=metrics["episodes_to_solve"].notna())
     frame["episodes"] = frame["episodes_to_solve"].fillna(budget)
     frame["N"] = frame[n].astype(str).astype(float)
-    configs = ordered_configs(frame, factors)
-    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs)), strict=False))
+    styles = config_styles(frame, factors)
     fig, ax = plt.subplots(figsize=(WIDTH * 0.62, PANEL_HEIGHT * 1.2))
     for config, group in frame.groupby("config", sort=False):
         q = group.groupby("N")["episodes"].quantile([0.25, 0.5, 0.75]).unstack().sort_index()
         censored = group.groupby("N")["solved"].mean().reindex(q.index) < 0.5  # median is unsolved
-        ax.plot(q.index, q[0.5], color=colors[config], marker="o", label=config)
-        ax.fill_between(q.index, q[0.25], q[0.75], color=colors[config], alpha=0.2, linewidth=0)
-        ax.scatter(q.index[censored], q[0.5][censored], facecolors="white", edgecolors=colors[config], zorder=3, s=40)
+        color = styles[config]["color"]
+        ax.plot(q.index, q[0.5], color=color, linestyle=styles[config]["linestyle"], marker="o", label=config)
+        ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, linewidth=0)
+        ax.scatter(q.index[censored], q[0.5][censored], facecolors="white", edgecolors=color, zorder=3, s=40)
     ax.axhline(budget, color="grey", linestyle=":", linewidth=1)
     ax.text(ax.get_xlim()[0], budget, " budget (unsolved)", va="bottom", fontsize=8, color="grey")
     ax.set_xlabel("chain length N")

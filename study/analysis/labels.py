@@ -24,3 +24,42 @@ def ordered_configs(frame: pd.DataFrame, factors: Sequence[str]) -> list[str]:
     if not factors:
         return [ALL_RUNS]
     return list(dict.fromkeys(config_label(frame.sort_values(list(factors)), factors)))
+
+
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
+
+
+def palette(n: int) -> list[tuple[float, float, float]]:
+    """Distinct colors for n levels: the colorblind palette, or an ordered one past six."""
+    import seaborn as sns
+
+    return sns.color_palette("colorblind", n) if n <= 6 else sns.color_palette("viridis", n)
+
+
+def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict[str, object]]:
+    """Matplotlib style per configuration label: color from the first factor's level, line
+    style and marker from the second's (or one color per configuration when the second
+    factor has more levels than there are line styles)."""
+    configs = ordered_configs(frame, factors)
+    if len(factors) < 2:
+        colors = palette(len(configs))
+        return {
+            c: {"color": colors[i], "linestyle": "-", "marker": MARKERS[i % len(MARKERS)]}
+            for i, c in enumerate(configs)
+        }
+    first = list(dict.fromkeys(frame.sort_values(list(factors))[factors[0]].astype(str)))
+    second = list(dict.fromkeys(frame.sort_values(list(factors))[factors[1]].astype(str)))
+    if len(second) > len(LINESTYLES):
+        colors = palette(len(configs))
+        return {
+            c: {"color": colors[i], "linestyle": "-", "marker": MARKERS[i % len(MARKERS)]}
+            for i, c in enumerate(configs)
+        }
+    colors = palette(len(first))
+    styles = {}
+    ordered = frame.sort_values(list(factors)).drop_duplicates(list(factors))
+    for label, (_, row) in zip(config_label(ordered, factors), ordered.iterrows(), strict=True):
+        a, b = first.index(str(row[factors[0]])), second.index(str(row[factors[1]]))
+        styles[label] = {"color": colors[a], "linestyle": LINESTYLES[b], "marker": MARKERS[b]}
+    return styles

@@ -169,8 +169,7 @@ def _markdown(
     lines = [
         f"# {study.name}",
         "",
-        study.file.description or "",
-        "",
+        *([study.file.description, ""] if study.file.description else []),
         f"Study file `{study.path.name}`, budget `{study.budget}`; "
         f"{counts.get(DONE, 0)} of {total} runs complete"
         + (f", {counts.get(FAILED, 0)} failed" if counts.get(FAILED, 0) else "")

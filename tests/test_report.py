@@ -1,0 +1,117 @@
+"""`study report`: figures, tables and report.md for complete, partial and empty studies."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+from study.__main__ import main
+from study.analysis.report import build_report
+from study.config import load_study
+from study.store import write_run
+from study.synthetic import fake_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_report(folder: Path, expected: set[str]) -> str:
+    """Every figure is a non-empty PNG and PDF that report.md shows; returns report.md."""
+    text = (folder / "report.md").read_text()
+    pngs = {p.stem for p in folder.glob("*.png")}
+    assert pngs == expected
+    for name in pngs:
+        image = mpimg.imread(folder / f"{name}.png")
+        assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0
+        assert (folder / f"{name}.pdf").stat().st_size > 1000
+        assert f"]({name}.png)" in text
+    return text
+
+
+def test_report_of_the_smoke_study(smoke_results: Path, capsys) -> None:
+    path = ROOT / "ablations" / "smoke.yaml"
+    assert main(["report", str(path), "--results", str(smoke_results)]) == 0
+    assert "6 figures, 2 tables" in capsys.readouterr().out
+    folder = smoke_results / "smoke" / "report"
+    text = check_report(
+        folder,
+        {
+            "learning_curves",
+            "return_vs_interval",
+            "continuity_vs_interval",
+            "final_return_by_layer_norm",
+            "tradeoff",
+            "sigma",
+        },
+    )
+    assert "4 of 4 runs complete" in text and "Partial study" not in text
+    assert "warm-up, with random actions, left out" in text
+    for table in ("results.md", "results.tex", "metrics.csv", "final_return_by_cell.csv"):
+        assert (folder / table).stat().st_size > 0
+
+
+@pytest.fixture
+def partial_study(write_study, tmp_path: Path):
+    """2 envs × interval {1, 4, episode} × noise {param, action} × 3 seeds, synthetic results:
+    one run failed, one cell missing entirely on one env, one seed missing elsewhere."""
+    path = write_study(
+        {
+            "name": "partial",
+            "envs": ["Pendulum-v1", "MountainCarContinuous-v0"],
+            "seeds": 3,
+            "total_steps": 5000,
+            "budgets.full": 5000,
+            "grid": {
+                "exploration.param_noise.interval": [1, 4, "episode"],
+                "noise": {"param": {}, "action + param": {"exploration.action_noise.type": "normal"}},
+            },
+        }
+    )
+    study = load_study(path)
+    results = tmp_path / "results"
+    written = 0
+    for i, spec in enumerate(study.runs):
+        if spec.env == "MountainCarContinuous-v0" and spec.factors["interval"] == "4":
+            continue  # a missing cell
+        if i == 5:
+            continue  # a missing seed
+        write_run(fake_result(spec, status="failed" if i == 7 else "done"), results)
+        written += 1
+    return path, results, written
+
+
+def test_report_of_a_partial_study_with_a_failed_run(partial_study) -> None:
+    path, results, written = partial_study
+    study = load_study(path)
+    report = build_report(study, results, reps=200)
+    text = check_report(
+        report.folder,
+        {
+            "learning_curves",
+            "return_vs_interval",
+            "continuity_vs_interval",
+            "final_return_by_noise",
+            "tradeoff",
+            "sigma",
+        },
+    )
+    assert f"{written - 1} of {len(study.runs)} runs complete, 1 failed" in text
+    assert "**Partial study**" in text and "(failed)" in text and "(pending)" in text
+    assert "| interval=4, noise=param | 2/3 | 0/3 |" in text
+    table = (report.folder / "results.md").read_text()
+    for column in range(2):  # one bold (best) cell per env column
+        cells = [line.split("|")[2 + column] for line in table.splitlines()[2:]]
+        assert sum("**" in cell for cell in cells) == 1
+    assert re.search(r"\| interval=4, noise=param \| .+ \| – \|", table)  # the missing cell
+    tex = (report.folder / "results.tex").read_text()
+    assert r"\toprule" in tex and r"\textbf{" in tex and r"$\pm$" in tex
+
+
+def test_report_of_an_empty_or_unknown_study_exits_2(write_study, tmp_path: Path, capsys) -> None:
+    path = write_study()
+    assert main(["report", str(path), "--results", str(tmp_path / "results")]) == 2
+    assert "no complete runs of study 'tiny'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nope.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
