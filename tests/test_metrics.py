@@ -106,9 +106,12 @@ def test_probability_of_improvement_by_hand_and_cost_direction() -> None:
     # for a cost lower is better: x = [1, 2] is always smoother than y = [3, 4]
     costs = _pairs([1, 2], [3, 4], "c_train")
     assert probability_of_improvement(costs, "k", "x", "y", "c_train")["p"] == 1.0
-    assert probability_of_improvement(costs.rename(columns={"c_train": "final_return"}), "k", "x", "y", "final_return")[
-        "p"
-    ] == 0.0
+    assert (
+        probability_of_improvement(costs.rename(columns={"c_train": "final_return"}), "k", "x", "y", "final_return")[
+            "p"
+        ]
+        == 0.0
+    )
     p = probability_of_improvement(_pairs([5, 6, 7, 8], [1, 2, 3, 9], "final_return"), "k", "x", "y", "final_return")
     assert p["low"] <= p["p"] <= p["high"] and p["tasks"] == 1
 

@@ -5,19 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats  # noqa: E402
-from study.analysis.labels import config_label, config_styles, ordered_configs  # noqa: E402
-from study.analysis.metrics import LABELS  # noqa: E402
+from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats
+from study.analysis.labels import config_label, config_styles
+from study.analysis.metrics import LABELS
 
 WIDTH = 7.0  # inches: a blog column at 150 dpi
 PANEL_HEIGHT = 3.0
@@ -151,8 +147,8 @@ def factor_comparison(
     stats["config"] = config_label(stats, others)
     levels = [str(level) for level in metrics[factor].cat.categories]
     envs = list(dict.fromkeys(metrics["env"]))
-    configs = ordered_configs(stats, others)
     styles = config_styles(stats, others)
+    configs = list(styles)
     offsets = np.linspace(-0.15, 0.15, len(configs)) if len(configs) > 1 else [0.0]
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
