@@ -11,11 +11,10 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from study.config import RunSpec, Study
-from study.run import RunResult, execute
+from study.run import RunResult, execute, run_meta
 from study.store import DONE, FAILED, PARTIAL, PENDING, checkpoint_dir, clear_staging, run_status, write_run
 from study.studylock import StudyLock
 
@@ -59,13 +58,7 @@ def pending_runs(study: Study, results: Path, retry_failed: bool = False) -> lis
 
 def failed_result(spec: RunSpec, error: str) -> RunResult:
     """A failed RunResult for a run whose worker never returned one."""
-    now = datetime.now(UTC).isoformat()
-    return RunResult(
-        spec=spec,
-        status=FAILED,
-        meta={"run_id": spec.run_id, "study": spec.study, "status": FAILED, "started": None, "ended": now},
-        error=error,
-    )
+    return RunResult(spec=spec, status=FAILED, meta=run_meta(spec, FAILED, started=None), error=error)
 
 
 def _init_ray(address: str | None, workers: int | None, verbose: bool) -> bool:

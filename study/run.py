@@ -47,6 +47,24 @@ class RunResult:
         return float(self.evaluations["return_mean"].iloc[-1]) if len(self.evaluations) else float("nan")
 
 
+def run_meta(spec: RunSpec, status: str, started: str | None) -> dict[str, Any]:
+    """The metadata every run record carries: what ran, its state, and what produced it."""
+    return {
+        "run_id": spec.run_id,
+        "study": spec.study,
+        "budget": spec.budget,
+        "env": spec.env,
+        "seed": spec.seed,
+        "factors": dict(spec.factors),
+        "status": status,
+        "started": started,
+        "ended": datetime.now(UTC).isoformat(),
+        "versions": provenance.package_versions(),
+        "code": provenance.code_version(),
+        "host": provenance.host(),
+    }
+
+
 def execute(spec: RunSpec, cpus: int | None = None, checkpoint_dir: Path | None = None) -> RunResult:
     """Train and evaluate one run; exceptions become a failed RunResult with the traceback.
 
@@ -90,25 +108,13 @@ def execute(spec: RunSpec, cpus: int | None = None, checkpoint_dir: Path | None 
         for env in envs:
             env.close()
     wall = time.perf_counter() - clock
-    meta = {
-        "run_id": spec.run_id,
-        "study": spec.study,
-        "budget": spec.budget,
-        "env": spec.env,
-        "seed": spec.seed,
-        "factors": dict(spec.factors),
-        "status": status,
-        "started": started.isoformat(),
-        "ended": datetime.now(UTC).isoformat(),
+    meta = run_meta(spec, status, started.isoformat()) | {
         "wall_time_s": wall,
         "steps": steps,
         "resumed_at": resumed_at,
         "steps_per_s": (steps - (resumed_at or 0)) / wall if wall > 0 else None,
         "cpus": cpus,
         "torch_threads": th.get_num_threads(),
-        "versions": provenance.package_versions(),
-        "code": provenance.code_version(),
-        "host": provenance.host(),
     }
     result = RunResult(spec=spec, status=status, meta=meta, error=error)
     if recorder is not None:

@@ -4,14 +4,12 @@ report without training, and for its tests and benchmarks."""
 from __future__ import annotations
 
 import zlib
-from datetime import UTC, datetime
 
 import numpy as np
 
-from study import provenance
 from study.config import RunSpec
 from study.recording import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS
-from study.run import RunResult, table
+from study.run import RunResult, run_meta, table
 
 
 def fake_result(spec: RunSpec, n_evaluations: int = 10, n_episodes: int = 20, status: str = "done") -> RunResult:
@@ -47,24 +45,7 @@ def fake_result(spec: RunSpec, n_evaluations: int = 10, n_episodes: int = 20, st
         "sigma": 0.2 * 1.01 ** np.cumsum(rng.choice([-1, 1], len(adapt_steps))),
         "distance": rng.lognormal(np.log(0.2), 0.3, len(adapt_steps)),
     }
-    now = datetime.now(UTC).isoformat()
-    meta = {
-        "run_id": spec.run_id,
-        "study": spec.study,
-        "budget": spec.budget,
-        "env": spec.env,
-        "seed": spec.seed,
-        "factors": dict(spec.factors),
-        "status": status,
-        "started": now,
-        "ended": now,
-        "wall_time_s": 1.0,
-        "steps": total,
-        "steps_per_s": float(total),
-        "synthetic": True,
-        "versions": provenance.package_versions(),
-        "code": provenance.code_version(),
-    }
+    meta = run_meta(spec, status, started=None) | {"wall_time_s": 1.0, "steps": total, "synthetic": True}
     result = RunResult(
         spec=spec,
         status=status,

@@ -49,6 +49,15 @@ def _hide_unused(axes: np.ndarray, used: int) -> None:
         ax.set_visible(False)
 
 
+def _finish(fig: Figure, axes: np.ndarray, used: int, legend: str | None) -> Figure:
+    """Hide unused panels, put one shared legend below (if titled), tighten the layout."""
+    _hide_unused(axes, used)
+    if legend is not None:
+        _legend(fig, axes, legend)
+    fig.tight_layout()
+    return fig
+
+
 def _legend(fig: Figure, axes: np.ndarray, title: str) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     for ax in axes.flat:
@@ -94,10 +103,7 @@ def learning_curves(evaluations: pd.DataFrame, factors: Sequence[str], reps: int
         ax.set_xlabel("environment steps")
         ax.set_ylabel("evaluation return")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
-    _hide_unused(axes, len(envs))
-    _legend(fig, axes, " × ".join(factors) if factors else "")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, len(envs), " × ".join(factors))
 
 
 def _interval_position(levels: Sequence[str]) -> dict[str, float]:
@@ -131,11 +137,7 @@ def metric_vs_interval(
         ax.set_title(env)
         ax.set_xlabel("sampling interval k (steps)")
         ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
-    _hide_unused(axes, len(envs))
-    if others:
-        _legend(fig, axes, " × ".join(others))
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, len(envs), " × ".join(others) if others else None)
 
 
 def factor_comparison(
@@ -163,11 +165,7 @@ def factor_comparison(
         ax.set_title(env)
         ax.set_xlabel(factor)
         ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
-    _hide_unused(axes, len(envs))
-    if others:
-        _legend(fig, axes, " × ".join(others))
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, len(envs), " × ".join(others) if others else None)
 
 
 def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train") -> Figure:
@@ -196,10 +194,7 @@ def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train
         ax.set_title(env)
         ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)")
         ax.set_ylabel("final return")
-    _hide_unused(axes, len(envs))
-    _legend(fig, axes, " × ".join(factors) if factors else "")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, len(envs), " × ".join(factors))
 
 
 def sigma_trajectories(adaptations: pd.DataFrame, factors: Sequence[str], targets: pd.Series) -> Figure:

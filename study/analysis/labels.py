@@ -15,15 +15,22 @@ def config_label(frame: pd.DataFrame, factors: Sequence[str]) -> pd.Series:
         return pd.Series(ALL_RUNS, index=frame.index)
     if len(factors) == 1:
         return frame[factors[0]].astype(str)
-    levels = frame[list(factors)].astype(str)
-    return levels.apply(lambda row: ", ".join(f"{f}={v}" for f, v in row.items()), axis=1)
+    label = f"{factors[0]}=" + frame[factors[0]].astype(str)
+    for factor in factors[1:]:
+        label = label + f", {factor}=" + frame[factor].astype(str)
+    return label
 
 
 def ordered_configs(frame: pd.DataFrame, factors: Sequence[str]) -> list[str]:
     """The configuration labels present in `frame`, in the YAML order of the factor levels."""
     if not factors:
         return [ALL_RUNS]
-    return list(dict.fromkeys(config_label(frame.sort_values(list(factors)), factors)))
+    return list(config_label(_combinations(frame, factors), factors))
+
+
+def _combinations(frame: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
+    """The distinct combinations of factor levels in `frame`, in YAML order."""
+    return frame[list(factors)].drop_duplicates().sort_values(list(factors))
 
 
 LINESTYLES = ["-", "--", ":", "-."]
@@ -48,8 +55,9 @@ def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict
             c: {"color": colors[i], "linestyle": "-", "marker": MARKERS[i % len(MARKERS)]}
             for i, c in enumerate(configs)
         }
-    first = list(dict.fromkeys(frame.sort_values(list(factors))[factors[0]].astype(str)))
-    second = list(dict.fromkeys(frame.sort_values(list(factors))[factors[1]].astype(str)))
+    ordered = _combinations(frame, factors)
+    first = list(dict.fromkeys(ordered[factors[0]].astype(str)))
+    second = list(dict.fromkeys(ordered[factors[1]].astype(str)))
     if len(second) > len(LINESTYLES):
         colors = palette(len(configs))
         return {
@@ -58,7 +66,6 @@ def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict
         }
     colors = palette(len(first))
     styles = {}
-    ordered = frame.sort_values(list(factors)).drop_duplicates(list(factors))
     for label, (_, row) in zip(config_label(ordered, factors), ordered.iterrows(), strict=True):
         a, b = first.index(str(row[factors[0]])), second.index(str(row[factors[1]]))
         styles[label] = {"color": colors[a], "linestyle": LINESTYLES[b], "marker": MARKERS[b]}
