@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 
 smoke: $(VENV)/.installed
 	$(PY) -m study run ablations/smoke.yaml
+	$(PY) -m study report ablations/smoke.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

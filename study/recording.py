@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -119,6 +120,9 @@ class Evaluator(BaseCallback):
             self.evaluate()
 
     def evaluate(self) -> dict[str, float | int]:
+        """Run the evaluation episodes and record a row; a diverged policy raises instead."""
+        if not all(th.isfinite(p).all() for p in self.model.policy.parameters()):
+            raise FloatingPointError(f"non-finite policy parameters at step {self.num_timesteps}: the loss diverged")
         returns, lengths, continuity, jerk = [], [], [], []
         for _ in range(self.n_episodes):
             obs, _ = self.eval_env.reset(seed=self._seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from study.config import load_study
 from study.run import execute
@@ -72,3 +73,19 @@ def test_a_raising_run_is_a_failed_result(spec, monkeypatch) -> None:
     assert result.status == "failed"
     assert "FloatingPointError: loss is NaN" in result.error
     assert result.meta["status"] == "failed"
+
+
+def test_a_diverged_policy_fails_the_run(spec, monkeypatch) -> None:
+    from study.recording import Evaluator
+
+    original = Evaluator.evaluate
+
+    def poison_then_evaluate(self):
+        with torch.no_grad():
+            next(self.model.policy.actor.parameters()).fill_(float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(Evaluator, "evaluate", poison_then_evaluate)
+    result = execute(spec)
+    assert result.status == "failed"
+    assert "FloatingPointError: non-finite policy parameters at step 150" in result.error
