@@ -88,7 +88,7 @@ def test_cell_stats_mean_and_standard_error(two_runs: StudyResults) -> None:
     m = run_metrics(two_runs)
     stats = cell_stats(m, "final_return", ["env"], reps=200)
     row = stats.iloc[0]
-    assert row["n"] == 2 and row["mean"] == -150.0
+    assert row["seeds"] == 2 and row["mean"] == -150.0
     assert row["se"] == pytest.approx(np.std([-100, -200], ddof=1) / np.sqrt(2))
     assert row["iqm_low"] <= row["iqm"] <= row["iqm_high"]
 

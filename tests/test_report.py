@@ -115,3 +115,27 @@ def test_report_of_an_empty_or_unknown_study_exits_2(write_study, tmp_path: Path
     assert "no complete runs of study 'tiny'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope.yaml")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Path) -> None:
+    """Runs that record an `optimal` flag per evaluation, over a factor `n`: the report draws
+    episodes-to-solve against N, unsolved runs censored."""
+    import numpy as np
+    import pandas as pd
+
+    path = write_study({"name": "chainlike", "seeds": 4, "grid": {"n": {"5": {}, "10": {}, "20": {}}}})
+    study = load_study(path)
+    results = tmp_path / "results"
+    for spec in study.runs:
+        result = fake_result(spec, n_evaluations=500)
+        n = int(spec.factors["n"])
+        solved_from = 20 * n + 10 * spec.seed if n < 20 or spec.seed < 2 else 10**9  # N = 20: half unsolved
+        result.evaluations["optimal"] = np.arange(500) >= solved_from
+        write_run(result, results)
+    report = build_report(study, results, reps=100)
+    assert "episodes_to_solve" in report.figures
+    metrics = pd.read_csv(report.folder / "metrics.csv")
+    solved = metrics.set_index(["n", "seed"])["episodes_to_solve"]
+    assert solved[(5, 0)] == 100 + 100 and solved[(10, 3)] == 200 + 30 + 100
+    assert np.isnan(solved[(20, 3)])
+    check_report(report.folder, set(report.figures))

@@ -40,7 +40,7 @@ def stratified_bootstrap(
 
 
 def cell_stats(metrics: pd.DataFrame, metric: str, by: Sequence[str], reps: int = REPS, seed: int = 0) -> pd.DataFrame:
-    """Per cell (rows sharing `by`): n seeds, mean, standard error, IQM and its 95% bootstrap CI."""
+    """Per cell (rows sharing `by`): number of seeds, mean, standard error, IQM and its 95% bootstrap CI."""
     rows = []
     for key, group in metrics.dropna(subset=[metric]).groupby(list(by), observed=True, sort=True):
         values = group[metric].to_numpy(dtype=float)
@@ -49,9 +49,9 @@ def cell_stats(metrics: pd.DataFrame, metric: str, by: Sequence[str], reps: int 
         key = key if isinstance(key, tuple) else (key,)
         rows.append(
             dict(zip(by, key, strict=True))
-            | {"n": len(values), "mean": values.mean(), "se": se, "iqm": point, "iqm_low": low, "iqm_high": high}
+            | {"seeds": len(values), "mean": values.mean(), "se": se, "iqm": point, "iqm_low": low, "iqm_high": high}
         )
-    columns = [*by, "n", "mean", "se", "iqm", "iqm_low", "iqm_high"]
+    columns = [*by, "seeds", "mean", "se", "iqm", "iqm_low", "iqm_high"]
     frame = pd.DataFrame(rows, columns=columns)
     for column in by:  # keep the YAML order of factor levels
         if isinstance(metrics[column].dtype, pd.CategoricalDtype):

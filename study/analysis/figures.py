@@ -248,6 +248,7 @@ def episodes_to_solve_vs_n(metrics: pd.DataFrame, n: str, factors: Sequence[str]
     ax.text(ax.get_xlim()[0], budget, " budget (unsolved)", va="bottom", fontsize=8, color="grey")
     ax.set_xlabel("chain length N")
     ax.set_ylabel("episodes to solve")
-    ax.legend(title=" × ".join(factors) if factors else None)
+    if factors:
+        ax.legend(title=" × ".join(factors))
     fig.tight_layout()
     return fig

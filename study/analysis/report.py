@@ -124,7 +124,7 @@ def build_report(
         )
     chain_n = next((f for f in factors if f in CHAIN_LENGTH_FACTORS), None)
     if "episodes_to_solve" in metrics and chain_n:
-        budget = float(max(spec.settings.total_steps for spec in study.runs))
+        budget = float(loaded.evaluations.groupby("run_id").size().max())  # episodes: one evaluation each
         figure(
             "episodes_to_solve",
             "Episodes until the greedy policy is optimal for 100 consecutive evaluations, against the chain "
@@ -271,7 +271,7 @@ def _improvement_table(metrics: pd.DataFrame, study: Study, reps: int) -> str:
 
 
 def _stats_markdown(stats: pd.DataFrame, factors: list[str]) -> str:
-    columns = ["env", *factors, "n", "mean", "se", "iqm", "iqm_low", "iqm_high"]
+    columns = ["env", *factors, "seeds", "mean", "se", "iqm", "iqm_low", "iqm_high"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in stats[columns].itertuples(index=False):
         cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in row]
