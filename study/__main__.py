@@ -13,7 +13,7 @@ from rich.table import Table
 from study.config import Study, StudyError, load_study
 from study.launch import MAX_RETRIES, Interrupted, run_study
 from study.progress import ProgressDisplay
-from study.store import run_status
+from study.store import DONE, FAILED, PARTIAL, PENDING, run_status
 from study.studylock import StudyLocked
 
 EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -57,7 +57,8 @@ def _load(args: argparse.Namespace) -> Study:
     return load_study(args.study, budget=args.budget, steps=args.steps)
 
 
-def _runs_table(study: Study, results: Path) -> tuple[Table, Counter]:
+def print_runs(study: Study, results: Path, console: Console) -> None:
+    """A table of the study's runs with their factor levels and state, and the totals."""
     table = Table(title=f"{study.name} · budget {study.budget} · {len(study.runs)} runs")
     for column in ["env", *study.factor_levels, "seed", "steps", "id", "state"]:
         table.add_column(column)
@@ -68,18 +69,13 @@ def _runs_table(study: Study, results: Path) -> tuple[Table, Counter]:
         table.add_row(
             spec.env, *spec.factors.values(), str(spec.seed), str(spec.settings.total_steps), spec.spec_hash, state
         )
-    return table, states
-
-
-def _totals(states: Counter) -> str:
-    return " · ".join(f"{state} {states[state]}" for state in ("done", "failed", "partial", "pending"))
+    console.print(table)
+    totals = " · ".join(f"{state} {states[state]}" for state in (DONE, FAILED, PARTIAL, PENDING))
+    console.print(f"total {len(study.runs)}: {totals}", highlight=False)
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    study = _load(args)
-    table, states = _runs_table(study, args.results)
-    console.print(table)
-    console.print(f"total {len(study.runs)}: {_totals(states)}", highlight=False)
+    print_runs(_load(args), args.results, console)
     return 0
 
 
@@ -96,9 +92,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     study = _load(args)
     if args.dry_run:
-        table, states = _runs_table(study, args.results)
-        console.print(table)
-        console.print(f"total {len(study.runs)}: {_totals(states)}", highlight=False)
+        print_runs(study, args.results, console)
         return 0
     try:
         with ProgressDisplay(console) as progress:
