@@ -8,11 +8,12 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -35,23 +36,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _k_or_episode(value: Any) -> Any:
+    if value == "episode" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError("must be a positive integer k or 'episode'")
+
+
+# a resampling interval: every episode start, and every k steps within an episode
+Interval = Annotated[int | Literal["episode"], BeforeValidator(_k_or_episode)]
+
+
 class ParamNoiseSettings(_Strict):
     """Parameter-space noise (DESIGN.md §3)."""
 
-    interval: int | Literal["episode"] = "episode"
+    interval: Interval = "episode"
     adaptive: bool = True
     initial_sigma: PositiveFloat = 0.2
     target_distance: PositiveFloat = 0.2
     adapt_every: PositiveInt = 100
     alpha: float = Field(1.01, gt=1.0)
     follow_learner: bool = False
-
-    @field_validator("interval", mode="before")
-    @classmethod
-    def _k_or_episode(cls, value: Any) -> Any:
-        if value == "episode" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            return value
-        raise ValueError("must be a positive integer k or 'episode'")
 
 
 class ActionNoiseSettings(_Strict):
@@ -62,9 +66,27 @@ class ActionNoiseSettings(_Strict):
     theta: PositiveFloat = 0.15
 
 
+class GSDESettings(_Strict):
+    """Generalized state-dependent exploration (SAC's `use_sde`), resampled like parameter
+    noise: at every episode start and every `interval` steps."""
+
+    interval: Interval = "episode"
+    log_std_init: float = -3.0
+
+
 class ExplorationSettings(_Strict):
     param_noise: ParamNoiseSettings | None = None
     action_noise: ActionNoiseSettings = ActionNoiseSettings()
+    gsde: GSDESettings | None = None
+    mean_actions: bool = False  # SAC: explore with the policy's mean, not by sampling it
+
+    @model_validator(mode="after")
+    def _one_structured_noise(self) -> ExplorationSettings:
+        if self.gsde is not None and self.param_noise is not None:
+            raise ValueError("gsde and param_noise: choose one")
+        if self.gsde is not None and self.mean_actions:
+            raise ValueError("gsde and mean_actions: gSDE explores by sampling its policy")
+        return self
 
 
 class EvalSettings(_Strict):
@@ -89,6 +111,9 @@ class Hyperparams(_Strict):
     policy_delay: PositiveInt | None = None
     target_policy_noise: NonNegativeFloat | None = None
     target_noise_clip: NonNegativeFloat | None = None
+    ent_coef: PositiveFloat | Annotated[str, Field(pattern=r"^auto(_\d+(\.\d*)?)?$")] | None = None
+    target_entropy: float | Literal["auto"] | None = None
+    target_update_interval: PositiveInt | None = None
 
     def sb3_kwargs(self) -> dict[str, Any]:
         """The set hyperparameters, as SB3 expects them."""
@@ -131,10 +156,20 @@ class _SharedSettings(_Strict):
     def _hyperparams_fit_algo(self) -> _SharedSettings:
         from study.algos import ALGOS
 
-        accepted = ALGOS[self.algo].hyperparams()
+        algo = ALGOS[self.algo]
         for key in self.hyperparams.model_dump(exclude_none=True):
-            if key not in accepted:
+            if key not in algo.hyperparams():
                 raise ValueError(f"hyperparams.{key}: not a hyperparameter of {self.algo}")
+        exploration = self.exploration
+        if exploration.gsde is not None and "use_sde" not in algo.hyperparams():
+            raise ValueError(f"exploration.gsde: {self.algo} has no gSDE (SAC has)")
+        if exploration.mean_actions and not algo.stochastic:
+            raise ValueError(f"exploration.mean_actions: {self.algo} always explores with its deterministic policy")
+        if exploration.gsde is not None and self.hyperparams.sb3_kwargs().get("train_freq") != (1, "episode"):
+            raise ValueError(
+                "exploration.gsde: needs hyperparams.train_freq: episode, so that the interval is not cut "
+                "by the rollout length"
+            )
         return self
 
 

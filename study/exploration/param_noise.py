@@ -80,8 +80,8 @@ class ParamNoiseCallback(BaseCallback):
             self._generator = th.Generator(device=policy.device)
             self._generator.manual_seed(derived_seed(seed, "perturbation"))
             self._rng = np.random.default_rng(derived_seed(seed, "adaptation-states"))
-            self._acting = Perturbation(policy.acting_net, policy.perturbed_net)
-            self._adaptive = Perturbation(policy.acting_net, policy.adaptive_net)
+            self._acting = Perturbation(policy.acting_net, policy.perturbed_net, policy.perturbed_parts)
+            self._adaptive = Perturbation(policy.acting_net, policy.adaptive_net, policy.perturbed_parts)
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch as th
 from torch import nn
 
@@ -12,12 +14,17 @@ def perturbable_parameters(net: nn.Module) -> list[nn.Parameter]:
 
 
 class Perturbation:
-    """A drawn perturbation ε for one network, re-appliable to any θ of the same shape."""
+    """A drawn perturbation ε for one network, re-appliable to any θ of the same shape.
 
-    def __init__(self, source: nn.Module, target: nn.Module) -> None:
+    :param parts: the parts of a network to perturb (default: all of it)
+    """
+
+    def __init__(
+        self, source: nn.Module, target: nn.Module, parts: Callable[[nn.Module], list[nn.Module]] = lambda net: [net]
+    ) -> None:
         self.source, self.target = source, target
-        self._src = perturbable_parameters(source)
-        self._dst = perturbable_parameters(target)
+        self._src = [p for part in parts(source) for p in perturbable_parameters(part)]
+        self._dst = [p for part in parts(target) for p in perturbable_parameters(part)]
         self._all_src = [*source.parameters(), *source.buffers()]
         self._all_dst = [*target.parameters(), *target.buffers()]
         self.noise: list[th.Tensor] = [th.zeros_like(p) for p in self._src]
