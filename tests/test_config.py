@@ -74,7 +74,10 @@ def test_env_overrides(write_study) -> None:
     assert [r.settings.hyperparams.gamma for r in runs] == [0.9, None]
 
 
-@pytest.mark.parametrize("name", ["smoke", "sampling_interval", "layer_norm", "adaptation"])
+@pytest.mark.parametrize(
+    "name",
+    ["smoke", "sampling_interval", "layer_norm", "adaptation", "noise_types", "noise_types_mountaincar", "smoothness"],
+)
 def test_shipped_studies_are_valid(name: str) -> None:
     study = load_study(ROOT / "ablations" / f"{name}.yaml")
     assert study.runs
