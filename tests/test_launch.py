@@ -52,13 +52,21 @@ def wait_for(condition, timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
-def task_processes() -> list[psutil.Process]:
+def _all_task_processes() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if cmdline and cmdline[0].startswith(f"ray::{TASK_NAME}"):
             found.append(proc)
     return found
+
+
+OTHERS = {proc.pid for proc in _all_task_processes()}  # other studies running on this machine
+
+
+def task_processes() -> list[psutil.Process]:
+    """The Ray worker processes running runs of this test session's drivers."""
+    return [proc for proc in _all_task_processes() if proc.pid not in OTHERS]
 
 
 def no_orphan_workers() -> bool:
@@ -189,16 +197,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _ray_processes() -> set[int]:
+    pids = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "ray" in cmdline and proc.pid != os.getpid():
+            pids.add(proc.pid)
+    return pids
+
+
 @pytest.fixture
 def ray_cluster(tmp_path: Path):
+    """A Ray cluster started with `ray start --head`; torn down by stopping its own processes
+    only (`ray stop` would stop every Ray instance on the machine)."""
     port = free_port()
     ray = Path(sys.executable).parent / "ray"
+    before = _ray_processes()
     start = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
     subprocess.run([*start, "--disable-usage-stats"], env=cli_env(), check=True, capture_output=True, timeout=120)
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)
+        procs = [psutil.Process(pid) for pid in _ray_processes() - before if psutil.pid_exists(pid)]
+        for proc in procs:
+            proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=20)
+        for proc in alive:
+            proc.kill()
 
 
 def test_runs_on_an_existing_ray_cluster(ray_cluster: str, tmp_path: Path) -> None:
