@@ -54,7 +54,7 @@ def main() -> None:
 
         warm_up = ray.remote(num_cpus=1)(_warm_up)
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         t_ray = time.perf_counter() - start
         start = time.perf_counter()  # two worker processes start and import torch, SB3 and study
         ray.get([warm_up.remote() for _ in range(2)])

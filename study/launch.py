@@ -84,7 +84,7 @@ def _init_ray(address: str | None, workers: int | None, verbose: bool) -> bool:
     if address:
         ray.init(address=address, **options)
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), **options)
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), **options)  # never join another local instance
     return True
 
 

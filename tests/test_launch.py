@@ -233,3 +233,17 @@ def test_runs_on_an_existing_ray_cluster(ray_cluster: str, tmp_path: Path) -> No
     assert "4 done, 0 failed" in proc.stdout
     loaded = load_results(load_study(ROOT / "ablations" / "smoke.yaml"), results)
     assert len(loaded.runs) == 4 and len(loaded.evaluations) == 12
+
+
+def test_two_studies_run_side_by_side(write_study, tmp_path: Path) -> None:
+    """A second driver on the same machine starts its own Ray instance, not joining the first's."""
+    slow = write_study({"name": "slow", "envs": ["faulty_envs:Slow-v0"], "total_steps": 400, "budgets.full": 400})
+    quick = write_study({"name": "quick"}, name="quick.yaml")
+    results = tmp_path / "results"
+    first = start_cli(slow, results, "--workers", "1")
+    wait_for(lambda: task_processes())
+    second = run_cli(quick, results, "--workers", "1")
+    assert second.returncode == 0, second.stderr
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert len(completed(results, "slow")) == len(completed(results, "quick")) == 1
