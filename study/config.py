@@ -263,9 +263,11 @@ class RunSpec(_Strict):
 
     @property
     def spec_hash(self) -> str:
-        """Short hash of everything that determines the run's results."""
+        """Short hash of everything that determines the run's results. Settings at their
+        defaults are left out, so that a new setting (with a default that keeps the old
+        behaviour) does not orphan the results of existing runs."""
         payload = json.dumps(
-            {"settings": self.settings.model_dump(mode="json"), "seed": self.seed},
+            {"settings": self.settings.model_dump(mode="json", exclude_defaults=True), "seed": self.seed},
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:8]

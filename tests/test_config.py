@@ -146,3 +146,10 @@ def test_missing_file(tmp_path, capsys) -> None:
 def test_study_error_is_a_value_error(write_study) -> None:
     with pytest.raises(StudyError):
         load_study(write_study({"algo": "nope"}))
+
+
+def test_run_id_ignores_settings_left_at_their_defaults(write_study) -> None:
+    implicit = load_study(write_study()).runs[0]
+    explicit = load_study(write_study({"exploration.mean_actions": False, "layer_norm": False})).runs[0]
+    assert implicit.run_id == explicit.run_id
+    assert load_study(write_study({"layer_norm": True})).runs[0].run_id != implicit.run_id
