@@ -100,8 +100,8 @@ def run_study(
 ) -> Summary:
     """Execute every pending run of the study as a Ray task and store each result as it arrives.
 
-    Locks the study's results folder for the duration. On KeyboardInterrupt the running
-    tasks are cancelled and `Interrupted` is raised; completed runs stay saved.
+    Locks the study's results folder for the duration. On SIGINT (Ctrl-C) the running tasks
+    are cancelled and `Interrupted` is raised; completed runs stay saved.
     """
     results = Path(results)
     with StudyLock(results / study.name):
@@ -142,7 +142,7 @@ def _fan_out(
     for spec in pending:
         resources = spec.settings.resources
         options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": max_retries}
-        ref = task.options(name=TASK_NAME, **options).remote(spec, str(checkpoint_dir(results, spec)))
+        ref = task.options(name=TASK_NAME, **options).remote(spec, str(checkpoint_dir(results.resolve(), spec)))
         refs[ref] = spec
     cpus_per_run = max(spec.settings.resources.cpus for spec in pending)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_run))
