@@ -7,6 +7,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+import study.envs  # noqa: F401  (registers the project's environments with gymnasium)
+
 try:
     __version__ = version("study")
 except PackageNotFoundError:  # running from a source tree that was not installed

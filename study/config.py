@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -46,16 +47,41 @@ def _k_or_episode(value: Any) -> Any:
 Interval = Annotated[int | Literal["episode"], BeforeValidator(_k_or_episode)]
 
 
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class ParamNoiseSettings(_Strict):
-    """Parameter-space noise (DESIGN.md §3)."""
+    """Parameter-space noise (DESIGN.md §3). For discrete actions (DQN) the defaults are
+    σ₀ = 0.01, δ from `target_epsilon` (the DQN's own ε schedule) and no ε-greedy on top."""
 
     interval: Interval = "episode"
     adaptive: bool = True
     initial_sigma: PositiveFloat = 0.2
-    target_distance: PositiveFloat = 0.2
+    target_distance: PositiveFloat | None = 0.2
+    target_epsilon: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["schedule"] | None = None
+    epsilon: Probability | None = None
     adapt_every: PositiveInt = 100
     alpha: float = Field(1.01, gt=1.0)
     follow_learner: bool = False
+
+    def for_actions(self, discrete: bool) -> ParamNoiseSettings:
+        """These settings with the defaults of a continuous or a discrete action space."""
+        given = self.model_fields_set
+        if not discrete:
+            for key in ("target_epsilon", "epsilon"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only for discrete actions (DQN)")
+            if self.target_distance is None:
+                raise ValueError("target_distance: needed for continuous actions")
+            return self
+        if "target_distance" in given and self.target_distance is not None and self.target_epsilon is not None:
+            raise ValueError("target_distance and target_epsilon: choose one way to set δ")
+        update: dict[str, Any] = {"epsilon": self.epsilon or 0.0}
+        if "initial_sigma" not in given:
+            update["initial_sigma"] = 0.01
+        if "target_distance" not in given or self.target_distance is None:
+            update |= {"target_distance": None, "target_epsilon": self.target_epsilon or "schedule"}
+        return self.model_copy(update=update)
 
 
 class ActionNoiseSettings(_Strict):
@@ -74,24 +100,74 @@ class GSDESettings(_Strict):
     log_std_init: float = -3.0
 
 
+class NoisyNetSettings(_Strict):
+    """NoisyNet (Fortunato et al.): noisy fully connected layers in the Q-network.
+
+    `resample` is when the acting network draws new noise: "step" (before every action, as in
+    the paper's algorithm; the default), "gradient_step" (keep the noise of the last gradient
+    step, as Rainbow implementations do) or k (every k environment steps and every episode start).
+    Each gradient step always draws fresh, independent noise for the online and the target network.
+    """
+
+    factorised: bool = True
+    sigma0: PositiveFloat | None = None  # 0.5 factorised, 0.017 independent
+    layers: PositiveInt | Literal["all"] = "all"  # the last fully connected layers made noisy
+    resample: PositiveInt | Literal["step", "gradient_step"] = "step"
+    epsilon: Probability = 0.0  # ε-greedy on top
+    log_every: PositiveInt = 1_000  # steps between records of the mean |σ|
+
+    @property
+    def initial_sigma(self) -> float:
+        return self.sigma0 if self.sigma0 is not None else (0.5 if self.factorised else 0.017)
+
+
 class ExplorationSettings(_Strict):
     param_noise: ParamNoiseSettings | None = None
     action_noise: ActionNoiseSettings = ActionNoiseSettings()
     gsde: GSDESettings | None = None
+    noisy_net: NoisyNetSettings | None = None
     mean_actions: bool = False  # SAC: explore with the policy's mean, not by sampling it
 
     @model_validator(mode="after")
     def _one_structured_noise(self) -> ExplorationSettings:
-        if self.gsde is not None and self.param_noise is not None:
-            raise ValueError("gsde and param_noise: choose one")
+        chosen = [k for k in ("param_noise", "gsde", "noisy_net") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)}: choose one")
         if self.gsde is not None and self.mean_actions:
             raise ValueError("gsde and mean_actions: gSDE explores by sampling its policy")
         return self
 
 
+class ProportionalReplay(_Strict):
+    """Prioritized replay, proportional variant: p = |δ| + ε on a sum-tree (Schaul et al.)."""
+
+    type: Literal["proportional"]
+    alpha: NonNegativeFloat = 0.6
+    beta0: Probability = 0.4  # annealed linearly to 1 over training
+    eps: PositiveFloat = 1e-6
+
+
+class RankReplay(_Strict):
+    """Prioritized replay, rank-based variant: p = 1 / rank(|δ|) (Schaul et al.)."""
+
+    type: Literal["rank"]
+    alpha: NonNegativeFloat = 0.7
+    beta0: Probability = 0.5
+    sort_every: PositiveInt = 1_000  # samples between full re-sorts of the priority order
+
+
+class UniformReplay(_Strict):
+    type: Literal["uniform"] = "uniform"
+
+
+ReplaySettings = Annotated[UniformReplay | ProportionalReplay | RankReplay, Field(discriminator="type")]
+
+
 class EvalSettings(_Strict):
-    freq: PositiveInt = 10_000
+    freq: PositiveInt | Literal["episode"] = 10_000  # steps, or after every training episode
     episodes: PositiveInt = 10
+    stop_when_solved: bool = False  # stop once the env's optimal return was reached `solved_window` times in a row
+    solved_window: PositiveInt = 100
 
 
 TrainFreq = PositiveInt | Literal["episode"] | tuple[PositiveInt, Literal["step", "episode"]]
@@ -108,6 +184,10 @@ class Hyperparams(_Strict):
     gamma: float | None = Field(None, gt=0, le=1)
     train_freq: TrainFreq | None = None
     gradient_steps: int | None = Field(None, ge=-1)
+    exploration_fraction: Probability | None = None
+    exploration_initial_eps: Probability | None = None
+    exploration_final_eps: Probability | None = None
+    max_grad_norm: PositiveFloat | None = None
     policy_delay: PositiveInt | None = None
     target_policy_noise: NonNegativeFloat | None = None
     target_noise_clip: NonNegativeFloat | None = None
@@ -135,6 +215,11 @@ class _SharedSettings(_Strict):
 
     algo: str
     total_steps: PositiveInt
+    max_episodes: PositiveInt | None = None  # stop after this many training episodes
+    env_kwargs: dict[str, Scalar] = {}
+    env_wrapper: Literal["none", "atari"] = "none"
+    features_extractor: Literal["flatten", "nature_cnn", "minatar_cnn"] = "flatten"
+    replay: ReplaySettings = UniformReplay()
     eval: EvalSettings = EvalSettings()
     hyperparams: Hyperparams = Hyperparams()
     net_arch: list[PositiveInt] = Field(default_factory=lambda: [400, 300], min_length=1)
@@ -170,6 +255,18 @@ class _SharedSettings(_Strict):
                 "exploration.gsde: needs hyperparams.train_freq: episode, so that the interval is not cut "
                 "by the rollout length"
             )
+        if exploration.noisy_net is not None and not algo.noisy:
+            raise ValueError(f"exploration.noisy_net: {self.algo} has no NoisyNet policy (dqn has)")
+        if self.replay.type != "uniform" and not algo.prioritized:
+            raise ValueError(f"replay.type: {self.algo} cannot learn from prioritized replay (dqn can)")
+        if exploration.action_noise.type != "none" and algo.discrete:
+            raise ValueError(f"exploration.action_noise: {self.algo} has discrete actions")
+        if exploration.param_noise is not None:
+            try:
+                param_noise = exploration.param_noise.for_actions(algo.discrete)
+            except ValueError as err:
+                raise ValueError(f"exploration.param_noise.{err}") from None
+            object.__setattr__(self, "exploration", exploration.model_copy(update={"param_noise": param_noise}))
         return self
 
 
@@ -193,6 +290,19 @@ def _check_env_id(env_id: str) -> str:
     return f"{module}:{env_id}" if module else env_id
 
 
+@functools.cache
+def _action_space_kind(env_id: str, env_kwargs: str) -> str:
+    """ "discrete" or "continuous"; builds the environment once, which also checks `env_kwargs`."""
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id, **json.loads(env_kwargs))
+    except Exception as err:  # noqa: BLE001  (any construction error is the user's input)
+        raise ValueError(f"env_kwargs: cannot make {env_id} with {env_kwargs}: {err}") from None
+    env.close()
+    return "discrete" if isinstance(env.action_space, gym.spaces.Discrete) else "continuous"
+
+
 class RunSettings(_SharedSettings):
     """Everything that determines one run, but the seed."""
 
@@ -202,6 +312,16 @@ class RunSettings(_SharedSettings):
     @classmethod
     def _known_env(cls, env_id: str) -> str:
         return _check_env_id(env_id)
+
+    @model_validator(mode="after")
+    def _env_fits_algo(self) -> RunSettings:
+        from study.algos import ALGOS
+
+        discrete = _action_space_kind(self.env, json.dumps(self.env_kwargs, sort_keys=True)) == "discrete"
+        if discrete != ALGOS[self.algo].discrete:
+            kind = "discrete" if discrete else "continuous"
+            raise ValueError(f"algo: {self.algo} cannot act in {self.env}, whose actions are {kind}")
+        return self
 
 
 class StudyFile(_SharedSettings):

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch as th
+from sb3_contrib.qrdqn.policies import QRDQNPolicy, QuantileNetwork
 from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from stable_baselines3.sac.policies import Actor as SACActor
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import Actor as TD3Actor
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
-from study.exploration.distances import rms_action_distance
+from study.exploration.distances import rms_action_distance, softmax_kl_distance
+from study.exploration.noisy import make_noisy, noise_off, noisy_layers
 
 
 def insert_layer_norm(net: nn.Sequential, output_layer: bool = True) -> nn.Sequential:
@@ -29,16 +32,64 @@ def insert_layer_norm(net: nn.Sequential, output_layer: bool = True) -> nn.Seque
     return nn.Sequential(*modules)
 
 
-class ParamNoisePolicyMixin:
-    """`layer_norm` on/off for actor and critic, and frozen copies of the actor for exploring.
+class PerturbedCopiesMixin:
+    """Frozen perturbed and adaptive copies of the acting network (`acting_name`), the seam
+    `ParamNoiseCallback` works through. While `explore_perturbed` is set, non-deterministic
+    predictions come from the perturbed copy; the learner trains only the original."""
 
-    While `explore_perturbed` is set (by `ParamNoiseCallback`), non-deterministic predictions
-    are the deterministic actions of `perturbed_actor`; with `explore_mean`, those of the
-    unperturbed actor. Deterministic predictions (evaluation) always come from the
-    unperturbed `actor`, the only one the learner trains.
-    """
+    acting_name: str
+    perturbable = True
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        self.explore_perturbed = False
+        if not self.perturbable:
+            return
+        # the copies must not shift the global RNG: same seed, same initial network as plain SB3
+        with th.random.fork_rng(devices=[]):
+            setattr(self, f"perturbed_{self.acting_name}", self._frozen_copy())
+            setattr(self, f"adaptive_{self.acting_name}", self._frozen_copy())
+
+    def make_acting_net(self) -> nn.Module:
+        """A new, independent network of the acting network's architecture."""
+        raise NotImplementedError
+
+    def _frozen_copy(self) -> nn.Module:
+        copy = self.make_acting_net()
+        copy.load_state_dict(self.acting_net.state_dict())
+        copy.requires_grad_(False)
+        copy.set_training_mode(False)
+        return copy
+
+    def perturbed_parts(self, net: nn.Module) -> list[nn.Module]:
+        """The parts of the acting network whose Linear layers parameter noise perturbs."""
+        return [net]
+
+    @property
+    def acting_net(self) -> nn.Module:
+        return getattr(self, self.acting_name)
+
+    @property
+    def perturbed_net(self) -> nn.Module:
+        return getattr(self, f"perturbed_{self.acting_name}")
+
+    @property
+    def adaptive_net(self) -> nn.Module:
+        return getattr(self, f"adaptive_{self.acting_name}")
+
+    def perturbation_distance(self, obs: th.Tensor) -> float:
+        """The distance d between the acting network and its adaptive copy on `obs`."""
+        raise NotImplementedError
+
+
+class ParamNoisePolicyMixin(PerturbedCopiesMixin):
+    """Actor-critic policies: `layer_norm` on/off for actor and critic, and perturbed copies
+    of the actor. With `explore_mean`, non-deterministic predictions are the deterministic
+    actions of the unperturbed actor. Deterministic predictions (evaluation) always come
+    from the unperturbed `actor`."""
 
     actor: nn.Module
+    acting_name = "actor"
 
     def __init__(self, *args: Any, layer_norm: bool = False, explore_mean: bool = False, **kwargs: Any) -> None:
         self.layer_norm = layer_norm
@@ -53,20 +104,8 @@ class ParamNoisePolicyMixin:
                 critic.add_module(f"qf{idx}", critic.q_networks[idx])
         return critic
 
-    def _build(self, lr_schedule: Any) -> None:
-        super()._build(lr_schedule)
-        # the copies must not shift the global RNG: same seed, same initial actor as plain SB3
-        with th.random.fork_rng(devices=[]):
-            self.perturbed_actor = self._frozen_copy()
-            self.adaptive_actor = self._frozen_copy()
-        self.explore_perturbed = False
-
-    def _frozen_copy(self) -> nn.Module:
-        copy = self.make_actor(features_extractor=None)
-        copy.load_state_dict(self.actor.state_dict())
-        copy.requires_grad_(False)
-        copy.set_training_mode(False)
-        return copy
+    def make_acting_net(self) -> nn.Module:
+        return self.make_actor(features_extractor=None)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return super()._get_constructor_parameters() | {
@@ -84,24 +123,6 @@ class ParamNoisePolicyMixin:
     def mean_actions(self, actor: nn.Module, observation: PyTorchObs) -> th.Tensor:
         """The deterministic actions of `actor`, in the normalized [-1, 1] space."""
         raise NotImplementedError
-
-    def perturbed_parts(self, actor: nn.Module) -> list[nn.Module]:
-        """The parts of an actor whose Linear layers parameter noise perturbs."""
-        return [actor]
-
-    # -- the seam used by ParamNoiseCallback -------------------------------------------
-
-    @property
-    def acting_net(self) -> nn.Module:
-        return self.actor
-
-    @property
-    def perturbed_net(self) -> nn.Module:
-        return self.perturbed_actor
-
-    @property
-    def adaptive_net(self) -> nn.Module:
-        return self.adaptive_actor
 
     @th.no_grad()
     def perturbation_distance(self, obs: th.Tensor) -> float:
@@ -135,5 +156,124 @@ class ParamNoiseSACPolicy(ParamNoisePolicyMixin, SACPolicy):
     def mean_actions(self, actor: nn.Module, observation: PyTorchObs) -> th.Tensor:
         return actor(observation, deterministic=True)
 
-    def perturbed_parts(self, actor: nn.Module) -> list[nn.Module]:
-        return [actor.latent_pi, actor.mu]
+    def perturbed_parts(self, net: nn.Module) -> list[nn.Module]:
+        return [net.latent_pi, net.mu]
+
+
+class _QPolicyMixin(PerturbedCopiesMixin):
+    """Value-based policies: `layer_norm` in the Q-network and perturbed copies of it; only its
+    fully connected layers are perturbed. The acting network is `acting_name`, whose head
+    is the Sequential `head_name`."""
+
+    head_name: str
+
+    def __init__(self, *args: Any, layer_norm: bool = False, **kwargs: Any) -> None:
+        self.layer_norm = layer_norm
+        super().__init__(*args, **kwargs)
+
+    def _adapt_head(self, net: nn.Module) -> nn.Module:
+        if self.layer_norm:
+            setattr(net, self.head_name, insert_layer_norm(getattr(net, self.head_name)).to(self.device))
+        return net
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return super()._get_constructor_parameters() | {"layer_norm": self.layer_norm}
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
+        if self.explore_perturbed and not deterministic:
+            return self.perturbed_net._predict(observation, deterministic=True)
+        return self.acting_net._predict(observation, deterministic=True)
+
+    def q_values(self, net: nn.Module, obs: th.Tensor) -> th.Tensor:
+        """Q(s, ·) of `net`, one row per state."""
+        return net(obs)
+
+    @th.no_grad()
+    def perturbation_distance(self, obs: th.Tensor) -> float:
+        """mean KL(softmax Q ‖ softmax Q̃) between the Q-network and the adaptive copy on `obs`."""
+        return softmax_kl_distance(self.q_values(self.acting_net, obs), self.q_values(self.adaptive_net, obs))
+
+
+class ParamNoiseDQNPolicy(_QPolicyMixin, DQNPolicy):
+    """DQN policy with optional LayerNorm after each hidden layer of the Q-network."""
+
+    acting_name, head_name = "q_net", "q_net"
+
+    def make_q_net(self) -> QNetwork:
+        return self._adapt_head(super().make_q_net())
+
+    def make_acting_net(self) -> nn.Module:
+        return self.make_q_net()
+
+
+class ParamNoiseQRDQNPolicy(_QPolicyMixin, QRDQNPolicy):
+    """QR-DQN policy; its Q-values are the means over quantiles."""
+
+    acting_name, head_name = "quantile_net", "quantile_net"
+
+    def make_quantile_net(self) -> QuantileNetwork:
+        return self._adapt_head(super().make_quantile_net())
+
+    def make_acting_net(self) -> nn.Module:
+        return self.make_quantile_net()
+
+    def q_values(self, net: nn.Module, obs: th.Tensor) -> th.Tensor:
+        return net(obs).mean(dim=1)
+
+
+class NoisyDQNPolicy(ParamNoiseDQNPolicy):
+    """NoisyNet-DQN policy: the last `noisy_layers` fully connected layers of the Q-network
+    (default all) are `NoisyLinear`; deterministic predictions (evaluation) use the means only.
+
+    :param noisy_kwargs: `factorised` and `sigma0` of the noisy layers
+    """
+
+    perturbable = False
+
+    def __init__(
+        self, *args: Any, noisy_layers: int | str = "all", noisy_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        self.noisy_layers = noisy_layers
+        self.noisy_kwargs = dict(noisy_kwargs or {})
+        self.noise_generator = th.Generator()
+        self.keep_acting_noise = True  # training restores the acting noise after its gradient steps
+        super().__init__(*args, **kwargs)
+
+    def make_q_net(self) -> QNetwork:
+        net = super().make_q_net()
+        net.q_net = make_noisy(net.q_net, self.noisy_layers, **self.noisy_kwargs).to(self.device)
+        return net
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        self.sample_acting_noise()
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return super()._get_constructor_parameters() | {
+            "noisy_layers": self.noisy_layers,
+            "noisy_kwargs": self.noisy_kwargs,
+        }
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
+        if deterministic:
+            with noise_off(self.q_net):
+                return self.q_net._predict(observation, deterministic=True)
+        return self.q_net._predict(observation, deterministic=True)
+
+    def sample_acting_noise(self) -> None:
+        """New noise for the online network, which acts."""
+        for layer in noisy_layers(self.q_net):
+            layer.sample_noise(self.noise_generator)
+
+    def sample_training_noise(self) -> None:
+        """New, independent noise for the online and the target network (one gradient step)."""
+        for layer in [*noisy_layers(self.q_net), *noisy_layers(self.q_net_target)]:
+            layer.sample_noise(self.noise_generator)
+
+    def noise_state(self) -> list[th.Tensor]:
+        return [eps.clone() for layer in noisy_layers(self.q_net) for eps in (layer.weight_epsilon, layer.bias_epsilon)]
+
+    def load_noise_state(self, state: list[th.Tensor]) -> None:
+        targets = [eps for layer in noisy_layers(self.q_net) for eps in (layer.weight_epsilon, layer.bias_epsilon)]
+        for eps, saved in zip(targets, state, strict=True):
+            eps.copy_(saved)

@@ -9,8 +9,9 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, StopTrainingOnMaxEpisodes
 
+from study.config import EvalSettings
 from study.costs import continuity_cost, jerk_cost
 
 EPISODE_COLUMNS = {
@@ -22,6 +23,7 @@ EPISODE_COLUMNS = {
     "jerk_cost": "float64",
     "sigma": "float64",
     "warmup": "bool",
+    "switch_rate": "float64",
 }
 EVALUATION_COLUMNS = {
     "step": "int64",
@@ -30,6 +32,7 @@ EVALUATION_COLUMNS = {
     "length_mean": "float64",
     "continuity_cost": "float64",
     "jerk_cost": "float64",
+    "optimal": "boolean",  # reached the env's `optimal_return`; NA for envs without one
 }
 ADAPTATION_COLUMNS = {"step": "int64", "sigma": "float64", "distance": "float64"}
 
@@ -40,6 +43,14 @@ def episode_costs(actions: list[np.ndarray], space: spaces.Space) -> tuple[float
         return float("nan"), float("nan")
     a = np.asarray(actions)
     return continuity_cost(a, space.low, space.high), jerk_cost(a, space.low, space.high)
+
+
+def switch_rate(actions: list[np.ndarray], space: spaces.Space) -> float:
+    """Discrete actions: the fraction of steps whose action differs from the previous one."""
+    if not isinstance(space, spaces.Discrete) or len(actions) < 2:
+        return float("nan")
+    a = np.asarray(actions).reshape(len(actions), -1)
+    return float(np.mean(np.any(a[1:] != a[:-1], axis=1)))
 
 
 class EpisodeRecorder(BaseCallback):
@@ -82,6 +93,7 @@ class EpisodeRecorder(BaseCallback):
                     "jerk_cost": jerk,
                     "sigma": self._sigma,
                     "warmup": self._start < self.model.learning_starts,
+                    "switch_rate": switch_rate(self._actions, self.model.action_space),
                 }
             )
             self._reset()
@@ -89,30 +101,43 @@ class EpisodeRecorder(BaseCallback):
 
 
 class Evaluator(BaseCallback):
-    """Every `eval_freq` steps and at the end: `n_episodes` with the deterministic, unperturbed policy.
+    """Every `freq` steps (or after every training episode) and at the end: `episodes`
+    episodes with the deterministic, unperturbed policy. With `stop_when_solved`, training
+    stops once the env's `optimal_return` was reached in `solved_window` evaluations in a row.
 
     :param eval_env: a separate environment, reset with `seed` once, then continuing its stream
     """
 
-    def __init__(self, eval_env: gym.Env, eval_freq: int, n_episodes: int, seed: int | None = None) -> None:
+    def __init__(self, eval_env: gym.Env, settings: EvalSettings, seed: int | None = None) -> None:
         super().__init__()
         self.eval_env = eval_env
-        self.eval_freq = eval_freq
-        self.n_episodes = n_episodes
+        self.settings = settings
         self._seed = seed
-        self.rows: list[dict[str, float | int]] = []
+        self.optimal_return: float | None = getattr(eval_env.unwrapped, "optimal_return", None)
+        if settings.stop_when_solved and self.optimal_return is None:
+            raise ValueError(f"eval.stop_when_solved: {eval_env.spec.id} has no optimal_return")
+        self.rows: list[dict[str, float | int | bool | None]] = []
+        self.streak = 0
 
     def state_dict(self) -> dict[str, Any]:
         # between evaluations the env only needs its random stream for the next reset
-        return {"rows": list(self.rows), "seed": self._seed, "np_random": self.eval_env.unwrapped.np_random}
+        return {
+            "rows": list(self.rows),
+            "seed": self._seed,
+            "streak": self.streak,
+            "np_random": self.eval_env.unwrapped.np_random,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows, self._seed = list(state["rows"]), state["seed"]
+        self.rows, self._seed, self.streak = list(state["rows"]), state["seed"], state.get("streak", 0)
         self.eval_env.unwrapped.np_random = state["np_random"]
 
     def _on_step(self) -> bool:
-        if self.num_timesteps % self.eval_freq == 0:
-            self.evaluate()
+        freq = self.settings.freq
+        if self.locals["dones"][0] if freq == "episode" else self.num_timesteps % freq == 0:
+            row = self.evaluate()
+            self.streak = self.streak + 1 if row["optimal"] else 0
+            return not (self.settings.stop_when_solved and self.streak >= self.settings.solved_window)
         return True
 
     def _on_training_end(self) -> None:
@@ -124,7 +149,7 @@ class Evaluator(BaseCallback):
         if not all(th.isfinite(p).all() for p in self.model.policy.parameters()):
             raise FloatingPointError(f"non-finite policy parameters at step {self.num_timesteps}: the loss diverged")
         returns, lengths, continuity, jerk = [], [], [], []
-        for _ in range(self.n_episodes):
+        for _ in range(self.settings.episodes):
             obs, _ = self.eval_env.reset(seed=self._seed)
             self._seed = None
             actions, total, done = [], 0.0, False
@@ -146,7 +171,18 @@ class Evaluator(BaseCallback):
             "length_mean": float(np.mean(lengths)),
             "continuity_cost": float(np.mean(continuity)),
             "jerk_cost": float(np.mean(jerk)),
+            "optimal": None if self.optimal_return is None else bool(min(returns) >= self.optimal_return - 1e-9),
         }
         self.rows.append(row)
         self.logger.record("eval/mean_reward", row["return_mean"])
         return row
+
+
+class EpisodeLimit(StopTrainingOnMaxEpisodes):
+    """SB3's stop after `max_episodes` training episodes, with its count kept in checkpoints."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n_episodes": self.n_episodes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n_episodes = state["n_episodes"]

@@ -18,8 +18,17 @@ from stable_baselines3.common.utils import set_random_seed
 from study import algos, provenance
 from study.checkpoint import Checkpointer
 from study.config import RunSpec
+from study.envs import make_env
+from study.exploration.noisy import NoisyNetCallback
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
-from study.recording import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, EpisodeRecorder, Evaluator
+from study.recording import (
+    ADAPTATION_COLUMNS,
+    EPISODE_COLUMNS,
+    EVALUATION_COLUMNS,
+    EpisodeLimit,
+    EpisodeRecorder,
+    Evaluator,
+)
 
 
 def table(data: list[dict[str, Any]] | dict[str, Any], columns: dict[str, str]) -> pd.DataFrame:
@@ -80,14 +89,18 @@ def execute(spec: RunSpec, cpus: int | None = None, checkpoint_dir: Path | None 
     status, error = "done", None
     try:
         set_random_seed(spec.seed)
-        envs = [gym.make(spec.env), gym.make(spec.env)]
-        model, callbacks = algos.build(spec.settings, envs[0], spec.seed)
-        noise = next((cb for cb in callbacks if isinstance(cb, ParamNoiseCallback)), None)
+        settings = spec.settings
+        envs = [
+            make_env(spec.env, settings.env_kwargs, settings.env_wrapper, evaluation=evaluation)
+            for evaluation in (False, True)
+        ]
+        model, callbacks = algos.build(settings, envs[0], spec.seed)
+        noise = next((cb for cb in callbacks if isinstance(cb, ParamNoiseCallback | NoisyNetCallback)), None)
         recorder = EpisodeRecorder(sigma=(lambda: noise.sigma) if noise else None)
-        evaluator = Evaluator(
-            envs[1], spec.settings.eval.freq, spec.settings.eval.episodes, seed=derived_seed(spec.seed, "eval-env")
-        )
+        evaluator = Evaluator(envs[1], settings.eval, seed=derived_seed(spec.seed, "eval-env"))
         callbacks += [recorder, evaluator]
+        if settings.max_episodes is not None:
+            callbacks.append(EpisodeLimit(settings.max_episodes))
         checkpointer = None
         if checkpoint_dir is not None and spec.checkpoint_every:
             parts = {f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")}
@@ -113,6 +126,7 @@ def execute(spec: RunSpec, cpus: int | None = None, checkpoint_dir: Path | None 
         "steps": steps,
         "resumed_at": resumed_at,
         "steps_per_s": (steps - (resumed_at or 0)) / wall if wall > 0 else None,
+        "episodes": len(recorder.rows) if recorder is not None else 0,
         "cpus": cpus,
         "torch_threads": th.get_num_threads(),
     }

@@ -167,7 +167,7 @@ def test_episodic_training_for_td3(write_study) -> None:
     ("overrides", "message"),
     [
         ({"exploration.param_noise": None, "exploration.gsde": {"interval": 8}}, "exploration.gsde: td3 has no gSDE"),
-        ({"algo": "sac", "exploration.gsde": {"interval": 8}}, "gsde and param_noise: choose one"),
+        ({"algo": "sac", "exploration.gsde": {"interval": 8}}, "param_noise and gsde: choose one"),
         ({"exploration.mean_actions": True}, "exploration.mean_actions: td3 always explores"),
         (
             {"algo": "sac", "exploration.param_noise": None, "exploration.gsde": {"interval": 8}},

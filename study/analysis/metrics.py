@@ -67,15 +67,15 @@ def run_metrics(results: StudyResults, include_warmup: bool = False) -> pd.DataF
     total = out["total_steps"].reindex(episodes["run_id"]).to_numpy()
     late = episodes[episodes["step"].to_numpy() > 0.9 * total]
     out["c_train_last10"] = late.groupby("run_id", sort=False)["continuity_cost"].mean()
-    if "switch_rate" in episodes:
+    if "switch_rate" in episodes and episodes["switch_rate"].notna().any():
         out["switch_rate"] = train["switch_rate"].mean()
 
     if len(results.adaptations):
         adaptations = results.adaptations.sort_values(["run_id", "step"], kind="stable").groupby("run_id", sort=False)
         out["final_sigma"] = adaptations["sigma"].last()
         out["mean_distance"] = adaptations["distance"].mean()
-    if "optimal" in evaluations:
-        out["episodes_to_solve"] = episodes_to_solve(evaluations)
+    if "optimal" in evaluations and evaluations["optimal"].notna().any():
+        out["episodes_to_solve"] = episodes_to_solve(evaluations[evaluations["optimal"].notna()])
     return out.reset_index()
 
 

@@ -1,1 +1,43 @@
-"""The project's own environments, registered with gymnasium on import."""
+"""The project's own environments (registered with gymnasium on import) and environment creation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+
+if "study/Chain-v0" not in gym.registry:
+    gym.register("study/Chain-v0", entry_point="study.envs.chain:ChainEnv", kwargs={"n": 10})
+
+
+class _ChannelsFirst(gym.ObservationWrapper):
+    """(stack, H, W, 1) frames → (stack, H, W), an image SB3's CNNs take as channel-first."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        self.observation_space = gym.spaces.Box(0, 255, shape=space.shape[:-1], dtype=np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.asarray(observation)[..., 0]
+
+
+def atari(env: gym.Env, evaluation: bool) -> gym.Env:
+    """SB3's Atari preprocessing (no-op reset, frame skip 4, 84×84 grey, episodic life and
+    clipped rewards for training only) and a stack of the last 4 frames."""
+    from stable_baselines3.common.atari_wrappers import AtariWrapper
+
+    env = AtariWrapper(env, terminal_on_life_loss=not evaluation, clip_reward=not evaluation)
+    return _ChannelsFirst(gym.wrappers.FrameStackObservation(env, 4))
+
+
+WRAPPERS: dict[str, Callable[[gym.Env, bool], gym.Env]] = {
+    "none": lambda env, evaluation: env,
+    "atari": atari,
+}
+
+
+def make_env(env_id: str, env_kwargs: dict | None = None, wrapper: str = "none", evaluation: bool = False) -> gym.Env:
+    """A gymnasium environment (`module:EnvId` imports `module` first), wrapped by name."""
+    return WRAPPERS[wrapper](gym.make(env_id, **(env_kwargs or {})), evaluation)

@@ -7,9 +7,10 @@ from typing import Any, Literal
 import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.callbacks import BaseCallback
 
+from study.exploration.distances import epsilon_to_kl
 from study.exploration.perturb import Perturbation
+from study.exploration.schedule import ResamplingCallback
 
 
 def derived_seed(seed: int, stream: str) -> int:
@@ -18,7 +19,7 @@ def derived_seed(seed: int, stream: str) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-class ParamNoiseCallback(BaseCallback):
+class ParamNoiseCallback(ResamplingCallback):
     """Explore with θ̃ = θ + ε, resampled at every episode start and every `interval` steps.
 
     Requires a policy with a perturbed copy of its acting network (see `study.policies`).
@@ -27,9 +28,12 @@ class ParamNoiseCallback(BaseCallback):
     is measured on replay states, and σ ← σ/α if d > δ else σ·α.
 
     :param interval: "episode", or k: also resample every k environment steps
-    :param adaptive: adapt σ towards `target_distance`
+    :param adaptive: adapt σ towards the target distance
     :param initial_sigma: σ₀
-    :param target_distance: δ
+    :param target_distance: δ (or None, with `target_epsilon`)
+    :param target_epsilon: discrete actions: δ = −log(1 − ε + ε/|A|) for this ε-greedy rate,
+        or "schedule": the DQN's own ε schedule at the current step
+    :param epsilon: discrete actions: ε-greedy rate on top of the perturbed policy
     :param adapt_every: adaptation period, in environment steps
     :param alpha: adaptation factor
     :param follow_learner: keep ε fixed but re-apply it to the learner's θ after training
@@ -41,27 +45,29 @@ class ParamNoiseCallback(BaseCallback):
         interval: int | Literal["episode"] = "episode",
         adaptive: bool = True,
         initial_sigma: float = 0.2,
-        target_distance: float = 0.2,
+        target_distance: float | None = 0.2,
+        target_epsilon: float | Literal["schedule"] | None = None,
+        epsilon: float | None = None,
         adapt_every: int = 100,
         alpha: float = 1.01,
         follow_learner: bool = False,
         seed: int | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(verbose)
-        if interval != "episode" and (not isinstance(interval, int) or interval <= 0):
-            raise ValueError(f"interval must be 'episode' or a positive integer, got {interval!r}")
-        self.interval = interval
+        super().__init__(interval, verbose)
+        if (target_distance is None) == (target_epsilon is None):
+            raise ValueError("give exactly one of target_distance and target_epsilon")
         self.adaptive = adaptive
         self.sigma = initial_sigma
         self.target_distance = target_distance
+        self.target_epsilon = target_epsilon
+        self.epsilon = epsilon
         self.adapt_every = adapt_every
         self.alpha = alpha
         self.follow_learner = follow_learner
         self.seed = seed
         self.adaptations: list[dict[str, float]] = []
         self.resamples = 0
-        self._steps_in_episode = 0
         self._acting: Perturbation | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -85,6 +91,8 @@ class ParamNoiseCallback(BaseCallback):
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
+        if self.epsilon is not None:
+            self.model.fixed_exploration_rate = self.epsilon
 
     def _on_training_start(self) -> None:
         self.model.policy.explore_perturbed = True
@@ -100,11 +108,7 @@ class ParamNoiseCallback(BaseCallback):
             self._acting.apply()
 
     def _on_step(self) -> bool:
-        self._steps_in_episode += 1
-        if self.locals["dones"][0]:
-            self._steps_in_episode = 0
-            self.resample()
-        elif self.interval != "episode" and self._steps_in_episode % self.interval == 0:
+        if self._resample_due():
             self.resample()
         if (
             self.adaptive
@@ -124,10 +128,21 @@ class ParamNoiseCallback(BaseCallback):
         obs = self._replay_states()
         self._adaptive.sample(self.sigma, self._generator)
         distance = self.distance(obs)
+        target = self.current_target()
         self.adaptations.append({"step": self.num_timesteps, "sigma": self.sigma, "distance": distance})
         self.logger.record("param_noise/distance", distance)
-        self.sigma = self.sigma / self.alpha if distance > self.target_distance else self.sigma * self.alpha
+        self.logger.record("param_noise/target_distance", target)
+        self.sigma = self.sigma / self.alpha if distance > target else self.sigma * self.alpha
         self.logger.record("param_noise/sigma", self.sigma)
+
+    def current_target(self) -> float:
+        """δ now: fixed, or matched to the target ε-greedy rate."""
+        if self.target_distance is not None:
+            return self.target_distance
+        epsilon = self.target_epsilon
+        if epsilon == "schedule":
+            epsilon = self.model.exploration_schedule(self.model._current_progress_remaining)
+        return epsilon_to_kl(epsilon, int(self.model.action_space.n))
 
     def distance(self, obs: th.Tensor) -> float:
         """d between the unperturbed and the adaptive copy on `obs`."""
