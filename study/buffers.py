@@ -11,32 +11,49 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 
 
-class SumTree:
-    """A binary tree whose internal nodes hold the sums of their leaves.
+class SegmentTree:
+    """A binary tree whose internal nodes hold `op` (add, minimum, ...) of their leaves;
+    a batch update costs O(log n) vector operations.
 
-    Batch update and batch prefix-sum search cost O(log n) vector operations each.
+    :param neutral: the value of empty leaves (0 for sums, +inf for minima)
     """
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, op: np.ufunc = np.add, neutral: float = 0.0) -> None:
+        self.capacity, self.op = capacity, op
         self._leaves = 1 << max(capacity - 1, 0).bit_length()  # a power of two ≥ capacity
         self._depth = self._leaves.bit_length() - 1
-        self.nodes = np.zeros(2 * self._leaves, dtype=np.float64)  # root at 1, leaves at [L, 2L)
+        self.nodes = np.full(2 * self._leaves, neutral, dtype=np.float64)  # root at 1, leaves at [L, 2L)
 
     @property
-    def total(self) -> float:
+    def root(self) -> float:
+        """`op` over all leaves."""
         return float(self.nodes[1])
 
     def __getitem__(self, idx: np.ndarray) -> np.ndarray:
         return self.nodes[np.asarray(idx) + self._leaves]
 
-    def update(self, idx: np.ndarray, values: np.ndarray) -> None:
-        """Set the leaves `idx` to `values` (the last one wins for repeated indices)."""
-        node = np.asarray(idx, dtype=np.int64) + self._leaves
-        self.nodes[node] = values
-        for _ in range(self._depth):
-            node = np.unique(node >> 1)
-            self.nodes[node] = self.nodes[2 * node] + self.nodes[2 * node + 1]
+    def ancestors(self, idx: np.ndarray) -> list[np.ndarray]:
+        """The internal nodes above the leaves `idx`, level by level, bottom up (repeats are
+        harmless: a node recomputed twice gets the same value)."""
+        leaf = np.asarray(idx, dtype=np.int64) + self._leaves
+        return [leaf >> level for level in range(1, self._depth + 1)]
+
+    def update(self, idx: np.ndarray, values: np.ndarray | float, ancestors: list[np.ndarray] | None = None) -> None:
+        """Set the leaves `idx` to `values` (the last one wins for repeated indices).
+
+        :param ancestors: `ancestors(idx)`, when already computed (trees of one capacity share them)
+        """
+        self.nodes[np.asarray(idx, dtype=np.int64) + self._leaves] = values
+        for node in ancestors if ancestors is not None else self.ancestors(idx):
+            self.nodes[node] = self.op(self.nodes[2 * node], self.nodes[2 * node + 1])
+
+
+class SumTree(SegmentTree):
+    """A segment tree of sums, searchable by prefix sum."""
+
+    @property
+    def total(self) -> float:
+        return self.root
 
     def find(self, prefix_sums: np.ndarray, size: int) -> np.ndarray:
         """For each value v in [0, total): the leaf i with sum(leaves[:i]) <= v < sum(leaves[:i+1])."""
@@ -44,8 +61,9 @@ class SumTree:
         node = np.ones(len(value), dtype=np.int64)
         for _ in range(self._depth):
             left = 2 * node
-            go_right = value >= self.nodes[left]
-            value -= np.where(go_right, self.nodes[left], 0.0)
+            left_sum = self.nodes[left]
+            go_right = value >= left_sum
+            value -= left_sum * go_right
             node = left + go_right
         # rounding can step past the last filled leaf: those leaves are empty
         return np.minimum(node - self._leaves, size - 1)
@@ -92,6 +110,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
 
     def _init_priorities(self) -> None:
         self.tree = SumTree(self.buffer_size)
+        self.min_tree = SegmentTree(self.buffer_size, np.minimum, np.inf)
 
     def add(self, *args: Any, **kwargs: Any) -> None:
         idx = self.pos
@@ -99,7 +118,12 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self._set_new(np.array([idx]))
 
     def _set_new(self, idx: np.ndarray) -> None:
-        self.tree.update(idx, self.max_priority**self.alpha)
+        self._set(idx, self.max_priority**self.alpha)
+
+    def _set(self, idx: np.ndarray, values: np.ndarray | float) -> None:
+        ancestors = self.tree.ancestors(idx)
+        self.tree.update(idx, values, ancestors)
+        self.min_tree.update(idx, values, ancestors)
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> PrioritizedReplayBufferSamples:
         idx, probabilities = self.sample_indices(batch_size)
@@ -116,14 +140,13 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         return idx, self.tree[idx] / total
 
     def min_probability(self) -> float:
-        leaves = self.tree[np.arange(self.size())]
-        return float(leaves.min() / self.tree.total)
+        return self.min_tree.root / self.tree.total
 
     def update_priorities(self, idx: np.ndarray, td_errors: np.ndarray) -> None:
         """p_i ← |δ_i| + ε."""
         priorities = np.abs(td_errors) + self.eps
         self.max_priority = max(self.max_priority, float(priorities.max()))
-        self.tree.update(idx, priorities**self.alpha)
+        self._set(idx, priorities**self.alpha)
 
 
 class RankReplayBuffer(PrioritizedReplayBuffer):

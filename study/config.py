@@ -222,7 +222,7 @@ class _SharedSettings(_Strict):
     replay: ReplaySettings = UniformReplay()
     eval: EvalSettings = EvalSettings()
     hyperparams: Hyperparams = Hyperparams()
-    net_arch: list[PositiveInt] = Field(default_factory=lambda: [400, 300], min_length=1)
+    net_arch: list[PositiveInt] = Field(default_factory=lambda: [400, 300])  # [] : a linear head on the features
     activation: Literal["relu", "tanh"] = "relu"
     layer_norm: bool = False
     exploration: ExplorationSettings = ExplorationSettings()

@@ -130,6 +130,8 @@ def load_results(study: Study, results: Path | str = "results", include_failed: 
                 **spec.factors,
                 "status": meta["status"],
                 "total_steps": spec.settings.total_steps,
+                "max_episodes": spec.settings.max_episodes,
+                "solved_window": spec.settings.eval.solved_window,
                 "final_return": meta.get("final_return"),
                 "wall_time_s": meta.get("wall_time_s"),
                 "steps_per_s": meta.get("steps_per_s"),

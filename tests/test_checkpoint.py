@@ -21,6 +21,18 @@ class Interrupted(Exception):
         ("Pendulum-v1", {"exploration.param_noise.interval": 7}),
         ("Pendulum-v1", {"exploration.param_noise": None, "exploration.action_noise": {"type": "ou"}}),
         ("HalfCheetah-v5", {"exploration.param_noise.follow_learner": True}),
+        ("study/Chain-v0", {"algo": "dqn", "exploration.param_noise.interval": 7, "replay": {"type": "proportional"}}),
+        (
+            "study/Chain-v0",
+            {
+                "algo": "dqn",
+                "exploration.param_noise": None,
+                "exploration.noisy_net": {"resample": 3, "log_every": 50},
+                "replay": {"type": "rank", "sort_every": 7},
+                "max_episodes": 25,  # 475 steps: the limit must count the episodes before the crash
+                "eval": {"freq": "episode", "episodes": 1},
+            },
+        ),
     ],
 )
 def test_resume_from_checkpoint_equals_uninterrupted_run(write_study, tmp_path, monkeypatch, env, overrides) -> None:

@@ -76,7 +76,18 @@ def test_env_overrides(write_study) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["smoke", "sampling_interval", "layer_norm", "adaptation", "noise_types", "noise_types_mountaincar", "smoothness"],
+    [
+        "smoke",
+        "sampling_interval",
+        "layer_norm",
+        "adaptation",
+        "noise_types",
+        "noise_types_mountaincar",
+        "smoothness",
+        "chain",
+        "minatar",
+        "atari",
+    ],
 )
 def test_shipped_studies_are_valid(name: str) -> None:
     study = load_study(ROOT / "ablations" / f"{name}.yaml")

@@ -236,7 +236,7 @@ def episodes_to_solve_vs_n(metrics: pd.DataFrame, n: str, factors: Sequence[str]
     frame["episodes"] = frame["episodes_to_solve"].fillna(budget)
     frame["N"] = frame[n].astype(str).astype(float)
     styles = config_styles(frame, factors)
-    fig, ax = plt.subplots(figsize=(WIDTH * 0.62, PANEL_HEIGHT * 1.2))
+    fig, ax = plt.subplots(figsize=(WIDTH * (0.95 if factors else 0.62), PANEL_HEIGHT * 1.3))
     for config, group in frame.groupby("config", sort=False):
         q = group.groupby("N")["episodes"].quantile([0.25, 0.5, 0.75]).unstack().sort_index()
         censored = group.groupby("N")["solved"].mean().reindex(q.index) < 0.5  # median is unsolved
@@ -249,6 +249,6 @@ def episodes_to_solve_vs_n(metrics: pd.DataFrame, n: str, factors: Sequence[str]
     ax.set_xlabel("chain length N")
     ax.set_ylabel("episodes to solve")
     if factors:
-        ax.legend(title=" × ".join(factors))
+        ax.legend(title=" × ".join(factors), loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     fig.tight_layout()
     return fig

@@ -75,15 +75,17 @@ def run_metrics(results: StudyResults, include_warmup: bool = False) -> pd.DataF
         out["final_sigma"] = adaptations["sigma"].last()
         out["mean_distance"] = adaptations["distance"].mean()
     if "optimal" in evaluations and evaluations["optimal"].notna().any():
-        out["episodes_to_solve"] = episodes_to_solve(evaluations[evaluations["optimal"].notna()])
+        windows = results.runs.set_index("run_id").get("solved_window")
+        out["episodes_to_solve"] = episodes_to_solve(evaluations[evaluations["optimal"].notna()], windows)
     return out.reset_index()
 
 
-def episodes_to_solve(evaluations: pd.DataFrame, window: int = SOLVED_WINDOW) -> pd.Series:
+def episodes_to_solve(evaluations: pd.DataFrame, window: int | pd.Series = SOLVED_WINDOW) -> pd.Series:
     """Per run: the number of training episodes after which the greedy policy's evaluations
     had been optimal `window` times in a row (NaN if never: censored at the run's length).
 
     Expects one evaluation per training episode, with columns run_id, step, optimal.
+    `window` may differ per run (a Series by run id; missing runs use SOLVED_WINDOW).
     """
     frame = evaluations.sort_values(["run_id", "step"], kind="stable")
     optimal = frame["optimal"].astype(bool).to_numpy()
@@ -92,5 +94,7 @@ def episodes_to_solve(evaluations: pd.DataFrame, window: int = SOLVED_WINDOW) ->
     # the streak of optimal evaluations ending at each row: restart at every miss and every new run
     streak = pd.Series(optimal.astype(int)).groupby(np.cumsum(~optimal | new_run)).cumsum().to_numpy()
     episodes = frame.groupby("run_id", sort=False).cumcount().to_numpy() + 1
+    if isinstance(window, pd.Series):
+        window = window.reindex(run).fillna(SOLVED_WINDOW).to_numpy()
     solved = pd.Series(np.where(streak >= window, episodes, np.nan), index=run)
     return solved.groupby(level=0, sort=False).min()

@@ -124,10 +124,16 @@ def build_report(
         )
     chain_n = next((f for f in factors if f in CHAIN_LENGTH_FACTORS), None)
     if "episodes_to_solve" in metrics and chain_n:
-        budget = float(loaded.evaluations.groupby("run_id").size().max())  # episodes: one evaluation each
+        limits = loaded.runs.get("max_episodes")
+        budget = (
+            float(limits.max())
+            if limits is not None and limits.notna().any()
+            else float(loaded.evaluations.groupby("run_id").size().max())  # episodes: one evaluation each
+        )
         figure(
             "episodes_to_solve",
-            "Episodes until the greedy policy is optimal for 100 consecutive evaluations, against the chain "
+            "Episodes until the greedy policy is optimal in `solved_window` consecutive evaluations (one after "
+            "each training episode), against the chain "
             "length N: median and interquartile range over seeds; unsolved runs are censored at the budget.",
             lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, [f for f in factors if f != chain_n], budget),
         )

@@ -10,6 +10,13 @@ import numpy as np
 if "study/Chain-v0" not in gym.registry:
     gym.register("study/Chain-v0", entry_point="study.envs.chain:ChainEnv", kwargs={"n": 10})
 
+# MinAtar (Young & Tian, 2019) with its minimal action sets, as the `minatar` package's own v1 ids
+for _game in ("asterix", "breakout", "freeway", "seaquest", "space_invaders"):
+    _id = f"MinAtar/{_game.title().replace('_', '')}-v1"
+    if _id not in gym.registry:
+        _kwargs = {"game": _game, "use_minimal_action_set": True}
+        gym.register(_id, entry_point="study.envs.minatar_games:MinAtarEnv", kwargs=_kwargs)
+
 
 class _ChannelsFirst(gym.ObservationWrapper):
     """(stack, H, W, 1) frames → (stack, H, W), an image SB3's CNNs take as channel-first."""
@@ -27,6 +34,11 @@ def atari(env: gym.Env, evaluation: bool) -> gym.Env:
     """SB3's Atari preprocessing (no-op reset, frame skip 4, 84×84 grey, episodic life and
     clipped rewards for training only) and a stack of the last 4 frames."""
     from stable_baselines3.common.atari_wrappers import AtariWrapper
+
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise ImportError("the atari wrapper needs OpenCV: pip install -e '.[atari]'") from None
 
     env = AtariWrapper(env, terminal_on_life_loss=not evaluation, clip_reward=not evaluation)
     return _ChannelsFirst(gym.wrappers.FrameStackObservation(env, 4))
