@@ -11,55 +11,68 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 
 
-class SegmentTree:
-    """A binary tree whose internal nodes hold `op` (add, minimum, ...) of their leaves;
-    a batch update costs O(log n) vector operations.
+class SumTree:
+    """A binary tree whose internal nodes hold the sums of their leaves.
 
-    :param neutral: the value of empty leaves (0 for sums, +inf for minima)
+    A batch update adds each changed leaf's difference to all its ancestors in one
+    vectorized call; a batch search descends the O(log n) levels for all values at once.
+    The sums are recomputed from the leaves every `rebuild_every` updates, so rounding
+    never accumulates.
     """
 
-    def __init__(self, capacity: int, op: np.ufunc = np.add, neutral: float = 0.0) -> None:
-        self.capacity, self.op = capacity, op
+    def __init__(self, capacity: int, rebuild_every: int = 10_000) -> None:
+        self.capacity = capacity
         self._leaves = 1 << max(capacity - 1, 0).bit_length()  # a power of two ≥ capacity
         self._depth = self._leaves.bit_length() - 1
-        self.nodes = np.full(2 * self._leaves, neutral, dtype=np.float64)  # root at 1, leaves at [L, 2L)
+        self._shifts = np.arange(1, self._depth + 1, dtype=np.int64)[:, None]
+        self.nodes = np.zeros(2 * self._leaves, dtype=np.float64)  # root at 1, leaves at [L, 2L)
+        self.rebuild_every = rebuild_every
+        self._updates = 0
 
     @property
-    def root(self) -> float:
-        """`op` over all leaves."""
+    def total(self) -> float:
         return float(self.nodes[1])
+
+    @property
+    def leaves(self) -> np.ndarray:
+        """All leaves, as a view."""
+        return self.nodes[self._leaves :]
 
     def __getitem__(self, idx: np.ndarray) -> np.ndarray:
         return self.nodes[np.asarray(idx) + self._leaves]
 
-    def ancestors(self, idx: np.ndarray) -> list[np.ndarray]:
-        """The internal nodes above the leaves `idx`, level by level, bottom up (repeats are
-        harmless: a node recomputed twice gets the same value)."""
-        leaf = np.asarray(idx, dtype=np.int64) + self._leaves
-        return [leaf >> level for level in range(1, self._depth + 1)]
+    def update(self, idx: np.ndarray, values: np.ndarray | float) -> None:
+        """Set the leaves `idx` to `values` (the last one wins for repeated indices)."""
+        leaf = np.asarray(idx, dtype=np.int64).ravel() + self._leaves
+        values = np.broadcast_to(np.asarray(values, dtype=np.float64), leaf.shape)
+        if len(leaf) > 1:
+            _, last = np.unique(leaf[::-1], return_index=True)
+            keep = len(leaf) - 1 - last
+            leaf, values = leaf[keep], values[keep]
+        delta = values - self.nodes[leaf]
+        self.nodes[leaf] = values
+        np.add.at(self.nodes, (leaf[None, :] >> self._shifts).ravel(), np.tile(delta, self._depth))
+        self._updates += 1
+        if self._updates % self.rebuild_every == 0:
+            self.rebuild()
 
-    def update(self, idx: np.ndarray, values: np.ndarray | float, ancestors: list[np.ndarray] | None = None) -> None:
-        """Set the leaves `idx` to `values` (the last one wins for repeated indices).
-
-        :param ancestors: `ancestors(idx)`, when already computed (trees of one capacity share them)
-        """
-        self.nodes[np.asarray(idx, dtype=np.int64) + self._leaves] = values
-        for node in ancestors if ancestors is not None else self.ancestors(idx):
-            self.nodes[node] = self.op(self.nodes[2 * node], self.nodes[2 * node + 1])
-
-
-class SumTree(SegmentTree):
-    """A segment tree of sums, searchable by prefix sum."""
-
-    @property
-    def total(self) -> float:
-        return self.root
+    def rebuild(self) -> None:
+        """Recompute every internal node from the leaves."""
+        for level in range(self._depth - 1, -1, -1):
+            lo = 1 << level
+            self.nodes[lo : 2 * lo] = self.nodes[2 * lo : 4 * lo : 2] + self.nodes[2 * lo + 1 : 4 * lo : 2]
 
     def find(self, prefix_sums: np.ndarray, size: int) -> np.ndarray:
         """For each value v in [0, total): the leaf i with sum(leaves[:i]) <= v < sum(leaves[:i+1])."""
         value = np.array(prefix_sums, dtype=np.float64)
-        node = np.ones(len(value), dtype=np.int64)
-        for _ in range(self._depth):
+        # jump to a middle level with one binary search over its cumulative sums, then descend
+        jump = min(10, self._depth)
+        level = self.nodes[1 << jump : 2 << jump]
+        cumulative = np.cumsum(level)
+        node = np.minimum(np.searchsorted(cumulative, value, side="right"), len(level) - 1)
+        value -= cumulative[node] - level[node]
+        node += 1 << jump
+        for _ in range(self._depth - jump):
             left = 2 * node
             left_sum = self.nodes[left]
             go_right = value >= left_sum
@@ -110,7 +123,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
 
     def _init_priorities(self) -> None:
         self.tree = SumTree(self.buffer_size)
-        self.min_tree = SegmentTree(self.buffer_size, np.minimum, np.inf)
+        self._min = (np.inf, -1)  # the smallest leaf (for the largest weight) and where it is
 
     def add(self, *args: Any, **kwargs: Any) -> None:
         idx = self.pos
@@ -121,16 +134,22 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self._set(idx, self.max_priority**self.alpha)
 
     def _set(self, idx: np.ndarray, values: np.ndarray | float) -> None:
-        ancestors = self.tree.ancestors(idx)
-        self.tree.update(idx, values, ancestors)
-        self.min_tree.update(idx, values, ancestors)
+        self.tree.update(idx, values)
+        if np.any(idx == self._min[1]):  # the smallest leaf changed: search again (rarely sampled, so rare)
+            leaves = self.tree.leaves[: self.size()]
+            self._min = (float(leaves.min()), int(leaves.argmin()))
+        else:
+            values = np.broadcast_to(values, np.shape(idx))
+            smallest = int(np.argmin(values))
+            if values[smallest] < self._min[0]:
+                self._min = (float(values[smallest]), int(idx[smallest]))
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> PrioritizedReplayBufferSamples:
         idx, probabilities = self.sample_indices(batch_size)
-        weights = (self.size() * probabilities) ** -self.beta
-        weights /= (self.size() * self.min_probability()) ** -self.beta
+        weights = (probabilities / self.min_probability()) ** -self.beta  # = (N·P)^−β / max (N·P)^−β
         data = self._get_samples(idx, env=env)
-        return PrioritizedReplayBufferSamples(*data, weights=self.to_torch(weights.reshape(-1, 1)), indices=idx)
+        weights = self.to_torch(weights.astype(np.float32).reshape(-1, 1))
+        return PrioritizedReplayBufferSamples(*data, weights=weights, indices=idx)
 
     def sample_indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Indices drawn with P(i) ∝ p_i^α, and their probabilities."""
@@ -140,7 +159,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         return idx, self.tree[idx] / total
 
     def min_probability(self) -> float:
-        return self.min_tree.root / self.tree.total
+        return self._min[0] / self.tree.total
 
     def update_priorities(self, idx: np.ndarray, td_errors: np.ndarray) -> None:
         """p_i ← |δ_i| + ε."""
