@@ -1,4 +1,4 @@
-"""Command line: python -m study run|status|report STUDY.yaml ..."""
+"""Command line: python -m study run|status|report STUDY.yaml ..., python -m study tune TUNE.yaml ..."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
         sub.add_argument("--budget", default="full", help="a budget named in the study (default: full)")
         sub.add_argument("--steps", type=int, help="override the budget's total steps per run")
+        if name != "tune":
+            sub.add_argument("--overlay", type=Path, help="settings applied after the budget (a best.yaml)")
         return sub
 
     run = study_command("run", "run a study's pending runs")
@@ -46,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     study_command("status", "runs of a study by state")
     report = study_command("report", "figures, tables and report.md from a study's results")
     report.add_argument("--include-warmup", action="store_true", help="keep warm-up episodes in C_train")
+    tune = study_command("tune", "run or continue an Optuna search over a study's settings")
+    tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS/NAME/optuna.db)")
+    tune.add_argument("--workers", type=int, help="local Ray workers (default: one per CPU)")
+    tune.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT")
+    tune.add_argument("--verbose", action="store_true", help="show Ray's, the workers' and Optuna's logs")
+    tune.add_argument("--show", action="store_true", help="print the trials and the best settings, run nothing")
     return parser
 
 
@@ -54,7 +62,7 @@ def _load(args: argparse.Namespace) -> Study:
         raise StudyError(f"--steps: must be a positive integer (got {args.steps})")
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise StudyError(f"--workers: must be at least 1 (got {args.workers})")
-    return load_study(args.study, budget=args.budget, steps=args.steps)
+    return load_study(args.study, budget=args.budget, steps=args.steps, overlay=args.overlay)
 
 
 def print_runs(study: Study, results: Path, console: Console) -> None:
@@ -124,11 +132,73 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return EXIT_FAILED_RUNS if summary.failed else 0
 
 
+def print_trials(tuning, study, console: Console) -> None:  # noqa: ANN001
+    """The trials of a tuning: number, state, objective values and settings; the best marked."""
+    from study.tune import best_trials
+
+    finished = [t for t in study.trials if t.state.is_finished()]
+    best = {t.number for t in best_trials(study)} if any(t.state.name == "COMPLETE" for t in finished) else set()
+    keys = list(tuning.settings.search_space)
+    table = Table(title=f"{tuning.name} · budget {tuning.budget} · {len(study.trials)} trials")
+    for column in ["trial", "state", *tuning.settings.objectives, *keys, "best"]:
+        table.add_column(column)
+    for t in study.trials:
+        values = [f"{v:.4g}" for v in t.values] if t.values else [""] * len(tuning.settings.objectives)
+        params = [f"{v:.4g}" if isinstance(v := t.params.get(k, ""), float) else str(v) for k in keys]
+        table.add_row(str(t.number), t.state.name.lower(), *values, *params, "*" if t.number in best else "")
+    console.print(table)
+
+
+def cmd_tune(args: argparse.Namespace, console: Console) -> int:
+    import optuna
+
+    from study.tune import BEST_OVERLAY, default_storage, load_tuning, open_study, run_tuning
+
+    if args.steps is not None and args.steps <= 0:
+        raise StudyError(f"--steps: must be a positive integer (got {args.steps})")
+    if args.workers is not None and args.workers < 1:
+        raise StudyError(f"--workers: must be at least 1 (got {args.workers})")
+    tuning = load_tuning(args.study, budget=args.budget, steps=args.steps)
+    if not args.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = args.storage or default_storage(args.results, tuning.name)
+    if args.show:
+        if args.storage is None and not (args.results / tuning.name / "optuna.db").is_file():
+            raise StudyError(f"{args.results / tuning.name}: no tuning has run here yet")
+        print_trials(tuning, open_study(tuning, storage), console)
+        overlay = args.results / tuning.name / BEST_OVERLAY
+        if overlay.is_file():
+            console.print(f"best settings: {overlay}\n{overlay.read_text()}", highlight=False)
+        return 0
+
+    def on_trial(trial) -> None:  # noqa: ANN001
+        values = ", ".join(f"{v:.4g}" for v in trial.values) if trial.values else trial.user_attrs.get("failure", "")
+        console.print(f"trial {trial.number}: {trial.state.name.lower()} {values}", highlight=False)
+
+    try:
+        summary = run_tuning(
+            tuning, args.results, storage, workers=args.workers, address=args.address, verbose=args.verbose,
+            on_trial=on_trial,
+        )  # fmt: skip
+    except Interrupted:
+        console.print("interrupted: finished trials are saved; run the same command again to continue")
+        return EXIT_INTERRUPTED
+    counts = f"{len(summary.completed)} complete, {len(summary.pruned)} pruned, {len(summary.failed)} failed"
+    line = f"{tuning.name}: {counts}"
+    if summary.retried:
+        line += f"; requeued {len(summary.retried)} trials an earlier run left unfinished"
+    console.print(line, highlight=False)
+    if summary.overlay is not None:
+        console.print(f"best settings → {summary.overlay}", highlight=False)
+    return EXIT_FAILED_RUNS if summary.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+    commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "tune": cmd_tune}
     try:
-        return {"run": cmd_run, "status": cmd_status, "report": cmd_report}[args.command](args, console)
+        return commands[args.command](args, console)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

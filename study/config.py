@@ -324,6 +324,63 @@ class RunSettings(_SharedSettings):
         return self
 
 
+class _Range(_Strict):
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high (got low={self.low}, high={self.high})")
+        if getattr(self, "type", "").startswith("log") and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0 (got {self.low})")
+        return self
+
+
+class FloatParam(_Range):
+    type: Literal["float", "log_float"]
+    low: float
+    high: float
+    step: PositiveFloat | None = None
+
+
+class IntParam(_Range):
+    type: Literal["int", "log_int"]
+    low: int
+    high: int
+    step: PositiveInt = 1
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+
+SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+Objective = Literal["return", "continuity_cost"]
+
+
+class TuneSettings(_Strict):
+    """An Optuna search over a study's settings (`python -m study tune`)."""
+
+    trials: PositiveInt
+    search_space: dict[str, SearchParam] = Field(min_length=1)  # dotted setting → distribution
+    objectives: list[Objective] = Field(["return"], min_length=1, max_length=2)
+    sampler: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    pruner: Literal["median", "successive_halving", "none"] = "median"
+    parallel: PositiveInt | None = None  # trials at a time (default: as many as the workers)
+    seed: int = 0  # the sampler's
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneSettings:
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError("objectives: each objective once")
+        if len(self.objectives) > 1 and self.pruner != "none":
+            raise ValueError("pruner: Optuna prunes single-objective searches only; use pruner: none")
+        if self.sampler == "grid":
+            for key, param in self.search_space.items():
+                if isinstance(param, FloatParam) and param.step is None:
+                    raise ValueError(f"search_space.{key}: the grid sampler needs choices or a step")
+        return self
+
+
 class StudyFile(_SharedSettings):
     """The schema of a study YAML file (after the chosen budget is applied)."""
 
@@ -335,6 +392,7 @@ class StudyFile(_SharedSettings):
     env_overrides: dict[str, dict[str, Any]] = {}
     grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = {}
     checkpoint_every: PositiveInt | None = None
+    tune: TuneSettings | None = None  # for `python -m study tune`
 
     @field_validator("envs")
     @classmethod
@@ -471,7 +529,10 @@ def _factor_levels(grid: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, 
 # Loading
 
 
-_TYPE_TAG = re.compile(r"(int|str|bool|float|constrained-\w+|(literal|tuple|list|dict|function-\w+)\[.*\])")
+_TYPE_TAG = re.compile(
+    r"(int|str|bool|float|log_float|log_int|categorical|uniform|proportional|rank|constrained-\w+"
+    r"|(literal|tuple|list|dict|function-\w+)\[.*\])"
+)  # union members and discriminator tags pydantic puts in an error's location
 
 
 def _format_errors(err: ValidationError, where: str = "") -> list[str]:
@@ -495,8 +556,8 @@ def _fail(path: Path, lines: list[str]) -> StudyError:
     return StudyError("\n".join(f"{path}: {line}" for line in lines))
 
 
-def load_study(path: str | Path, budget: str = FULL_BUDGET, steps: int | None = None) -> Study:
-    """Read, validate and expand a study file; raises StudyError on any bad input."""
+def read_yaml_mapping(path: str | Path, what: str = "a study") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; StudyError otherwise."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"{path}: file not found")
@@ -505,19 +566,45 @@ def load_study(path: str | Path, budget: str = FULL_BUDGET, steps: int | None = 
     except yaml.YAMLError as exc:
         raise StudyError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise StudyError(f"{path}: a study must be a YAML mapping")
+        raise StudyError(f"{path}: {what} must be a YAML mapping")
+    return raw
+
+
+def load_study(
+    path: str | Path,
+    budget: str = FULL_BUDGET,
+    steps: int | None = None,
+    overlay: dict[str, Any] | str | Path | None = None,
+) -> Study:
+    """Read, validate and expand a study file; raises StudyError on any bad input.
+
+    :param overlay: settings (dotted keys, or `grid:`) applied after the budget, e.g. the best
+        configuration a tuning wrote; a path is read as a YAML file
+    """
+    path = Path(path)
+    raw = read_yaml_mapping(path)
 
     budgets = raw.get("budgets")
     if isinstance(budgets, dict) and budget not in budgets:
         raise StudyError(f"{path}: budgets: no budget named {budget!r} (have: {', '.join(map(str, budgets))})")
     if isinstance(budgets, dict):
-        overlay = budgets[budget]
-        overlay = {"total_steps": overlay} if isinstance(overlay, int) else overlay
-        if not isinstance(overlay, dict):
+        chosen = budgets[budget]
+        chosen = {"total_steps": chosen} if isinstance(chosen, int) else chosen
+        if not isinstance(chosen, dict):
             raise StudyError(f"{path}: budgets.{budget}: must be a step count or a mapping of settings")
-        if {"budgets", "grid", "name"} & set(overlay):
+        if {"budgets", "grid", "name"} & set(chosen):
             raise StudyError(f"{path}: budgets.{budget}: may not set name, budgets or grid")
-        raw = apply_overrides(raw, overlay)
+        raw = apply_overrides(raw, chosen)
+    if overlay is not None:
+        where = path
+        if not isinstance(overlay, dict):
+            where, overlay = Path(overlay), read_yaml_mapping(overlay, "an overlay")
+        if {"budgets", "name"} & set(overlay):
+            raise StudyError(f"{where}: an overlay may not set name or budgets")
+        grid = overlay.get("grid")
+        raw = apply_overrides(raw, {k: v for k, v in overlay.items() if k != "grid"})
+        if grid is not None:
+            raw["grid"] = grid
     if steps is not None:
         raw["total_steps"] = steps
 

@@ -106,13 +106,21 @@ class Evaluator(BaseCallback):
     stops once the env's `optimal_return` was reached in `solved_window` evaluations in a row.
 
     :param eval_env: a separate environment, reset with `seed` once, then continuing its stream
+    :param on_evaluation: sees each evaluation's row; returning False stops training
     """
 
-    def __init__(self, eval_env: gym.Env, settings: EvalSettings, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        eval_env: gym.Env,
+        settings: EvalSettings,
+        seed: int | None = None,
+        on_evaluation: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         super().__init__()
         self.eval_env = eval_env
         self.settings = settings
         self._seed = seed
+        self.on_evaluation = on_evaluation
         self.optimal_return: float | None = getattr(eval_env.unwrapped, "optimal_return", None)
         if settings.stop_when_solved and self.optimal_return is None:
             raise ValueError(f"eval.stop_when_solved: {eval_env.spec.id} has no optimal_return")
@@ -137,6 +145,8 @@ class Evaluator(BaseCallback):
         if self.locals["dones"][0] if freq == "episode" else self.num_timesteps % freq == 0:
             row = self.evaluate()
             self.streak = self.streak + 1 if row["optimal"] else 0
+            if self.on_evaluation is not None and not self.on_evaluation(row):
+                return False
             return not (self.settings.stop_when_solved and self.streak >= self.settings.solved_window)
         return True
 

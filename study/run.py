@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,11 +75,17 @@ def run_meta(spec: RunSpec, status: str, started: str | None) -> dict[str, Any]:
     }
 
 
-def execute(spec: RunSpec, cpus: int | None = None, checkpoint_dir: Path | None = None) -> RunResult:
+def execute(
+    spec: RunSpec,
+    cpus: int | None = None,
+    checkpoint_dir: Path | None = None,
+    on_evaluation: Callable[[dict[str, Any]], bool] | None = None,
+) -> RunResult:
     """Train and evaluate one run; exceptions become a failed RunResult with the traceback.
 
     With `checkpoint_dir` and `spec.checkpoint_every`, the run saves checkpoints there and
     continues from the last one if it finds one; the checkpoint is removed when it completes.
+    `on_evaluation` sees each evaluation's row; returning False stops training there.
     """
     cpus = cpus or spec.settings.resources.cpus
     th.set_num_threads(cpus)
@@ -97,7 +104,7 @@ def execute(spec: RunSpec, cpus: int | None = None, checkpoint_dir: Path | None 
         model, callbacks = algos.build(settings, envs[0], spec.seed)
         noise = next((cb for cb in callbacks if isinstance(cb, ParamNoiseCallback | NoisyNetCallback)), None)
         recorder = EpisodeRecorder(sigma=(lambda: noise.sigma) if noise else None)
-        evaluator = Evaluator(envs[1], settings.eval, seed=derived_seed(spec.seed, "eval-env"))
+        evaluator = Evaluator(envs[1], settings.eval, derived_seed(spec.seed, "eval-env"), on_evaluation)
         callbacks += [recorder, evaluator]
         if settings.max_episodes is not None:
             callbacks.append(EpisodeLimit(settings.max_episodes))
