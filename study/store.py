@@ -69,7 +69,7 @@ def write_run(result: RunResult, results: Path) -> Path:
     spec_doc = result.spec.model_dump(mode="json")
     (tmp / SPEC).write_text(yaml.safe_dump(spec_doc, sort_keys=False))
     for name, frame in result.tables().items():
-        frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        frame.to_parquet(tmp / f"{name}.parquet", index=False, compression="zstd")
     if result.error:
         (tmp / ERROR).write_text(result.error)
     (tmp / META).write_text(json.dumps(result.meta, indent=2, default=str))
