@@ -243,7 +243,7 @@ def run_tuning(
         finally:
             if started_ray:
                 ray.shutdown()
-        if _finished(study):
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             summary.overlay = export_best(tuning, study, results)
             save_plots(tuning, study, folder / TUNE_FOLDER)
     return summary
