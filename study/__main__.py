@@ -6,11 +6,18 @@ import argparse
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from study.config import Study, StudyError, load_study
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from study.tune import Tuning
 from study.launch import MAX_RETRIES, Interrupted, run_study
 from study.progress import ProgressDisplay
 from study.store import DONE, FAILED, PARTIAL, PENDING, run_status
@@ -132,7 +139,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return EXIT_FAILED_RUNS if summary.failed else 0
 
 
-def print_trials(tuning, study, console: Console) -> None:  # noqa: ANN001
+def print_trials(tuning: Tuning, study: optuna.Study, console: Console) -> None:
     """The trials of a tuning: number, state, objective values and settings; the best marked."""
     from study.tune import best_trials
 
@@ -171,7 +178,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
             console.print(f"best settings: {overlay}\n{overlay.read_text()}", highlight=False)
         return 0
 
-    def on_trial(trial) -> None:  # noqa: ANN001
+    def on_trial(trial: FrozenTrial) -> None:
         values = ", ".join(f"{v:.4g}" for v in trial.values) if trial.values else trial.user_attrs.get("failure", "")
         console.print(f"trial {trial.number}: {trial.state.name.lower()} {values}", highlight=False)
 
