@@ -2,7 +2,7 @@
 against SB3's uniform ReplayBuffer sampling 256 from the same data. Targets (proportional):
 under 1 ms per sample + update, and at most 3× the uniform sample.
 
-    python benchmarks/replay.py [--size 1000000] [--batch 256] [--repeats 2000]
+    python benchmarks/replay.py [--size 1000000] [--batch 256] [--rounds 15] [--calls 200]
 """
 
 from __future__ import annotations
@@ -30,20 +30,19 @@ def fill(buffer: ReplayBuffer, rng: np.random.Generator) -> None:
         buffer.update_priorities(np.arange(size), rng.exponential(size=size))
 
 
-def time_per_call(step, repeats: int) -> float:
-    for _ in range(10):
-        step()
+def per_call(step, calls: int) -> float:
     start = time.perf_counter()
-    for _ in range(repeats):
+    for _ in range(calls):
         step()
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / calls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds; medians are reported")
+    parser.add_argument("--calls", type=int, default=200, help="calls per variant and round")
     args = parser.parse_args()
     th.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -51,22 +50,30 @@ def main() -> None:
     actions = gym.spaces.Discrete(4)
     kwargs = {"buffer_size": args.size, "observation_space": obs_space, "action_space": actions, "device": "cpu"}
 
+    steps = {}
     uniform = ReplayBuffer(**kwargs)
     fill(uniform, rng)
-    t_uniform = time_per_call(lambda: uniform.sample(args.batch), args.repeats)
-    print(f"uniform (SB3 ReplayBuffer) sample {args.batch}: {t_uniform * 1e3:.3f} ms")
-
-    for name, cls in (("proportional", PrioritizedReplayBuffer), ("rank", RankReplayBuffer)):
+    steps["uniform (SB3 ReplayBuffer): sample"] = lambda: uniform.sample(args.batch)
+    for name, cls in (("proportional", PrioritizedReplayBuffer), ("rank-based", RankReplayBuffer)):
         buffer = cls(**kwargs)
         fill(buffer, rng)
-        buffer.sample(args.batch)
 
         def step(buffer=buffer) -> None:
             batch = buffer.sample(args.batch)
             buffer.update_priorities(batch.indices, rng.exponential(size=args.batch))
 
-        t = time_per_call(step, args.repeats)
-        print(f"{name} sample + update {args.batch}: {t * 1e3:.3f} ms, ratio to uniform sample {t / t_uniform:.2f}")
+        steps[f"{name}: sample + update"] = step
+    for step in steps.values():  # warm up
+        per_call(step, 20)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):  # interleaved, so that a change of machine load hits every variant
+        for name, step in steps.items():
+            times[name].append(per_call(step, args.calls))
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    base = medians["uniform (SB3 ReplayBuffer): sample"]
+    print(f"{args.size:,} transitions, batch {args.batch}, median of {args.rounds} interleaved rounds")
+    for name, t in medians.items():
+        print(f"{name:40s} {t * 1e3:.3f} ms   ratio {t / base:.2f}")
 
 
 if __name__ == "__main__":

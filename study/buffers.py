@@ -45,9 +45,12 @@ class SumTree:
         """Set the leaves `idx` to `values` (the last one wins for repeated indices)."""
         leaf = np.asarray(idx, dtype=np.int64).ravel() + self._leaves
         values = np.broadcast_to(np.asarray(values, dtype=np.float64), leaf.shape)
-        if len(leaf) > 1:
-            _, last = np.unique(leaf[::-1], return_index=True)
-            keep = len(leaf) - 1 - last
+        if len(leaf) > 1:  # one change per leaf: the last (stratified batches come sorted)
+            if np.all(leaf[1:] >= leaf[:-1]):
+                keep = np.append(leaf[1:] != leaf[:-1], True)
+            else:
+                _, last = np.unique(leaf[::-1], return_index=True)
+                keep = len(leaf) - 1 - last
             leaf, values = leaf[keep], values[keep]
         delta = values - self.nodes[leaf]
         self.nodes[leaf] = values
@@ -148,7 +151,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         idx, probabilities = self.sample_indices(batch_size)
         weights = (probabilities / self.min_probability()) ** -self.beta  # = (N·P)^−β / max (N·P)^−β
         data = self._get_samples(idx, env=env)
-        weights = self.to_torch(weights.astype(np.float32).reshape(-1, 1))
+        weights = self.to_torch(weights.astype(np.float32).reshape(-1, 1), copy=False)  # a new array already
         return PrioritizedReplayBufferSamples(*data, weights=weights, indices=idx)
 
     def sample_indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
