@@ -480,18 +480,23 @@ class Study(BaseModel):
 
 
 def set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `a.b.c` in a nested dict; mappings merge into mappings."""
+    """Set `a.b.c` in a nested dict; mappings merge into mappings, key by key, with their
+    own keys taken as they are (a search space's `hyperparams.learning_rate` stays one key)."""
     *parents, leaf = dotted.split(".")
     node = doc
     for key in parents:
         if not isinstance(node.get(key), dict):
             node[key] = {}
         node = node[key]
-    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-        for key, sub in value.items():
-            set_path(node[leaf], key, sub)
+    _merge(node, leaf, value)
+
+
+def _merge(node: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for sub_key, sub in value.items():
+            _merge(node[key], sub_key, sub)
     else:
-        node[leaf] = copy.deepcopy(value)
+        node[key] = copy.deepcopy(value)
 
 
 def apply_overrides(doc: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -164,3 +164,15 @@ def test_run_id_ignores_settings_left_at_their_defaults(write_study) -> None:
     explicit = load_study(write_study({"exploration.mean_actions": False, "layer_norm": False})).runs[0]
     assert implicit.run_id == explicit.run_id
     assert load_study(write_study({"layer_norm": True})).runs[0].run_id != implicit.run_id
+
+
+def test_mappings_merge_with_their_keys_as_they_are() -> None:
+    from study.config import apply_overrides
+
+    doc = {"tune": {"trials": 5, "search_space": {"hyperparams.gamma": {"type": "float"}}}}
+    out = apply_overrides(doc, {"tune": {"trials": 3, "search_space": {"hyperparams.tau": {"type": "int"}}}})
+    assert out["tune"] == {
+        "trials": 3,
+        "search_space": {"hyperparams.gamma": {"type": "float"}, "hyperparams.tau": {"type": "int"}},
+    }
+    assert apply_overrides({}, {"a.b": {"c.d": 1}}) == {"a": {"b": {"c.d": 1}}}

@@ -10,11 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import TINY_STUDY
 from optuna.trial import TrialState
 from test_launch import ROOT, cli_env, no_orphan_workers, run_cli, wait_for
 
-from study.config import apply_overrides
 from study.store import load_results
 from study.tune import (
     BEST_OVERLAY,
@@ -155,9 +153,7 @@ def test_pruned_trials_stop_their_runs_and_report_each_evaluation(write_study, t
     ],
 )
 def test_bad_search_spaces_exit_2_and_write_nothing(write_study, tmp_path: Path, space, message) -> None:
-    doc = apply_overrides(TINY_STUDY, TUNE)
-    doc["tune"]["search_space"] = space  # (dotted keys inside an override would be split)
-    path = write_study(text=yaml.safe_dump(doc))
+    path = write_study(TUNE | {"tune.search_space": space})  # merged into the space, keys as they are
     results = tmp_path / "results"
     proc = run_cli(path, results, command="tune")
     assert proc.returncode == 2
