@@ -113,7 +113,7 @@ def load_tuning(path: str | Path, budget: str = FULL_BUDGET, steps: int | None =
             try:
                 tuning.trial_study({"probe": {key: value}})
             except StudyError as err:
-                detail = str(err).split(": ", 1)[-1].removeprefix("grid.trial.probe: ")
+                detail = str(err).split(": ", 1)[-1].removeprefix("grid.trial.probe: ").removeprefix(f"{key}: ")
                 raise StudyError(f"{path}: tune.search_space.{key}: {detail}") from None
     return tuning
 
