@@ -12,6 +12,7 @@ import torch as th
 from torch import nn
 from torch.nn import functional as F
 
+from study.exploration.param_noise import derived_seed
 from study.exploration.schedule import ResamplingCallback
 
 
@@ -142,8 +143,6 @@ class NoisyNetCallback(ResamplingCallback):
         return mean_abs_sigma(self.model.policy.q_net)
 
     def _init_callback(self) -> None:
-        from study.exploration.param_noise import derived_seed
-
         policy = self.model.policy
         if not hasattr(policy, "sample_training_noise"):
             raise TypeError(f"{type(policy).__name__} has no noisy layers: use NoisyDQNPolicy")
