@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.analysis.aggregates import cell_stats, iqm, probability_of_improvement, stratified_bootstrap
+from study.analysis.aggregates import (
+    cell_stats,
+    censored_quantiles,
+    iqm,
+    probability_of_improvement,
+    stratified_bootstrap,
+)
 from study.analysis.metrics import episodes_to_solve, run_metrics
 from study.config import load_study
 from study.store import StudyResults
@@ -122,3 +128,15 @@ def test_episodes_to_solve() -> None:
     solved = episodes_to_solve(frame, window=3)
     assert solved["a"] == 6.0  # three optimal in a row first at the 6th episode
     assert np.isnan(solved["b"])  # never: censored
+
+
+def test_censored_quantiles_count_unsolved_runs_at_the_budget_and_flag_lower_bounds() -> None:
+    q = censored_quantiles([300.0, np.nan, 100.0, 200.0, np.nan], budget=1000)
+    # sorted: 100, 200, 300, 1000*, 1000*; linear positions 1, 2, 3
+    assert q["value"].tolist() == [200.0, 300.0, 1000.0]
+    assert q["censored"].tolist() == [False, False, True]
+    between = censored_quantiles([100.0, 200.0, np.nan, np.nan], budget=1000, quantiles=[0.5])
+    assert between["value"].item() == 600.0 and between["censored"].item()  # halfway to an unsolved run
+    solved = censored_quantiles([100.0, 200.0, 300.0, 400.0], budget=1000)
+    assert solved["value"].tolist() == list(np.quantile([100, 200, 300, 400], [0.25, 0.5, 0.75]))
+    assert not solved["censored"].any()

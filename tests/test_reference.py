@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from study.analysis.metrics import run_metrics
 from study.config import load_study
 from study.store import load_results
@@ -20,3 +22,17 @@ def test_reference_sampling_interval_study_loads_complete() -> None:
     assert metrics["final_return"].notna().all() and metrics["c_train"].notna().all()
     assert (metrics.groupby("interval", observed=True).size() == 5).all()
     assert (REFERENCE / "sampling_interval" / "report-reduced" / "report.md").is_file()
+
+
+def test_reference_chain_study_loads_complete() -> None:
+    study = load_study(ROOT / "ablations" / "chain.yaml")
+    results = load_results(study, REFERENCE)
+    assert len(results.runs) == len(study.runs) == 420
+    metrics = run_metrics(results)
+    assert (metrics.groupby(["method", "replay", "n"], observed=True).size() == 10).all()
+    # a run stops when solved; an unsolved one used its whole episode budget
+    solve = metrics["episodes_to_solve"].to_numpy()
+    episodes = results.evaluations.groupby("run_id").size().reindex(metrics["run_id"]).to_numpy()
+    assert (episodes[np.isnan(solve)] == 2_000).all()
+    assert (episodes[~np.isnan(solve)] == solve[~np.isnan(solve)]).all()
+    assert (REFERENCE / "chain" / "report" / "episodes_to_solve.png").is_file()

@@ -129,7 +129,7 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
     for spec in study.runs:
         result = fake_result(spec, n_evaluations=500)
         n = int(spec.factors["n"])
-        solved_from = 20 * n + 10 * spec.seed if n < 20 or spec.seed < 2 else 10**9  # N = 20: half unsolved
+        solved_from = {5: 100, 10: 200, 20: 300}[n] + 10 * spec.seed if n < 20 or spec.seed < 2 else 10**9
         result.evaluations["optimal"] = np.arange(500) >= solved_from
         write_run(result, results)
     report = build_report(study, results, reps=100)
@@ -138,4 +138,10 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
     solved = metrics.set_index(["n", "seed"])["episodes_to_solve"]
     assert solved[(5, 0)] == 100 + 100 and solved[(10, 3)] == 200 + 30 + 100
     assert np.isnan(solved[(20, 3)])
+    table = (report.folder / "episodes_to_solve.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| all runs"))
+    # N = 5: 200, 210, 220, 230; N = 20: 400, 410 and two unsolved (at the budget, 500), so the
+    # median and the upper quartile are lower bounds
+    assert "215 [208, 222] (4/4)" in row and "≥ 455 [408, ≥ 500] (2/4)" in row
+    assert (report.folder / "episodes_to_solve.tex").is_file()
     check_report(report.folder, set(report.figures))

@@ -59,6 +59,24 @@ def cell_stats(metrics: pd.DataFrame, metric: str, by: Sequence[str], reps: int 
     return frame
 
 
+def censored_quantiles(
+    values: pd.Series | np.ndarray, budget: float, quantiles: Sequence[float] = (0.25, 0.5, 0.75)
+) -> pd.DataFrame:
+    """Quantiles (linear interpolation) of a time to an event where NaN marks runs that never got
+    there: those count at `budget`, and `censored` marks a quantile that depends on one of them,
+    so it is only a lower bound. One row per quantile: value, censored."""
+    values = np.asarray(values, dtype=float)
+    solved = int(np.isfinite(values).sum())
+    x = np.sort(np.where(np.isfinite(values), values, budget))
+    rows = []
+    for q in quantiles:
+        pos = q * (len(x) - 1)
+        lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+        value = x[lo] + (x[hi] - x[lo]) * (pos - lo)
+        rows.append({"value": value, "censored": lo >= solved or (hi >= solved and pos > lo)})
+    return pd.DataFrame(rows, index=pd.Index(quantiles, name="quantile"))
+
+
 def _p_better(x: np.ndarray, y: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """P(X better than Y) over all pairs, ties counting half; x, y: (..., n) arrays."""
     diff = x[..., :, None] - y[..., None, :]

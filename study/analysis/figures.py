@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats
+from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles
 from study.analysis.labels import config_label, config_styles
 from study.analysis.metrics import LABELS
 
@@ -78,7 +79,8 @@ def _bootstrap_mean_band(matrix: np.ndarray, reps: int = REPS, seed: int = 0) ->
     """95% percentile-bootstrap CI of the mean over rows, per column (NaNs ignored)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(matrix), size=(reps, len(matrix)))
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # columns some resamples have no value in (runs that stopped early)
+        warnings.simplefilter("ignore", RuntimeWarning)
         means = np.nanmean(matrix[idx], axis=1)
     alpha = (1 - CONFIDENCE) / 2
     return np.nanpercentile(means, 100 * alpha, axis=0), np.nanpercentile(means, 100 * (1 - alpha), axis=0)
@@ -231,24 +233,37 @@ def sigma_trajectories(adaptations: pd.DataFrame, factors: Sequence[str], target
 
 def episodes_to_solve_vs_n(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float) -> Figure:
     """Episodes until solved against chain length N: median and IQR over seeds; unsolved runs
-    count as censored at the budget (drawn at the top, hollow markers where the median is)."""
-    frame = metrics.assign(config=config_label(metrics, factors), solved=metrics["episodes_to_solve"].notna())
-    frame["episodes"] = frame["episodes_to_solve"].fillna(budget)
+    count as censored at the budget (hollow markers where the median depends on one, so it is
+    only a lower bound)."""
+    frame = metrics.assign(config=config_label(metrics, factors))
     frame["N"] = frame[n].astype(str).astype(float)
     styles = config_styles(frame, factors)
-    fig, ax = plt.subplots(figsize=(WIDTH * (0.95 if factors else 0.62), PANEL_HEIGHT * 1.3))
+    fig, ax = plt.subplots(figsize=(WIDTH * (0.8 if factors else 0.62), PANEL_HEIGHT * 1.5))
     for config, group in frame.groupby("config", sort=False):
-        q = group.groupby("N")["episodes"].quantile([0.25, 0.5, 0.75]).unstack().sort_index()
-        censored = group.groupby("N")["solved"].mean().reindex(q.index) < 0.5  # median is unsolved
+        q = (
+            group.groupby("N")["episodes_to_solve"]
+            .apply(lambda values: censored_quantiles(values, budget))
+            .unstack("quantile")
+            .sort_index()
+        )
+        median, censored = q["value"][0.5], q["censored"][0.5].astype(bool)
         color = styles[config]["color"]
-        ax.plot(q.index, q[0.5], color=color, linestyle=styles[config]["linestyle"], marker="o", label=config)
-        ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, linewidth=0)
-        ax.scatter(q.index[censored], q[0.5][censored], facecolors="white", edgecolors=color, zorder=3, s=40)
+        ax.plot(q.index, median, color=color, linestyle=styles[config]["linestyle"], marker="o", label=config)
+        ax.fill_between(q.index, q["value"][0.25], q["value"][0.75], color=color, alpha=0.15, linewidth=0)
+        ax.scatter(q.index[censored], median[censored], facecolors="white", edgecolors=color, zorder=3, s=40)
     ax.axhline(budget, color="grey", linestyle=":", linewidth=1)
-    ax.text(ax.get_xlim()[0], budget, " budget (unsolved)", va="bottom", fontsize=8, color="grey")
+    ax.set_ylim(0, budget * 1.1)
+    ax.text(
+        ax.get_xlim()[0],
+        budget,
+        " budget (unsolved runs); hollow marker: median is a lower bound",
+        va="bottom",
+        fontsize=8,
+        color="grey",
+    )
     ax.set_xlabel("chain length N")
     ax.set_ylabel("episodes to solve")
     if factors:
-        ax.legend(title=" × ".join(factors), loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+        ax.legend(title=" × ".join(factors), loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
     fig.tight_layout()
     return fig

@@ -123,6 +123,7 @@ def build_report(
             lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded)),
         )
     chain_n = next((f for f in factors if f in CHAIN_LENGTH_FACTORS), None)
+    solve = None
     if "episodes_to_solve" in metrics and chain_n:
         limits = loaded.runs.get("max_episodes")
         budget = (
@@ -137,6 +138,14 @@ def build_report(
             "length N: median and interquartile range over seeds; unsolved runs are censored at the budget.",
             lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, [f for f in factors if f != chain_n], budget),
         )
+        solve = tables.solve_table(metrics, chain_n, [f for f in factors if f != chain_n], budget)
+        caption = (
+            f"{study.name}: episodes to solve, median [interquartile range] over seeds (solved / seeds); "
+            f"unsolved runs censored at {budget:.0f} episodes, ≥ marks a lower bound; lowest median per N in bold."
+        )
+        (report.folder / "episodes_to_solve.md").write_text(tables.to_markdown(solve))
+        (report.folder / "episodes_to_solve.tex").write_text(tables.to_latex(solve, caption))
+        report.tables += [report.folder / "episodes_to_solve.md", report.folder / "episodes_to_solve.tex"]
 
     table = tables.results_table(metrics, factors) if has_costs else None
     if table is not None:
@@ -146,11 +155,13 @@ def build_report(
         )
         (report.folder / "results.md").write_text(tables.to_markdown(table))
         (report.folder / "results.tex").write_text(tables.to_latex(table, caption))
-        report.tables = [report.folder / "results.md", report.folder / "results.tex"]
+        report.tables += [report.folder / "results.md", report.folder / "results.tex"]
     stats = cell_stats(metrics, "final_return", ["env", *factors], reps=reps)
     stats.to_csv(report.folder / "final_return_by_cell.csv", index=False)
 
-    report.markdown.write_text(_markdown(study, loaded, states, metrics, stats, captions, table, include_warmup, reps))
+    report.markdown.write_text(
+        _markdown(study, loaded, states, metrics, stats, captions, table, solve, include_warmup, reps)
+    )
     return report
 
 
@@ -166,6 +177,7 @@ def _markdown(
     stats: pd.DataFrame,
     captions: dict[str, str],
     table: pd.DataFrame | None,
+    solve: pd.DataFrame | None,
     include_warmup: bool,
     reps: int,
 ) -> str:
@@ -217,6 +229,16 @@ def _markdown(
             "(also as LaTeX: [results.tex](results.tex)).",
             "",
             tables.to_markdown(table),
+        ]
+    if solve is not None:
+        lines += [
+            "## Episodes to solve",
+            "",
+            "Median [interquartile range] over seeds (solved / seeds); unsolved runs count at the episode budget, "
+            "so ≥ marks a quantile that is only a lower bound; lowest median per N in bold (also as LaTeX: "
+            "[episodes_to_solve.tex](episodes_to_solve.tex)).",
+            "",
+            tables.to_markdown(solve),
         ]
     improvement = _improvement_table(metrics, loaded.study, reps)
     if improvement:

@@ -1,5 +1,6 @@
 """Results tables in the layout of the gSDE paper's Table 1: rows = exploration configurations,
-columns = envs, cells "return ± s.e. / C", the best return of each column in bold."""
+columns = envs, cells "return ± s.e. / C", the best return of each column in bold; and the
+episodes-to-solve table of chain studies (rows = configurations, columns = chain length N)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from study.analysis.aggregates import cell_stats
+from study.analysis.aggregates import cell_stats, censored_quantiles
 from study.analysis.labels import config_label, ordered_configs
 
 
@@ -39,6 +40,29 @@ def results_table(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_
     return table
 
 
+def solve_table(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float) -> pd.DataFrame:
+    """Episodes to solve as strings (config × N): "median [q1, q3] (solved/seeds)" over seeds, with
+    unsolved runs censored at `budget` and "≥" on a quantile that depends on one; the lowest
+    median of each N in bold."""
+    keys = ["env", *factors] if metrics["env"].nunique() > 1 else list(factors)
+    frame = metrics.assign(config=config_label(metrics, keys))
+    configs = ordered_configs(frame, keys)
+    levels = [str(level) for level in dict.fromkeys(frame.sort_values(n)[n])]
+    columns = [f"N = {level}" for level in levels]
+    table = pd.DataFrame("", index=configs, columns=columns)
+    medians = pd.DataFrame(float("nan"), index=configs, columns=columns)
+    for (config, level), group in frame.groupby(["config", frame[n].astype(str)], observed=True):
+        q = censored_quantiles(group["episodes_to_solve"], budget)
+        value = [("≥ " if row.censored else "") + f"{row.value:.0f}" for row in q.itertuples()]
+        solved = int(group["episodes_to_solve"].notna().sum())
+        column = f"N = {level}"
+        table.loc[config, column] = f"{value[1]} [{value[0]}, {value[2]}] ({solved}/{len(group)})"
+        if not q["censored"][0.5]:
+            medians.loc[config, column] = q["value"][0.5]
+    table.attrs["best"] = medians.eq(medians.min()) & medians.notna()
+    return table
+
+
 def to_markdown(table: pd.DataFrame, corner: str = "configuration") -> str:
     best = table.attrs["best"]
     lines = [
@@ -54,7 +78,13 @@ def to_markdown(table: pd.DataFrame, corner: str = "configuration") -> str:
 def _tex(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
         text = text.replace(char, escaped)
-    return text.replace("±", r"$\pm$").replace("–", "--").replace("σ", r"$\sigma$").replace("δ", r"$\delta$")
+    return (
+        text.replace("±", r"$\pm$")
+        .replace("–", "--")
+        .replace("σ", r"$\sigma$")
+        .replace("≥", r"$\geq$")
+        .replace("δ", r"$\delta$")
+    )
 
 
 def to_latex(table: pd.DataFrame, caption: str, corner: str = "configuration") -> str:
