@@ -24,9 +24,8 @@ def result_line(result: RunResult) -> str:
     line = f"{result.status:6} {result.spec.run_id}"
     if result.status == "done":
         meta = result.meta
-        line += (
-            f"  final return {result.final_return:.1f}  {meta['steps_per_s']:.0f} steps/s  {meta['wall_time_s']:.0f} s"
-        )
+        final = round(result.final_return, 1) + 0.0  # no "-0.0"
+        line += f"  final return {final:.1f}  {meta['steps_per_s']:.0f} steps/s  {meta['wall_time_s']:.0f} s"
     else:
         line += f"  ({(result.error or '').strip().splitlines()[-1][:120]})"
     return line

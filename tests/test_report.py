@@ -145,3 +145,14 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
     assert "215 [208, 222] (4/4)" in row and "≥ 455 [408, ≥ 500] (2/4)" in row
     assert (report.folder / "episodes_to_solve.tex").is_file()
     check_report(report.folder, set(report.figures))
+
+
+def test_results_table_never_prints_negative_zero() -> None:
+    import pandas as pd
+
+    from study.analysis.tables import results_table
+
+    metrics = pd.DataFrame(
+        {"env": "E", "noise": ["none", "none"], "seed": [0, 1], "final_return": [-0.001, -0.004], "c_train": [0.0, 0.0]}
+    )
+    assert results_table(metrics, ["noise"]).loc["none", "E"] == "0 ± 0 / 0.00"

@@ -22,7 +22,7 @@ def _cells(metrics: pd.DataFrame, factors: Sequence[str], cost: str) -> tuple[pd
 
 
 def _fmt(value: float, digits: int = 0) -> str:
-    return "–" if pd.isna(value) else f"{value:.{digits}f}"
+    return "–" if pd.isna(value) else f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0"
 
 
 def results_table(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train") -> pd.DataFrame:
