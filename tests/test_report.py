@@ -156,3 +156,20 @@ def test_results_table_never_prints_negative_zero() -> None:
         {"env": "E", "noise": ["none", "none"], "seed": [0, 1], "final_return": [-0.001, -0.004], "c_train": [0.0, 0.0]}
     )
     assert results_table(metrics, ["noise"]).loc["none", "E"] == "0 ± 0 / 0.00"
+
+
+def test_config_styles_shade_the_levels_of_a_third_factor() -> None:
+    import itertools
+
+    import pandas as pd
+
+    from study.analysis.labels import config_label, config_styles
+
+    frame = pd.DataFrame(list(itertools.product(["x", "y"], ["u", "v"], ["1", "2", "3"])), columns=["a", "b", "c"])
+    styles = config_styles(frame, ["a", "b", "c"])
+    label = dict(zip(map(tuple, frame.to_numpy()), config_label(frame, ["a", "b", "c"]), strict=True))
+    shades = [styles[label["x", "u", c]]["color"] for c in "123"]
+    assert len(set(shades)) == 3 and sum(shades[0]) < sum(shades[1]) < sum(shades[2])  # dark to light
+    assert styles[label["x", "v", "2"]]["color"] == shades[1]  # the second factor sets the line style only
+    assert styles[label["x", "v", "2"]]["linestyle"] != styles[label["x", "u", "2"]]["linestyle"]
+    assert styles[label["y", "u", "2"]]["color"] != shades[1]

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
 from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles
 from study.analysis.labels import config_label, config_styles
@@ -18,6 +19,7 @@ from study.analysis.metrics import LABELS
 
 WIDTH = 7.0  # inches: a blog column at 150 dpi
 PANEL_HEIGHT = 3.0
+STEPS = EngFormatter(sep="")  # step counts as 20k, 1M
 EPISODE = "episode"
 
 
@@ -103,6 +105,7 @@ def learning_curves(evaluations: pd.DataFrame, factors: Sequence[str], reps: int
             ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
         ax.set_title(env)
         ax.set_xlabel("environment steps")
+        ax.xaxis.set_major_formatter(STEPS)
         ax.set_ylabel("evaluation return")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     return _finish(fig, axes, len(envs), " × ".join(factors))
@@ -199,9 +202,19 @@ def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train
     return _finish(fig, axes, len(envs), " × ".join(factors))
 
 
-def sigma_trajectories(adaptations: pd.DataFrame, factors: Sequence[str], targets: pd.Series) -> Figure:
+DISTANCE_LABELS = {
+    "rms": "distance d\n(RMS, actions in [-1, 1])",
+    "kl": "distance d\n(KL of softmax Q-values)",
+    "mixed": "distance d\n(RMS or KL)",
+}
+
+
+def sigma_trajectories(
+    adaptations: pd.DataFrame, factors: Sequence[str], targets: pd.Series, distance: str = "rms"
+) -> Figure:
     """σ and the measured distance d over training (median over seeds, IQR band), per
-    configuration; dashed lines: the target distance δ of each configuration."""
+    configuration; dashed lines: the target distance δ of each configuration where fixed.
+    `distance` names the measure (a key of DISTANCE_LABELS); NoisyNet's σ is its mean |σ|."""
     frame = adaptations.assign(config=config_label(adaptations, factors))
     frame["delta"] = frame["run_id"].map(targets)
     envs = list(dict.fromkeys(frame["env"]))
@@ -220,13 +233,15 @@ def sigma_trajectories(adaptations: pd.DataFrame, factors: Sequence[str], target
                 color = "grey" if frame["delta"].nunique() == 1 else styles[config]["color"]
                 axes[1, col].axhline(delta, color=color, linestyle="--", linewidth=1)
         axes[0, col].set_title(env)
-        axes[0, col].set_ylabel("σ (parameter noise std)")
-        axes[1, col].set_ylabel("distance d (RMS, actions in [-1, 1])")
+        noisy_net = frame.loc[frame["env"] == env, "distance"].isna().any()
+        axes[0, col].set_ylabel("σ (parameter noise std)" + ("\nNoisyNet: mean |σ|" if noisy_net else ""))
+        axes[1, col].set_ylabel(DISTANCE_LABELS[distance])
         axes[1, col].set_xlabel("environment steps")
         axes[1, col].set_yscale("log")
         for ax in axes[:, col]:
-            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
-    _legend(fig, axes, (" × ".join(factors) if factors else "") + "   (dashed: target distance δ)")
+            ax.xaxis.set_major_formatter(STEPS)
+    drawn = frame["delta"].notna().any()
+    _legend(fig, axes, " × ".join(factors) + ("   (dashed: target distance δ)" if drawn else ""))
     fig.tight_layout()
     return fig
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 ALL_RUNS = "all runs"
@@ -46,8 +47,9 @@ def palette(n: int) -> list[tuple[float, float, float]]:
 
 def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict[str, object]]:
     """Matplotlib style per configuration label: color from the first factor's level, line
-    style and marker from the second's (or one color per configuration when the second
-    factor has more levels than there are line styles)."""
+    style and marker from the second's, and the color's shade (dark to light) from the
+    remaining factors' levels (or one color per configuration when the second factor has
+    more levels than there are line styles)."""
     configs = ordered_configs(frame, factors)
     if len(factors) < 2:
         colors = palette(len(configs))
@@ -65,8 +67,21 @@ def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict
             for i, c in enumerate(configs)
         }
     colors = palette(len(first))
+    rest = config_label(ordered, factors[2:]).tolist() if len(factors) > 2 else [""] * len(ordered)
+    shades = list(dict.fromkeys(rest))
     styles = {}
-    for label, (_, row) in zip(config_label(ordered, factors), ordered.iterrows(), strict=True):
+    for label, (_, row), level in zip(config_label(ordered, factors), ordered.iterrows(), rest, strict=True):
         a, b = first.index(str(row[factors[0]])), second.index(str(row[factors[1]]))
-        styles[label] = {"color": colors[a], "linestyle": LINESTYLES[b], "marker": MARKERS[b]}
+        color = shade(colors[a], shades.index(level), len(shades))
+        styles[label] = {"color": color, "linestyle": LINESTYLES[b], "marker": MARKERS[b]}
     return styles
+
+
+def shade(color: tuple[float, float, float], i: int, n: int) -> tuple[float, float, float]:
+    """The i-th of n shades of `color`, from darker (i = 0) to lighter (i = n - 1)."""
+    if n == 1:
+        return color
+    t = i / (n - 1)
+    rgb = np.asarray(color, dtype=float)
+    dark, light = 0.5 * rgb, rgb + 0.6 * (1 - rgb)
+    return tuple(float(v) for v in (1 - t) * dark + t * light)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from study.algos import ALGOS
 from study.analysis import figures, tables
 from study.analysis.aggregates import REPS, cell_stats, probability_of_improvement
 from study.analysis.labels import config_label
@@ -50,6 +51,12 @@ def _targets(results: StudyResults) -> pd.Series:
         if noise is not None and noise.adaptive:
             targets[run_id] = noise.target_distance
     return pd.Series(targets, dtype=float)
+
+
+def _distance(results: StudyResults) -> str:
+    """The distance adaptive parameter noise measures in this study's runs: rms, kl or mixed."""
+    kinds = {"kl" if ALGOS[spec.settings.algo].discrete else "rms" for spec in results.specs.values()}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def build_report(
@@ -120,7 +127,7 @@ def build_report(
             "sigma",
             "Adaptive parameter noise: σ and the measured distance d over training (median over seeds, "
             "interquartile band); dashed: the target distance δ.",
-            lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded)),
+            lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded), _distance(loaded)),
         )
     chain_n = next((f for f in factors if f in CHAIN_LENGTH_FACTORS), None)
     solve = None
