@@ -133,7 +133,8 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
         result.evaluations["optimal"] = np.arange(500) >= solved_from
         write_run(result, results)
     report = build_report(study, results, reps=100)
-    assert "episodes_to_solve" in report.figures
+    assert {"episodes_to_solve", "solved_fraction"} <= set(report.figures)
+    assert "learning_curves" not in report.figures  # evaluations after each episode: not aligned on steps
     metrics = pd.read_csv(report.folder / "metrics.csv")
     solved = metrics.set_index(["n", "seed"])["episodes_to_solve"]
     assert solved[(5, 0)] == 100 + 100 and solved[(10, 3)] == 200 + 30 + 100

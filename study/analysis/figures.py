@@ -282,3 +282,24 @@ def episodes_to_solve_vs_n(metrics: pd.DataFrame, n: str, factors: Sequence[str]
         ax.legend(title=" × ".join(factors), loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def solved_fraction(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float) -> Figure:
+    """Fraction of seeds solved by each training episode, one panel per chain length N, one
+    line per configuration (runs never solved stay unsolved up to the budget)."""
+    frame = metrics.assign(config=config_label(metrics, factors))
+    levels = [str(level) for level in dict.fromkeys(frame.sort_values(n)[n])]
+    styles = config_styles(frame, factors)
+    episodes = np.arange(0, int(budget) + 1)
+    fig, axes = _panels([f"N = {level}" for level in levels], height=PANEL_HEIGHT * 0.8)
+    for ax, level in zip(axes.flat, levels, strict=False):
+        for config, group in frame[frame[n].astype(str) == level].groupby("config", sort=False):
+            solved = group["episodes_to_solve"].to_numpy(dtype=float)
+            fraction = (solved[None, :] <= episodes[:, None]).mean(axis=1)
+            style = styles[config]
+            ax.step(episodes, fraction, where="post", color=style["color"], linestyle=style["linestyle"], label=config)
+        ax.set_title(f"N = {level}")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("training episodes")
+        ax.set_ylabel("fraction of seeds solved")
+    return _finish(fig, axes, len(levels), " × ".join(factors) if factors else None)

@@ -87,12 +87,29 @@ def build_report(
         captions[name] = caption
 
     captions: dict[str, str] = {}
-    figure(
-        "learning_curves",
-        "Evaluation return (deterministic, unperturbed policy) over training, mean over seeds with a 95% "
-        "bootstrap confidence band, per configuration.",
-        lambda: figures.learning_curves(loaded.evaluations, factors, reps=min(reps, 500)),
-    )
+    chain_n = next((f for f in factors if f in CHAIN_LENGTH_FACTORS), None)
+    solvable = chain_n is not None and "episodes_to_solve" in metrics
+    if solvable:
+        chain_others = [f for f in factors if f != chain_n]
+        limits = loaded.runs.get("max_episodes")
+        budget = (
+            float(limits.max())
+            if limits is not None and limits.notna().any()
+            else float(loaded.evaluations.groupby("run_id").size().max())  # episodes: one evaluation each
+        )
+        figure(  # evaluations after each episode end at different steps in each run: curves over episodes
+            "solved_fraction",
+            "Fraction of seeds solved (greedy policy optimal in `solved_window` consecutive evaluations) by each "
+            "training episode, one panel per chain length N.",
+            lambda: figures.solved_fraction(metrics, chain_n, chain_others, budget),
+        )
+    else:
+        figure(
+            "learning_curves",
+            "Evaluation return (deterministic, unperturbed policy) over training, mean over seeds with a 95% "
+            "bootstrap confidence band, per configuration.",
+            lambda: figures.learning_curves(loaded.evaluations, factors, reps=min(reps, 500)),
+        )
     if interval:
         figure(
             "return_vs_interval",
@@ -129,23 +146,16 @@ def build_report(
             "interquartile band); dashed: the target distance δ.",
             lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded), _distance(loaded)),
         )
-    chain_n = next((f for f in factors if f in CHAIN_LENGTH_FACTORS), None)
     solve = None
-    if "episodes_to_solve" in metrics and chain_n:
-        limits = loaded.runs.get("max_episodes")
-        budget = (
-            float(limits.max())
-            if limits is not None and limits.notna().any()
-            else float(loaded.evaluations.groupby("run_id").size().max())  # episodes: one evaluation each
-        )
+    if solvable:
         figure(
             "episodes_to_solve",
             "Episodes until the greedy policy is optimal in `solved_window` consecutive evaluations (one after "
             "each training episode), against the chain "
             "length N: median and interquartile range over seeds; unsolved runs are censored at the budget.",
-            lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, [f for f in factors if f != chain_n], budget),
+            lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, chain_others, budget),
         )
-        solve = tables.solve_table(metrics, chain_n, [f for f in factors if f != chain_n], budget)
+        solve = tables.solve_table(metrics, chain_n, chain_others, budget)
         caption = (
             f"{study.name}: episodes to solve, median [interquartile range] over seeds (solved / seeds); "
             f"unsolved runs censored at {budget:.0f} episodes, ≥ marks a lower bound; lowest median per N in bold."
