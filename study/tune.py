@@ -203,10 +203,13 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def _requeue(study: optuna.Study, trial_number: int, params: dict[str, Any]) -> None:
-    """Fail a trial that was cut off and queue its settings again, so that no trial is lost."""
+def _requeue(study: optuna.Study, trial_number: int, params: dict[str, Any]) -> bool:
+    """Fail a trial that was cut off and queue its settings again, so that no trial is lost; one
+    cut off before its settings were drawn is only failed (a fresh trial takes its place)."""
     study.tell(trial_number, state=TrialState.FAIL)
-    study.enqueue_trial(params, user_attrs={"retry_of": trial_number}, skip_if_exists=False)
+    if params:
+        study.enqueue_trial(params, user_attrs={"retry_of": trial_number}, skip_if_exists=False)
+    return bool(params)
 
 
 def run_tuning(
@@ -234,8 +237,9 @@ def run_tuning(
         storage = storage or default_storage(results, tuning.name)
         study = open_study(tuning, storage)
         for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            _requeue(study, stale.number, stale.params)
-            summary.retried.append(stale.number)
+            # an enqueued trial holds its settings in fixed_params until they are drawn
+            if _requeue(study, stale.number, {**stale.system_attrs.get("fixed_params", {}), **stale.params}):
+                summary.retried.append(stale.number)
         started_ray = _init_ray(address, workers, verbose) if _finished(study) < settings.trials else False
         try:
             if _finished(study) < settings.trials:

@@ -54,6 +54,27 @@ def start_tune(path: Path, results: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def test_trials_left_running_are_requeued_with_their_settings_or_only_failed(write_study, tmp_path: Path) -> None:
+    """A killed invocation may leave a trial running before it drew its settings (nothing to
+    retry) or an enqueued retry whose settings are still only fixed: the rerun handles both."""
+    tuning = load_tuning(write_study(TUNE | {"tune": TUNE["tune"] | {"trials": 2}}))
+    results = tmp_path / "results"
+    (results / tuning.name).mkdir(parents=True)
+    study = open_study(tuning, default_storage(results, tuning.name))
+    bare = study.ask()
+    settings = {"exploration.param_noise.initial_sigma": 0.05, "exploration.param_noise.interval": "episode"}
+    study.enqueue_trial(settings)
+    fixed = study.ask()
+    summary = run_tuning(tuning, results, workers=1)
+    assert summary.retried == [fixed.number]
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[bare.number].state == trials[fixed.number].state == TrialState.FAIL
+    retry = [t for t in trials.values() if t.user_attrs.get("retry_of") == fixed.number]
+    assert len(retry) == 1 and retry[0].params == settings and retry[0].state == TrialState.COMPLETE
+    assert not [t for t in trials.values() if t.user_attrs.get("retry_of") == bare.number]
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 2
+
+
 def test_a_killed_tuning_resumes_without_losing_a_trial(write_study, tmp_path: Path) -> None:
     path = write_study(TUNE)
     results = tmp_path / "results"
@@ -71,10 +92,11 @@ def test_a_killed_tuning_resumes_without_losing_a_trial(write_study, tmp_path: P
     complete = after[TrialState.COMPLETE]
     assert len(complete) == 4
     assert {t.number for t in before[TrialState.COMPLETE]} <= {t.number for t in complete}
-    # a trial the kill left running failed and was run again with the same settings
+    # a trial the kill left running failed and was run again with the same settings (if it had drawn any)
     for failed in after.get(TrialState.FAIL, []):
         retries = [t for t in complete if t.user_attrs.get("retry_of") == failed.number]
-        assert len(retries) == 1 and retries[0].params == failed.params
+        assert len(retries) == (1 if failed.params else 0)
+        assert all(retry.params == failed.params for retry in retries)
     assert len(after.get(TrialState.FAIL, [])) == len(before.get(TrialState.RUNNING, []))
 
     # each complete trial's runs are stored like a study's, and the analysis reads them
