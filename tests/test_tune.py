@@ -49,6 +49,16 @@ def trials_by_state(results: Path, name: str) -> dict[TrialState, list]:
     return out
 
 
+def completed_trials(results: Path, name: str) -> int:
+    """Complete trials in the tuning's storage (0 while it does not exist yet)."""
+    if not (results / name / "optuna.db").is_file():
+        return 0
+    try:
+        return len(trials_by_state(results, name).get(TrialState.COMPLETE, []))
+    except Exception:  # noqa: BLE001  (a poll: the study or its tables may not exist yet, the file may be busy)
+        return 0
+
+
 def start_tune(path: Path, results: Path, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "study", "tune", str(path), "--results", str(results), *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -79,7 +89,7 @@ def test_a_killed_tuning_resumes_without_losing_a_trial(write_study, tmp_path: P
     path = write_study(TUNE)
     results = tmp_path / "results"
     driver = start_tune(path, results, "--workers", "1")
-    wait_for(lambda: len(list((results / "tiny_tune").glob("*/meta.json"))) >= 1)
+    wait_for(lambda: completed_trials(results, "tiny_tune") >= 1)  # told to Optuna, not only stored
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     wait_for(no_orphan_workers, timeout=60)
