@@ -34,7 +34,7 @@ def save(fig: Figure, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for file in out:
-        fig.savefig(file)
+        fig.savefig(file, metadata={"CreationDate": None} if file.suffix == ".pdf" else None)  # reproducible PDFs
     plt.close(fig)
     return out
 
@@ -107,7 +107,6 @@ def learning_curves(evaluations: pd.DataFrame, factors: Sequence[str], reps: int
         ax.set_xlabel("environment steps")
         ax.xaxis.set_major_formatter(STEPS)
         ax.set_ylabel("evaluation return")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     return _finish(fig, axes, len(envs), " × ".join(factors))
 
 

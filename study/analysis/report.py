@@ -143,7 +143,8 @@ def build_report(
         figure(
             "sigma",
             "Adaptive parameter noise: σ and the measured distance d over training (median over seeds, "
-            "interquartile band); dashed: the target distance δ.",
+            "interquartile band); dashed: the target distance δ where it is fixed. NoisyNet runs show the "
+            "mean |σ| of their noisy layers.",
             lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded), _distance(loaded)),
         )
     solve = None
