@@ -89,6 +89,7 @@ def build_report(
     captions: dict[str, str] = {}
     chain_n = next((f for f in factors if f in CHAIN_LENGTH_FACTORS), None)
     solvable = chain_n is not None and "episodes_to_solve" in metrics
+    solve = None
     if solvable:
         chain_others = [f for f in factors if f != chain_n]
         limits = loaded.runs.get("max_episodes")
@@ -97,6 +98,21 @@ def build_report(
             if limits is not None and limits.notna().any()
             else float(loaded.evaluations.groupby("run_id").size().max())  # episodes: one evaluation each
         )
+        figure(
+            "episodes_to_solve",
+            "Episodes until the greedy policy is optimal in `solved_window` consecutive evaluations (one after "
+            "each training episode), against the chain length N: median and interquartile range over seeds; "
+            "unsolved runs are censored at the budget (hollow: the median is only a lower bound).",
+            lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, chain_others, budget),
+        )
+        solve = tables.solve_table(metrics, chain_n, chain_others, budget)
+        caption = (
+            f"{study.name}: episodes to solve, median [interquartile range] over seeds (solved / seeds); "
+            f"unsolved runs censored at {budget:.0f} episodes, ≥ marks a lower bound; lowest median per N in bold."
+        )
+        (report.folder / "episodes_to_solve.md").write_text(tables.to_markdown(solve))
+        (report.folder / "episodes_to_solve.tex").write_text(tables.to_latex(solve, caption))
+        report.tables += [report.folder / "episodes_to_solve.md", report.folder / "episodes_to_solve.tex"]
         figure(  # evaluations after each episode end at different steps in each run: curves over episodes
             "solved_fraction",
             "Fraction of seeds solved (greedy policy optimal in `solved_window` consecutive evaluations) by each "
@@ -147,24 +163,6 @@ def build_report(
             "mean |σ| of their noisy layers.",
             lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded), _distance(loaded)),
         )
-    solve = None
-    if solvable:
-        figure(
-            "episodes_to_solve",
-            "Episodes until the greedy policy is optimal in `solved_window` consecutive evaluations (one after "
-            "each training episode), against the chain "
-            "length N: median and interquartile range over seeds; unsolved runs are censored at the budget.",
-            lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, chain_others, budget),
-        )
-        solve = tables.solve_table(metrics, chain_n, chain_others, budget)
-        caption = (
-            f"{study.name}: episodes to solve, median [interquartile range] over seeds (solved / seeds); "
-            f"unsolved runs censored at {budget:.0f} episodes, ≥ marks a lower bound; lowest median per N in bold."
-        )
-        (report.folder / "episodes_to_solve.md").write_text(tables.to_markdown(solve))
-        (report.folder / "episodes_to_solve.tex").write_text(tables.to_latex(solve, caption))
-        report.tables += [report.folder / "episodes_to_solve.md", report.folder / "episodes_to_solve.tex"]
-
     table = tables.results_table(metrics, factors) if has_costs else None
     if table is not None:
         caption = (
