@@ -174,3 +174,17 @@ def test_config_styles_shade_the_levels_of_a_third_factor() -> None:
     assert styles[label["x", "v", "2"]]["color"] == shades[1]  # the second factor sets the line style only
     assert styles[label["x", "v", "2"]]["linestyle"] != styles[label["x", "u", "2"]]["linestyle"]
     assert styles[label["y", "u", "2"]]["color"] != shades[1]
+
+
+def test_factor_comparison_wraps_long_level_names() -> None:
+    import pandas as pd
+
+    from study.analysis.figures import factor_comparison
+
+    levels = ["none", "unstructured", "param noise", "gSDE-8"]
+    metrics = pd.DataFrame(
+        {"env": "E", "noise": pd.Categorical(levels * 2, categories=levels), "seed": [0] * 4 + [1] * 4}
+    ).assign(final_return=range(8))
+    fig = factor_comparison(metrics, "noise", [], "final_return", reps=50)
+    labels = [tick.get_text() for tick in fig.axes[0].get_xticklabels()]
+    assert labels == ["none", "unstructured", "param\nnoise", "gSDE-8"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -164,7 +165,7 @@ def factor_comparison(
             err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
             style = styles[config]
             ax.errorbar(xs, group["iqm"], yerr=err, fmt=style["marker"], capsize=4, color=style["color"], label=config)
-        ax.set_xticks(range(len(levels)), labels=levels)
+        ax.set_xticks(range(len(levels)), labels=[textwrap.fill(level, 10, break_long_words=False) for level in levels])
         ax.set_xlim(-0.5, len(levels) - 0.5)
         ax.set_title(env)
         ax.set_xlabel(factor)
