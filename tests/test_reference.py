@@ -36,3 +36,13 @@ def test_reference_chain_study_loads_complete() -> None:
     assert (episodes[np.isnan(solve)] == 2_000).all()
     assert (episodes[~np.isnan(solve)] == solve[~np.isnan(solve)]).all()
     assert (REFERENCE / "chain" / "report" / "episodes_to_solve.png").is_file()
+
+
+def test_reference_mountaincar_noise_types_loads_complete() -> None:
+    study = load_study(ROOT / "ablations" / "noise_types_mountaincar.yaml", budget="reduced")
+    results = load_results(study, REFERENCE)
+    assert len(results.runs) == len(study.runs) == 25
+    metrics = run_metrics(results)
+    assert (metrics.groupby("noise", observed=True).size() == 5).all()
+    assert (metrics["total_steps"] == 60_000).all() and metrics["c_train"].notna().all()
+    assert (REFERENCE / "noise_types_mountaincar" / "report-reduced" / "report.md").is_file()
