@@ -16,23 +16,17 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.save_util import recursive_getattr, recursive_setattr
 from stable_baselines3.common.vec_env import VecEnv
 
 CHECKPOINT = "checkpoint.pkl"
-# the algorithm's own progress, beside its parameters, optimizers and replay buffer
-ALGO_STATE = (
-    "num_timesteps",
-    "_episode_num",
-    "_n_updates",
-    "_last_obs",
-    "_last_episode_starts",
-    "_last_original_obs",
-    "_current_progress_remaining",
-    "action_noise",
-    "action_space",
-    "ep_info_buffer",
-    "ep_success_buffer",
-)
+# the algorithms whose resume the tests prove exact (tests/test_checkpoint.py): a run resumed by
+# another engine, or by an earlier version of this one, is not a reference result
+EXACT_RESUME_ALGOS = frozenset({"td3", "ddpg", "sac", "dqn", "qrdqn"})
+# bumped whenever what a checkpoint holds changes: runs record it when they resume
+RESUME_VERSION = 2
+# gSDE's current exploration, which SB3 keeps outside the policy's state dict
+SDE_STATE = ("weights_dist", "exploration_mat", "exploration_matrices")
 
 
 class Stateful(Protocol):
@@ -67,8 +61,58 @@ def _set_sim_states(venv: VecEnv, states: list[dict[str, Any]]) -> None:
             mujoco.mj_setState(sim.model, sim.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
 
 
+def algorithm_state(model: BaseAlgorithm) -> dict[str, Any]:
+    """What `model.save` stores, by SB3's own lists: the pickled attributes (counters such as
+    `num_timesteps`, `_n_calls` and `exploration_rate` included), the state dicts of the
+    networks and optimizers, and the other torch variables (SAC's `log_ent_coef`)."""
+    state_dicts, variables = model._get_torch_save_params()
+    excluded = set(model._excluded_save_params()) | {name.split(".")[0] for name in state_dicts + variables}
+    return {
+        "attributes": {name: value for name, value in vars(model).items() if name not in excluded},
+        "parameters": model.get_parameters(),
+        "variables": {name: recursive_getattr(model, name) for name in variables},
+    }
+
+
+def load_algorithm_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
+    """Put `algorithm_state` back into a model built with the same settings, as `load` does."""
+    vars(model).update(state["attributes"])
+    model.set_parameters(state["parameters"], exact_match=True)
+    for name, value in state["variables"].items():
+        if value is not None:  # in place, so that optimizers keep their reference
+            recursive_setattr(model, f"{name}.data", value.data)
+
+
+def _sde_state(model: BaseAlgorithm) -> dict[str, Any] | None:
+    """gSDE's current exploration matrices (SB3 draws them outside the state dict)."""
+    if not getattr(model, "use_sde", False):
+        return None
+    dist = model.policy.actor.action_dist
+    return {name: getattr(dist, name) for name in SDE_STATE if hasattr(dist, name)}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": th.get_rng_state()}
+    if th.cuda.is_available():
+        state["cuda"] = th.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    th.set_rng_state(state["torch"])
+    if "cuda" in state and th.cuda.is_available():
+        th.cuda.set_rng_state_all(state["cuda"])
+
+
 class Checkpointer(BaseCallback):
     """Every `every` steps, between training phases, saves the whole state of the run.
+
+    A checkpoint is taken at the start of a rollout, after SB3 has begun it (reset the action
+    noise, drawn gSDE's matrices); a resumed run therefore puts the random streams, the action
+    noise and gSDE's matrices back at its first rollout start, so that the rollout continues
+    from exactly the saved state.
 
     :param folder: the run's checkpoint folder (one file, replaced atomically)
     :param parts: other stateful pieces of the run (callbacks), by name
@@ -80,21 +124,18 @@ class Checkpointer(BaseCallback):
         self.every = every
         self.parts = parts
         self._saved_at = 0
-        self._action_noise: Any = None
+        self._resume: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
         return self.folder / CHECKPOINT
 
     def _on_rollout_start(self) -> None:
+        if self._resume is not None:
+            self._continue()
         # here the buffer holds every transition so far and training on them is done
-        if self.num_timesteps - self._saved_at >= self.every:
+        elif self.num_timesteps - self._saved_at >= self.every:
             self.save()
-
-    def _on_training_start(self) -> None:
-        # SB3 resets the action noise when learning starts: put the saved one (OU state) back
-        if self._action_noise is not None:
-            self.model.action_noise, self._action_noise = self._action_noise, None
 
     def _on_step(self) -> bool:
         return True
@@ -102,13 +143,14 @@ class Checkpointer(BaseCallback):
     def save(self) -> None:
         model = self.model
         state = {
-            "parameters": model.get_parameters(),
-            "algo": {name: getattr(model, name) for name in ALGO_STATE if hasattr(model, name)},
+            "version": RESUME_VERSION,
+            "algorithm": algorithm_state(model),
+            "sde": _sde_state(model),
             "replay_buffer": model.replay_buffer,
             "env": model.get_env(),
             "sims": _sim_states(model.get_env()),
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": th.get_rng_state()},
+            "rng": _rng_state(),
         }
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{CHECKPOINT}.{uuid.uuid4().hex[:8]}"
@@ -120,25 +162,40 @@ class Checkpointer(BaseCallback):
         self._saved_at = model.num_timesteps
 
     def restore(self, model: BaseAlgorithm) -> bool:
-        """Load the last checkpoint into a freshly built model; False if there is none."""
+        """Load the last checkpoint into a freshly built model; False if there is none.
+
+        A checkpoint of an earlier format is not used: the run starts over.
+        """
         if not self.path.is_file():
             return False
         with open(self.path, "rb") as fh:
             state = pickle.load(fh)
-        model.set_parameters(state["parameters"], exact_match=True)
-        for name, value in state["algo"].items():
-            setattr(model, name, value)
-        self._action_noise = copy.deepcopy(state["algo"].get("action_noise"))
-        model.replay_buffer = state["replay_buffer"]
+        if state.get("version") != RESUME_VERSION:
+            self.clear()
+            return False
         model.set_env(state["env"], force_reset=False)
+        load_algorithm_state(model, state["algorithm"])
+        model.replay_buffer = state["replay_buffer"]
         _set_sim_states(model.get_env(), state["sims"])
         for name, part in self.parts.items():
             part.load_state_dict(state["parts"][name])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        th.set_rng_state(state["rng"]["torch"])
+        _set_rng_state(state["rng"])
+        self._resume = {
+            "action_noise": copy.deepcopy(state["algorithm"]["attributes"].get("action_noise")),
+            "sde": state["sde"],
+            "rng": state["rng"],
+        }
         self._saved_at = model.num_timesteps
         return True
+
+    def _continue(self) -> None:
+        """At the first rollout start after a restore: undo what starting `learn` changed."""
+        resume, self._resume = self._resume, None
+        if resume["action_noise"] is not None:  # SB3 resets it when learning starts (OU state)
+            vars(self.model.action_noise).update(vars(resume["action_noise"]))  # in place: the rollout holds it
+        if resume["sde"] is not None:  # SB3 draws new matrices at every rollout start
+            vars(self.model.policy.actor.action_dist).update(resume["sde"])
+        _set_rng_state(resume["rng"])
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -17,7 +17,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
 from study import algos, provenance
-from study.checkpoint import Checkpointer
+from study.checkpoint import RESUME_VERSION, Checkpointer
 from study.config import RunSpec
 from study.envs import make_env
 from study.exploration.noisy import NoisyNetCallback
@@ -132,6 +132,7 @@ def execute(
         "wall_time_s": wall,
         "steps": steps,
         "resumed_at": resumed_at,
+        "resume_version": None if resumed_at is None else RESUME_VERSION,
         "steps_per_s": (steps - (resumed_at or 0)) / wall if wall > 0 else None,
         "episodes": len(recorder.rows) if recorder is not None else 0,
         "cpus": cpus,

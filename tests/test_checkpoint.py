@@ -1,11 +1,16 @@
-"""Checkpoint and resume of one run: the resumed run records what the uninterrupted one does."""
+"""Checkpoint and resume of one run: the resumed run records what the uninterrupted one does,
+and ends with the same parameters, optimizer states and counters."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import pytest
+import torch as th
 
-from study.checkpoint import CHECKPOINT
+from study import algos
+from study.checkpoint import CHECKPOINT, EXACT_RESUME_ALGOS, algorithm_state
 from study.config import load_study
 from study.recording import EpisodeRecorder
 from study.run import execute
@@ -15,33 +20,106 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize(
-    ("env", "overrides"),
-    [
-        ("Pendulum-v1", {"exploration.param_noise.interval": 7}),
-        ("Pendulum-v1", {"exploration.param_noise": None, "exploration.action_noise": {"type": "ou"}}),
-        ("HalfCheetah-v5", {"exploration.param_noise.follow_learner": True}),
-        ("study/Chain-v0", {"algo": "dqn", "exploration.param_noise.interval": 7, "replay": {"type": "proportional"}}),
-        (
-            "study/Chain-v0",
-            {
-                "algo": "dqn",
-                "exploration.param_noise": None,
-                "exploration.noisy_net": {"resample": 3, "log_every": 50},
-                "replay": {"type": "rank", "sort_every": 7},
-                "max_episodes": 25,  # 475 steps: the limit must count the episodes before the crash
-                "eval": {"freq": "episode", "episodes": 1},
-            },
-        ),
-    ],
-)
-def test_resume_from_checkpoint_equals_uninterrupted_run(write_study, tmp_path, monkeypatch, env, overrides) -> None:
+CHAIN_DQN = {"envs": ["study/Chain-v0"], "algo": "dqn", "exploration.param_noise": None}
+EPSILON_GREEDY = {
+    # ε moves from 1 to 0.05 over the first 400 steps, across the checkpoint at 300, and the
+    # target network is updated every 70 steps: 300 is not a multiple of 70
+    "hyperparams.exploration_fraction": 0.8,
+    "hyperparams.exploration_final_eps": 0.05,
+    "hyperparams.target_update_interval": 70,
+}
+SHORT_PENDULUM = {"env_kwargs": {"max_episode_steps": 50}}  # episodic training resumes at an episode start
+
+CASES = {
+    "td3-param-noise": ("td3", {"exploration.param_noise.interval": 7}),
+    "td3-ou": ("td3", {"exploration.param_noise": None, "exploration.action_noise": {"type": "ou"}}),
+    "td3-halfcheetah-follow-learner": (
+        "td3",
+        {"envs": ["HalfCheetah-v5"], "exploration.param_noise.follow_learner": True},
+    ),
+    "ddpg-param-noise": ("ddpg", {"exploration.param_noise.interval": 3}),
+    "sac-auto-entropy": (
+        "sac",
+        {"exploration.param_noise": None, "hyperparams.ent_coef": "auto", "hyperparams.learning_starts": 50},
+    ),
+    "sac-param-noise": ("sac", {"exploration.param_noise.interval": 7, "hyperparams.ent_coef": "auto"}),
+    "sac-gsde": (
+        "sac",
+        SHORT_PENDULUM
+        | {
+            "exploration.param_noise": None,
+            "exploration.gsde": {"interval": 8},
+            "hyperparams.train_freq": "episode",
+            "hyperparams.ent_coef": "auto",
+        },
+    ),
+    "dqn-epsilon-greedy-prioritized": ("dqn", CHAIN_DQN | EPSILON_GREEDY | {"replay": {"type": "proportional"}}),
+    "dqn-param-noise-prioritized": (
+        "dqn",
+        CHAIN_DQN | {"exploration.param_noise": {"interval": 7, "adapt_every": 50}, "replay": {"type": "proportional"}},
+    ),
+    "dqn-noisy-net-rank": (
+        "dqn",
+        CHAIN_DQN
+        | {
+            "exploration.noisy_net": {"resample": 3, "log_every": 50},
+            "replay": {"type": "rank", "sort_every": 7},
+            "max_episodes": 25,  # 475 steps: the limit must count the episodes before the crash
+            "eval": {"freq": "episode", "episodes": 1},
+        },
+    ),
+    "qrdqn-epsilon-greedy": ("qrdqn", CHAIN_DQN | {"algo": "qrdqn"} | EPSILON_GREEDY),
+    "qrdqn-param-noise": ("qrdqn", CHAIN_DQN | {"algo": "qrdqn", "exploration.param_noise": {"interval": 5}}),
+}
+
+
+def test_every_algorithm_with_exact_resume_is_tested() -> None:
+    assert {algo for algo, _ in CASES.values()} == EXACT_RESUME_ALGOS
+
+
+def _final_state(model: Any) -> dict[str, Any]:
+    state = algorithm_state(model)
+    return {"parameters": state["parameters"], "variables": state["variables"]} | {
+        name: state["attributes"][name]
+        for name in ("num_timesteps", "_n_updates", "_n_calls", "exploration_rate", "_episode_num")
+        if name in state["attributes"]
+    }
+
+
+def _assert_same(actual: Any, expected: Any, where: str) -> None:
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), where
+        for key in expected:
+            _assert_same(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list | tuple):
+        assert len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            _assert_same(a, e, f"{where}[{i}]")
+    elif isinstance(expected, th.Tensor):
+        assert th.equal(actual, expected), where
+    else:
+        assert actual == expected, where
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_from_checkpoint_equals_uninterrupted_run(write_study, tmp_path, monkeypatch, case) -> None:
+    algo, overrides = CASES[case]
     path = write_study(
-        {"envs": [env], "total_steps": 500, "budgets.full": 500, "eval.freq": 125, "checkpoint_every": 100} | overrides
+        {"algo": algo, "total_steps": 500, "budgets.full": 500, "eval.freq": 125, "checkpoint_every": 100} | overrides
     )
     spec = load_study(path).runs[0]
+    models: list[Any] = []
+    build = algos.build
+
+    def keep_model(*args: Any, **kwargs: Any) -> Any:
+        model, callbacks = build(*args, **kwargs)
+        models.append(model)
+        return model, callbacks
+
+    monkeypatch.setattr(algos, "build", keep_model)
     reference = execute(spec)
     assert reference.status == "done", reference.error
+    expected = _final_state(models[-1])
 
     original = EpisodeRecorder._on_step
 
@@ -51,15 +129,28 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(write_study, tmp_path, 
         return original(self)
 
     folder = tmp_path / "checkpoints" / spec.run_id
-    monkeypatch.setattr(EpisodeRecorder, "_on_step", crash_at_step_330)
-    crashed = execute(spec, checkpoint_dir=folder)
+    with monkeypatch.context() as crashing:
+        crashing.setattr(EpisodeRecorder, "_on_step", crash_at_step_330)
+        crashed = execute(spec, checkpoint_dir=folder)
     assert crashed.status == "failed" and "Interrupted" in crashed.error
     assert (folder / CHECKPOINT).is_file()
-    monkeypatch.undo()
 
     resumed = execute(spec, checkpoint_dir=folder)
     assert resumed.status == "done", resumed.error
     assert resumed.meta["resumed_at"] == 300
     for name, frame in reference.tables().items():
         pd.testing.assert_frame_equal(resumed.tables()[name], frame, check_exact=True, obj=name)
+    _assert_same(_final_state(models[-1]), expected, case)
     assert not folder.exists()  # removed once the run completed
+
+
+def test_a_checkpoint_of_an_earlier_format_starts_the_run_over(write_study, tmp_path) -> None:
+    import pickle
+
+    spec = load_study(write_study({"checkpoint_every": 100})).runs[0]
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / CHECKPOINT).write_bytes(pickle.dumps({"parameters": {}, "algo": {}}))  # no version
+    result = execute(spec, checkpoint_dir=folder)
+    assert result.status == "done", result.error
+    assert result.meta["resumed_at"] is None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from study.analysis.metrics import run_metrics
+from study.checkpoint import EXACT_RESUME_ALGOS, RESUME_VERSION
 from study.config import load_study
 from study.store import load_results
 
@@ -46,3 +49,15 @@ def test_reference_mountaincar_noise_types_loads_complete() -> None:
     assert (metrics.groupby("noise", observed=True).size() == 5).all()
     assert (metrics["total_steps"] == 60_000).all() and metrics["c_train"].notna().all()
     assert (REFERENCE / "noise_types_mountaincar" / "report-reduced" / "report.md").is_file()
+
+
+def test_no_reference_run_was_resumed_by_an_engine_not_proven_exact() -> None:
+    resumed = []
+    for folder in sorted(p.parent for p in REFERENCE.glob("*/*/meta.json")):
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("resumed_at") is None:
+            continue
+        algo = yaml.safe_load((folder / "spec.yaml").read_text())["settings"]["algo"]
+        if meta.get("resume_version") != RESUME_VERSION or algo not in EXACT_RESUME_ALGOS:
+            resumed.append(f"{folder.parent.name}/{folder.name} (resumed at {meta['resumed_at']})")
+    assert not resumed, "resumed without a resume proven exact: " + ", ".join(resumed)
