@@ -33,6 +33,7 @@ EVALUATION_COLUMNS = {
     "continuity_cost": "float64",
     "jerk_cost": "float64",
     "optimal": "boolean",  # reached the env's `optimal_return`; NA for envs without one
+    "gradient_steps": "int64",  # the gradient steps the evaluated policy has had (0: untrained)
 }
 ADAPTATION_COLUMNS = {"step": "int64", "sigma": "float64", "distance": "float64"}
 
@@ -103,7 +104,9 @@ class EpisodeRecorder(BaseCallback):
 class Evaluator(BaseCallback):
     """Every `freq` steps (or after every training episode) and at the end: `episodes`
     episodes with the deterministic, unperturbed policy. With `stop_when_solved`, training
-    stops once the env's `optimal_return` was reached in `solved_window` evaluations in a row.
+    stops once the env's `optimal_return` was reached in `solved_window` evaluations in a row,
+    counting only evaluations after learning has begun (after the first gradient step): an
+    untrained network that happens to be optimal is never credited.
 
     :param eval_env: a separate environment, reset with `seed` once, then continuing its stream
     :param on_evaluation: sees each evaluation's row; returning False stops training
@@ -144,7 +147,7 @@ class Evaluator(BaseCallback):
         freq = self.settings.freq
         if self.locals["dones"][0] if freq == "episode" else self.num_timesteps % freq == 0:
             row = self.evaluate()
-            self.streak = self.streak + 1 if row["optimal"] else 0
+            self.streak = self.streak + 1 if row["optimal"] and row["gradient_steps"] > 0 else 0
             if self.on_evaluation is not None and not self.on_evaluation(row):
                 return False
             return not (self.settings.stop_when_solved and self.streak >= self.settings.solved_window)
@@ -182,6 +185,7 @@ class Evaluator(BaseCallback):
             "continuity_cost": float(np.mean(continuity)),
             "jerk_cost": float(np.mean(jerk)),
             "optimal": None if self.optimal_return is None else bool(min(returns) >= self.optimal_return - 1e-9),
+            "gradient_steps": self.model._n_updates,
         }
         self.rows.append(row)
         self.logger.record("eval/mean_reward", row["return_mean"])

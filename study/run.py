@@ -98,7 +98,7 @@ def execute(
         set_random_seed(spec.seed)
         settings = spec.settings
         envs = [
-            make_env(spec.env, settings.env_kwargs, settings.env_wrapper, evaluation=evaluation)
+            make_env(spec.env, settings.env_kwargs, settings.env_wrapper, evaluation=evaluation, task_seed=spec.seed)
             for evaluation in (False, True)
         ]
         model, callbacks = algos.build(settings, envs[0], spec.seed)

@@ -19,6 +19,7 @@ def fake_result(spec: RunSpec, n_evaluations: int = 10, n_episodes: int = 20, st
     quality = rng.normal(0.0, 1.0)
     eval_steps = np.linspace(total / n_evaluations, total, n_evaluations).astype(np.int64)
     progress = eval_steps / total
+    learning_starts = spec.settings.hyperparams.learning_starts or 0
     evaluations = {
         "step": eval_steps,
         "return_mean": -1000 + 800 * progress + 50 * quality + rng.normal(0, 20, n_evaluations),
@@ -26,9 +27,9 @@ def fake_result(spec: RunSpec, n_evaluations: int = 10, n_episodes: int = 20, st
         "length_mean": np.full(n_evaluations, 200.0),
         "continuity_cost": rng.uniform(0.1, 2.0, n_evaluations),
         "jerk_cost": rng.uniform(0.01, 0.5, n_evaluations),
+        "gradient_steps": np.maximum(eval_steps - learning_starts, 0),
     }
     episode_steps = np.linspace(total / n_episodes, total, n_episodes).astype(np.int64)
-    learning_starts = spec.settings.hyperparams.learning_starts or 0
     episodes = {
         "step": episode_steps,
         "episode": np.arange(n_episodes),

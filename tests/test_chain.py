@@ -9,6 +9,7 @@ import torch as th
 
 from study.config import EvalSettings, RunSettings, RunSpec
 from study.dqn import DQN
+from study.envs import make_env
 from study.envs.chain import LEFT, RIGHT, ChainEnv
 from study.policies import ParamNoiseDQNPolicy
 from study.recording import Evaluator
@@ -59,16 +60,48 @@ def test_bad_chain_length(n) -> None:
         ChainEnv(n=n)
 
 
-def test_a_hand_coded_always_right_policy_solves_it_and_training_stops() -> None:
+def test_a_hand_coded_always_right_policy_solves_it_once_learning_has_begun() -> None:
     n, window = 6, 4
-    model = DQN(ParamNoiseDQNPolicy, gym.make("study/Chain-v0", n=n), learning_starts=10_000, seed=0)
+    # episodes end at steps 15, 30, 45, ...; training (every 4 steps) begins after step 32 > 28,
+    # so the evaluations at 15 and at 30 (after learning_starts, before any gradient step) are
+    # of the untrained network and must not count towards the streak
+    model = DQN(ParamNoiseDQNPolicy, gym.make("study/Chain-v0", n=n), learning_starts=28, seed=0)
     model.policy._predict = lambda obs, deterministic=True: th.full((obs.shape[0],), RIGHT)
     settings = EvalSettings(freq="episode", episodes=1, stop_when_solved=True, solved_window=window)
     evaluator = Evaluator(gym.make("study/Chain-v0", n=n), settings)
     model.learn(100 * (n + 9), callback=evaluator)
-    assert len(evaluator.rows) == window  # one evaluation after every training episode
     assert all(row["optimal"] for row in evaluator.rows)
-    assert model.num_timesteps == window * (n + 9)
+    assert [row["gradient_steps"] for row in evaluator.rows[:3]] == [0, 0, 4]  # steps 32, 36, 40, 44
+    assert len(evaluator.rows) == 2 + window
+    assert model.num_timesteps == (2 + window) * (n + 9)
+
+
+def test_randomized_actions_fix_per_state_which_action_moves_right() -> None:
+    n = 12
+    env = ChainEnv(n=n, randomize_actions=True, task_seed=5)
+    assert np.array_equal(env.right, ChainEnv(n=n, randomize_actions=True, task_seed=5).right)
+    assert not np.array_equal(env.right, ChainEnv(n=n, randomize_actions=True, task_seed=6).right)
+    assert 0 < env.right.sum() < n  # both actions move right somewhere
+    assert np.array_equal(ChainEnv(n=n).right, np.full(n, RIGHT))
+
+    def play(policy) -> float:
+        env.reset(seed=1)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(policy(env._state))
+            total += reward
+            done = terminated or truncated
+        return total
+
+    assert play(lambda state: int(env.right[state])) == env.optimal_return  # follow the mapping
+    assert play(lambda state: RIGHT) < env.optimal_return  # the shortcut no longer works
+    # the same task for a run's training and evaluation envs, drawn from the run's seed
+    train, evaluation = (
+        make_env("study/Chain-v0", {"n": n, "randomize_actions": True}, evaluation=e, task_seed=3)
+        for e in (False, True)
+    )
+    assert np.array_equal(train.unwrapped.right, evaluation.unwrapped.right)
+    assert np.array_equal(train.unwrapped.right, ChainEnv(n=n, randomize_actions=True, task_seed=3).right)
 
 
 def test_chain_runs_record_per_episode_optimality_and_stop_at_max_episodes() -> None:

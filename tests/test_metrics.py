@@ -15,7 +15,7 @@ from study.analysis.aggregates import (
     probability_of_improvement,
     stratified_bootstrap,
 )
-from study.analysis.metrics import episodes_to_solve, run_metrics
+from study.analysis.metrics import episodes_to_solve, optimal_at_init, run_metrics
 from study.config import load_study
 from study.store import StudyResults
 
@@ -122,12 +122,25 @@ def test_probability_of_improvement_by_hand_and_cost_direction() -> None:
     assert p["low"] <= p["p"] <= p["high"] and p["tasks"] == 1
 
 
-def test_episodes_to_solve() -> None:
-    optimal = [1, 1, 0, 1, 1, 1, 0, 1] + [1, 1, 0, 1, 0]
-    frame = pd.DataFrame({"run_id": ["a"] * 8 + ["b"] * 5, "step": list(range(8)) + list(range(5)), "optimal": optimal})
+def test_episodes_to_solve_counts_only_evaluations_after_learning_began() -> None:
+    optimal = [1, 1, 0, 1, 1, 1, 0, 1] + [1, 1, 0, 1, 0] + [1, 1, 1, 1, 0]
+    trained = [0] + [1] * 7 + [0] + [1] * 4 + [0, 0, 0, 1, 1]
+    frame = pd.DataFrame(
+        {
+            "run_id": ["a"] * 8 + ["b"] * 5 + ["c"] * 5,
+            "step": list(range(8)) + list(range(5)) + list(range(5)),
+            "optimal": optimal,
+            "gradient_steps": trained,
+        }
+    )
     solved = episodes_to_solve(frame, window=3)
     assert solved["a"] == 6.0  # three optimal in a row first at the 6th episode
     assert np.isnan(solved["b"])  # never: censored
+    assert np.isnan(solved["c"])  # optimal four times in a row, but three of them untrained
+    assert optimal_at_init(frame).tolist() == [True, True, True]
+    frame.loc[13, "optimal"] = 0
+    frame.loc[0, "gradient_steps"] = 5  # first evaluation after learning began: no initial evaluation
+    assert optimal_at_init(frame).astype(object).tolist() == [pd.NA, True, False]
 
 
 def test_censored_quantiles_count_unsolved_runs_at_the_budget_and_flag_lower_bounds() -> None:

@@ -30,6 +30,7 @@ LABELS: dict[str, str] = {
     "jerk_eval": "jerk cost (evaluation)",
     "switch_rate": "action switch rate",
     "episodes_to_solve": "episodes to solve",
+    "optimal_at_init": "optimal at initialization",
     "final_sigma": "final σ",
 }
 
@@ -45,7 +46,8 @@ def run_metrics(results: StudyResults, include_warmup: bool = False) -> pd.DataF
       last 10% of the run's steps; episodes begun during warm-up (random actions) are left out
       unless `include_warmup`;
     - switch_rate (discrete actions), final_sigma / mean_distance (adaptive parameter noise),
-      episodes_to_solve (runs that record per-episode `optimal` evaluations), where recorded.
+      episodes_to_solve and optimal_at_init (runs that record per-episode `optimal`
+      evaluations), where recorded.
     """
     keys = ["run_id", "env", "seed", *results.factors]
     out = results.runs[[*keys, "total_steps"]].set_index("run_id")
@@ -76,19 +78,43 @@ def run_metrics(results: StudyResults, include_warmup: bool = False) -> pd.DataF
         out["mean_distance"] = adaptations["distance"].mean()
     if "optimal" in evaluations and evaluations["optimal"].notna().any():
         windows = results.runs.set_index("run_id").get("solved_window")
-        out["episodes_to_solve"] = episodes_to_solve(evaluations[evaluations["optimal"].notna()], windows)
+        solving = with_gradient_steps(evaluations[evaluations["optimal"].notna()], results)
+        out["episodes_to_solve"] = episodes_to_solve(solving, windows)
+        out["optimal_at_init"] = optimal_at_init(solving)
     return out.reset_index()
+
+
+def with_gradient_steps(evaluations: pd.DataFrame, results: StudyResults) -> pd.DataFrame:
+    """Evaluations with `gradient_steps` filled in where a table predates the column: there,
+    a policy evaluated after `learning_starts` steps counts as trained."""
+    frame = evaluations.copy()
+    recorded = frame["gradient_steps"] if "gradient_steps" in frame else pd.Series(pd.NA, index=frame.index)
+    if recorded.notna().all():
+        return frame
+    specs = results.specs
+    starts = frame["run_id"].map(lambda run: specs[run].settings.hyperparams.learning_starts or 0)
+    frame["gradient_steps"] = recorded.fillna((frame["step"] > starts).astype("int64"))
+    return frame
+
+
+def optimal_at_init(evaluations: pd.DataFrame) -> pd.Series:
+    """Per run: whether the untrained greedy policy was optimal at the first evaluation
+    (NA where the first evaluation came after learning had begun)."""
+    first = evaluations.sort_values(["run_id", "step"], kind="stable").groupby("run_id", sort=False).first()
+    untrained = first["gradient_steps"].astype("int64") == 0
+    return first["optimal"].astype("boolean").where(untrained, pd.NA)
 
 
 def episodes_to_solve(evaluations: pd.DataFrame, window: int | pd.Series = SOLVED_WINDOW) -> pd.Series:
     """Per run: the number of training episodes after which the greedy policy's evaluations
-    had been optimal `window` times in a row (NaN if never: censored at the run's length).
+    had been optimal `window` times in a row after learning had begun (NaN if never: censored
+    at the run's length). An evaluation of the untrained policy never counts.
 
-    Expects one evaluation per training episode, with columns run_id, step, optimal.
+    Expects one evaluation per training episode, with columns run_id, step, optimal, gradient_steps.
     `window` may differ per run (a Series by run id; missing runs use SOLVED_WINDOW).
     """
     frame = evaluations.sort_values(["run_id", "step"], kind="stable")
-    optimal = frame["optimal"].astype(bool).to_numpy()
+    optimal = frame["optimal"].astype(bool).to_numpy() & (frame["gradient_steps"].to_numpy(dtype=np.int64) > 0)
     run = frame["run_id"].to_numpy()
     new_run = np.r_[True, run[1:] != run[:-1]]
     # the streak of optimal evaluations ending at each row: restart at every miss and every new run

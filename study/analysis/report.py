@@ -107,8 +107,10 @@ def build_report(
         )
         solve = tables.solve_table(metrics, chain_n, chain_others, budget)
         caption = (
-            f"{study.name}: episodes to solve, median [interquartile range] over seeds (solved / seeds); "
-            f"unsolved runs censored at {budget:.0f} episodes, ≥ marks a lower bound; lowest median per N in bold."
+            f"{study.name}: episodes to solve, median [interquartile range] over seeds (solved / seeds · runs "
+            "whose untrained greedy policy was optimal at the first evaluation); only evaluations after learning "
+            f"began count; unsolved runs censored at {budget:.0f} episodes, ≥ marks a lower bound; lowest median "
+            "per N in bold."
         )
         (report.folder / "episodes_to_solve.md").write_text(tables.to_markdown(solve))
         (report.folder / "episodes_to_solve.tex").write_text(tables.to_latex(solve, caption))
@@ -250,8 +252,11 @@ def _markdown(
         lines += [
             "## Episodes to solve",
             "",
-            "Median [interquartile range] over seeds (solved / seeds); unsolved runs count at the episode budget, "
-            "so ≥ marks a quantile that is only a lower bound; lowest median per N in bold (also as LaTeX: "
+            "Median [interquartile range] over seeds (solved / seeds · k init: the runs whose untrained greedy "
+            "policy was already optimal at the first evaluation). Only evaluations after learning began (after "
+            "the first gradient step) count towards the solving streak, so an untrained network that happens to "
+            "be optimal is never credited. Unsolved runs count at the episode budget, so ≥ marks a quantile that "
+            "is only a lower bound; lowest median per N in bold (also as LaTeX: "
             "[episodes_to_solve.tex](episodes_to_solve.tex)).",
             "",
             tables.to_markdown(solve),

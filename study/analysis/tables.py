@@ -41,9 +41,10 @@ def results_table(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_
 
 
 def solve_table(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float) -> pd.DataFrame:
-    """Episodes to solve as strings (config × N): "median [q1, q3] (solved/seeds)" over seeds, with
-    unsolved runs censored at `budget` and "≥" on a quantile that depends on one; the lowest
-    median of each N in bold."""
+    """Episodes to solve as strings (config × N): "median [q1, q3] (solved/seeds · k init)" over
+    seeds, with unsolved runs censored at `budget` and "≥" on a quantile that depends on one, and
+    k the runs whose untrained greedy policy was already optimal at the first evaluation (where
+    recorded); the lowest median of each N in bold."""
     keys = ["env", *factors] if metrics["env"].nunique() > 1 else list(factors)
     frame = metrics.assign(config=config_label(metrics, keys))
     configs = ordered_configs(frame, keys)
@@ -56,7 +57,10 @@ def solve_table(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: f
         value = [("≥ " if row.censored else "") + f"{row.value:.0f}" for row in q.itertuples()]
         solved = int(group["episodes_to_solve"].notna().sum())
         column = f"N = {level}"
-        table.loc[config, column] = f"{value[1]} [{value[0]}, {value[2]}] ({solved}/{len(group)})"
+        init = ""
+        if "optimal_at_init" in group and group["optimal_at_init"].notna().any():
+            init = f" · {int(group['optimal_at_init'].fillna(False).astype(bool).sum())} init"
+        table.loc[config, column] = f"{value[1]} [{value[0]}, {value[2]}] ({solved}/{len(group)}{init})"
         if not q["censored"][0.5]:
             medians.loc[config, column] = q["value"][0.5]
     table.attrs["best"] = medians.eq(medians.min()) & medians.notna()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import load_env_creator
 
 if "study/Chain-v0" not in gym.registry:
     gym.register("study/Chain-v0", entry_point="study.envs.chain:ChainEnv", kwargs={"n": 10})
@@ -50,6 +52,26 @@ WRAPPERS: dict[str, Callable[[gym.Env, bool], gym.Env]] = {
 }
 
 
-def make_env(env_id: str, env_kwargs: dict | None = None, wrapper: str = "none", evaluation: bool = False) -> gym.Env:
-    """A gymnasium environment (`module:EnvId` imports `module` first), wrapped by name."""
-    return WRAPPERS[wrapper](gym.make(env_id, **(env_kwargs or {})), evaluation)
+def takes_task_seed(env_id: str) -> bool:
+    """Whether the env's constructor takes `task_seed`: a seed that fixes the task itself
+    (the same for a run's training and evaluation envs), not the episodes' random stream."""
+    entry_point = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    return "task_seed" in inspect.signature(creator).parameters
+
+
+def make_env(
+    env_id: str,
+    env_kwargs: dict | None = None,
+    wrapper: str = "none",
+    evaluation: bool = False,
+    task_seed: int | None = None,
+) -> gym.Env:
+    """A gymnasium environment (`module:EnvId` imports `module` first), wrapped by name.
+
+    :param task_seed: passed to envs that take one (see `takes_task_seed`) unless `env_kwargs` sets it
+    """
+    kwargs = dict(env_kwargs or {})
+    if task_seed is not None and "task_seed" not in kwargs and takes_task_seed(env_id):
+        kwargs["task_seed"] = task_seed
+    return WRAPPERS[wrapper](gym.make(env_id, **kwargs), evaluation)

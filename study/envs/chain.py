@@ -19,15 +19,28 @@ class ChainEnv(gym.Env[np.ndarray, np.int64]):
     The optimal policy goes right all the way and keeps pushing right at s_N
     (`optimal_return`); going left to s_1 is the deceptive local optimum.
 
+    With the thermometer encoding a network that maps every state to the same action
+    generalizes "right" to the whole chain. `randomize_actions` removes that shortcut as
+    bsuite's DeepSea does: in each state a fixed random choice, drawn from `task_seed`, decides
+    which of the two actions moves right, so the way right must be learned state by state.
+
     :param n: the chain length N (at least 3)
+    :param randomize_actions: draw per state which action moves right
+    :param task_seed: the seed of that draw (a run passes its own seed)
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, n: int = 10) -> None:
+    def __init__(self, n: int = 10, randomize_actions: bool = False, task_seed: int = 0) -> None:
         if int(n) != n or n < 3:
             raise ValueError(f"chain length n must be an integer >= 3, got {n!r}")
         self.n = int(n)
+        # the action that moves right in each state
+        self.right = (
+            np.random.default_rng(task_seed).integers(0, 2, size=self.n)
+            if randomize_actions
+            else np.full(self.n, RIGHT)
+        )
         self.horizon = self.n + 9
         self.observation_space = spaces.Box(0.0, 1.0, shape=(self.n,), dtype=np.float32)
         self.action_space = spaces.Discrete(2)
@@ -47,9 +60,9 @@ class ChainEnv(gym.Env[np.ndarray, np.int64]):
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action!r}: 0 (left) or 1 (right)")
+            raise ValueError(f"invalid action {action!r}: 0 or 1")
         reward = 0.0
-        if action == RIGHT:
+        if action == self.right[self._state]:
             reward = 1.0 if self._state == self.n - 1 else 0.0
             self._state = min(self._state + 1, self.n - 1)
         else:
