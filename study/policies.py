@@ -16,7 +16,7 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from study.exploration.distances import rms_action_distance, softmax_kl_distance
-from study.exploration.noisy import make_noisy, noise_off, noisy_layers
+from study.exploration.noisy import make_noisy, moved_generator, noise_off, noisy_layers
 
 
 def insert_layer_norm(net: nn.Sequential, output_layer: bool = True) -> nn.Sequential:
@@ -223,7 +223,9 @@ class ParamNoiseQRDQNPolicy(_QPolicyMixin, QRDQNPolicy):
 
 class NoisyDQNPolicy(ParamNoiseDQNPolicy):
     """NoisyNet-DQN policy: the last `noisy_layers` fully connected layers of the Q-network
-    (default all) are `NoisyLinear`; deterministic predictions (evaluation) use the means only.
+    (default all), counted over its features extractor and its head, are `NoisyLinear`;
+    deterministic predictions (evaluation) use the means only. The noise's generator
+    `noise_generator` lives on the policy's device and follows it.
 
     :param noisy_kwargs: `factorised` and `sigma0` of the noisy layers
     """
@@ -240,13 +242,22 @@ class NoisyDQNPolicy(ParamNoiseDQNPolicy):
         super().__init__(*args, **kwargs)
 
     def make_q_net(self) -> QNetwork:
-        net = super().make_q_net()
-        net.q_net = make_noisy(net.q_net, self.noisy_layers, **self.noisy_kwargs).to(self.device)
-        return net
+        return make_noisy(super().make_q_net(), self.noisy_layers, **self.noisy_kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
+        self._generator_follows_device()
         self.sample_acting_noise()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> NoisyDQNPolicy:
+        super()._apply(fn, recurse)  # .to(), .cuda(), .cpu(), ...
+        self._generator_follows_device()
+        return self
+
+    def _generator_follows_device(self) -> None:
+        """Keep `noise_generator` on the device of the noisy layers."""
+        if self.noise_generator.device != self.device:
+            self.noise_generator = moved_generator(self.noise_generator, self.device)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return super()._get_constructor_parameters() | {

@@ -10,11 +10,24 @@ import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from test_param_noise import changed, in_episode_index
+from torch import nn
+from torch.nn import functional as F
 
+import study.policies
 from study.config import RunSettings, RunSpec
 from study.dqn import DQN
-from study.exploration.noisy import NoisyLinear, NoisyNetCallback, mean_abs_sigma, noise_off
-from study.policies import NoisyDQNPolicy
+from study.exploration.noisy import (
+    NoisyLinear,
+    NoisyNetCallback,
+    make_noisy,
+    mean_abs_sigma,
+    moved_generator,
+    noise_off,
+    noisy_layers,
+)
+from study.exploration.perturb import perturbable_parameters
+from study.features import FEATURES
+from study.policies import NoisyDQNPolicy, ParamNoiseDQNPolicy
 from study.run import execute
 
 
@@ -140,3 +153,173 @@ def test_noisy_runs_log_mean_abs_sigma() -> None:
 def test_mean_abs_sigma_of_a_network() -> None:
     net = th.nn.Sequential(NoisyLinear(4, 4), th.nn.ReLU(), NoisyLinear(4, 2))
     assert mean_abs_sigma(net) == pytest.approx(0.25)
+
+
+# CNN features extractors: their fully connected layer is part of the Q-network
+
+
+IMAGES = {
+    "minatar_cnn": gym.spaces.Box(0.0, 1.0, (5, 5, 2), np.float32),  # channel-last, as MinAtar
+    "nature_cnn": gym.spaces.Box(0, 255, (1, 36, 36), np.uint8),  # the smallest image it takes
+}
+
+
+def cnn_policy(
+    features: str = "minatar_cnn", net_arch: list[int] | None = None, cls: type = NoisyDQNPolicy, **kwargs
+) -> ParamNoiseDQNPolicy:
+    return cls(
+        IMAGES[features],
+        gym.spaces.Discrete(3),
+        lambda _: 1e-3,
+        net_arch=net_arch if net_arch is not None else [],
+        features_extractor_class=FEATURES[features],
+        features_extractor_kwargs={"features_dim": 8},
+        **kwargs,
+    )
+
+
+def observations(features: str, n: int = 16) -> th.Tensor:
+    space = IMAGES[features]
+    space.seed(0)
+    return th.as_tensor(np.stack([space.sample() for _ in range(n)]))
+
+
+def layer_kinds(net: nn.Module) -> list[str]:
+    """The fully connected layers in module order (features extractor, then head), noisy or not."""
+    return [type(m).__name__ for m in net.modules() if isinstance(m, nn.Linear | NoisyLinear)]
+
+
+@pytest.mark.parametrize("features", ["minatar_cnn", "nature_cnn"])
+@pytest.mark.parametrize("net_arch", [[], [4]])
+def test_all_makes_every_fully_connected_layer_noisy_features_extractor_included(features, net_arch) -> None:
+    policy = cnn_policy(features, net_arch)
+    for net in (policy.q_net, policy.q_net_target):
+        assert not [m for m in net.modules() if isinstance(m, nn.Linear)]
+        assert len(noisy_layers(net)) == 2 + len(net_arch)
+        assert len(noisy_layers(net.features_extractor)) == 1
+        assert [m for m in net.modules() if isinstance(m, nn.Conv2d)]  # convolutions stay
+    assert {id(p) for p in policy.q_net.parameters()} == {
+        id(p) for g in policy.optimizer.param_groups for p in g["params"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("net_arch", "layers", "kinds"),
+    [
+        ([], 1, ["Linear", "NoisyLinear"]),
+        ([], 2, ["NoisyLinear", "NoisyLinear"]),
+        ([4], 1, ["Linear", "Linear", "NoisyLinear"]),
+        ([4], 2, ["Linear", "NoisyLinear", "NoisyLinear"]),
+        ([4], 3, ["NoisyLinear", "NoisyLinear", "NoisyLinear"]),
+    ],
+)
+def test_layers_count_over_the_whole_network(net_arch, layers, kinds) -> None:
+    policy = cnn_policy(net_arch=net_arch, noisy_layers=layers)
+    assert layer_kinds(policy.q_net) == layer_kinds(policy.q_net_target) == kinds
+
+
+def test_more_layers_than_the_network_has_is_an_error() -> None:
+    with pytest.raises(ValueError, match="2 fully connected layers"):
+        cnn_policy(noisy_layers=3)
+
+
+def test_noisy_layers_are_the_layers_parameter_noise_perturbs() -> None:
+    """Like for like: NoisyNet (all layers) and parameter noise explore with the same weights."""
+    noisy = cnn_policy(net_arch=[4])
+    perturbed = cnn_policy(net_arch=[4], cls=ParamNoiseDQNPolicy)
+    noisy_names = [name for name, m in noisy.q_net.named_modules() if isinstance(m, NoisyLinear)]
+    owners = {id(p): name for name, m in perturbed.q_net.named_modules() for p in m.parameters(recurse=False)}
+    perturbed_names = list(dict.fromkeys(owners[id(p)] for p in perturbable_parameters(perturbed.q_net)))
+    assert noisy_names == perturbed_names == ["features_extractor.linear.0", "q_net.0", "q_net.2"]
+
+
+def test_deterministic_prediction_uses_the_means_in_the_features_extractor_too() -> None:
+    policy = cnn_policy(noisy_kwargs={"sigma0": 50.0})  # noise that changes the greedy actions
+    layer = policy.q_net.features_extractor.linear[0]
+    seen: list[bool] = []
+    layer.register_forward_hook(
+        lambda module, args, out: seen.append(th.allclose(out, F.linear(args[0], module.weight_mu, module.bias_mu)))
+    )
+    obs = observations("minatar_cnn")
+    first = policy.predict(obs.numpy(), deterministic=True)[0]
+    noisy = []
+    for _ in range(5):
+        policy.sample_acting_noise()
+        assert np.array_equal(policy.predict(obs.numpy(), deterministic=True)[0], first)
+        noisy.append(policy.predict(obs.numpy(), deterministic=False)[0])
+    assert seen == [True] + [True, False] * 5
+    assert any(not np.array_equal(actions, first) for actions in noisy)
+
+
+def test_acting_and_training_noise_reach_the_features_extractor() -> None:
+    policy = cnn_policy(net_arch=[4], noisy_kwargs={"factorised": False})
+    online, target = noisy_layers(policy.q_net), noisy_layers(policy.q_net_target)
+    before = [layer.weight_epsilon.clone() for layer in online]
+    policy.sample_acting_noise()
+    assert all(not th.equal(b, layer.weight_epsilon) for b, layer in zip(before, online, strict=True))
+    policy.sample_training_noise()
+    for mine, theirs in zip(online, target, strict=True):
+        assert not th.equal(mine.weight_epsilon, theirs.weight_epsilon)
+        assert not th.equal(mine.bias_epsilon, theirs.bias_epsilon)
+    assert len(policy.noise_state()) == 2 * len(online) == 6
+
+
+def test_mean_abs_sigma_covers_the_features_extractor() -> None:
+    policy = cnn_policy()  # 16·3·3 = 144 → 8 and 8 → 3, factorised
+    expected = (144 * 8 + 8) * 0.5 / math.sqrt(144) + (8 * 3 + 3) * 0.5 / math.sqrt(8)
+    assert mean_abs_sigma(policy.q_net) == pytest.approx(expected / (144 * 8 + 8 + 8 * 3 + 3))
+
+
+def test_make_noisy_keeps_module_order_in_nested_networks() -> None:
+    net = nn.Sequential(nn.Sequential(nn.Linear(2, 3), nn.ReLU()), nn.Linear(3, 4))
+    make_noisy(net, 1)
+    assert layer_kinds(net) == ["Linear", "NoisyLinear"]
+
+
+# the noise lives on the policy's device
+
+
+def test_noise_generator_and_buffers_are_on_the_policy_device() -> None:
+    policy = cnn_policy()
+    assert policy.noise_generator.device == policy.device
+    for layer in [*noisy_layers(policy.q_net), *noisy_layers(policy.q_net_target)]:
+        assert layer.weight_epsilon.device == layer.bias_epsilon.device == layer.weight_mu.device
+
+
+def test_noise_generator_follows_the_policy_to_another_device(monkeypatch) -> None:
+    policy = cnn_policy()
+    moves: list[th.device] = []
+
+    def record(generator: th.Generator, device: th.device) -> th.Generator:
+        moves.append(device)
+        return generator  # no accelerator here, and a meta device has no generator
+
+    monkeypatch.setattr(study.policies, "moved_generator", record)
+    policy.to(th.float64)  # same device: the same generator
+    assert moves == []
+    policy.to("meta")
+    assert moves == [th.device("meta")]
+    assert {b.device.type for b in policy.buffers()} == {"meta"}
+
+
+def test_a_moved_generator_continues_deterministically() -> None:
+    first, second = (moved_generator(th.Generator().manual_seed(3), "cpu") for _ in range(2))
+    assert first.device == th.device("cpu")
+    assert th.equal(th.randn(5, generator=first), th.randn(5, generator=second))
+    other = moved_generator(th.Generator().manual_seed(4), "cpu")
+    assert not th.equal(
+        th.randn(5, generator=moved_generator(th.Generator().manual_seed(3), "cpu")), th.randn(5, generator=other)
+    )
+
+
+def test_noise_state_restores_across_kinds_of_device() -> None:
+    model = noisy_dqn()
+    callback = NoisyNetCallback(seed=0)
+    callback.init_callback(model)
+    state = callback.state_dict()
+    assert state["generator_device"] == "cpu"
+    draws = []
+    for saved_on in ("cpu", "cpu", "cuda", "cuda"):
+        callback._restore(state | {"generator_device": saved_on})
+        draws.append(th.randn(4, generator=model.policy.noise_generator))
+    assert th.equal(draws[0], draws[1]) and th.equal(draws[2], draws[3])  # reproducible either way

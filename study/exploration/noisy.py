@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch as th
@@ -14,6 +14,8 @@ from torch.nn import functional as F
 
 from study.exploration.param_noise import derived_seed
 from study.exploration.schedule import ResamplingCallback
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def _signed_sqrt(x: th.Tensor) -> th.Tensor:
@@ -29,16 +31,23 @@ class NoisyLinear(nn.Module):
     σ = σ₀ (0.017). p is the number of inputs.
     """
 
-    def __init__(self, in_features: int, out_features: int, factorised: bool = True, sigma0: float | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        factorised: bool = True,
+        sigma0: float | None = None,
+        device: th.device | str | None = None,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.factorised = in_features, out_features, factorised
         self.sigma0 = sigma0 if sigma0 is not None else (0.5 if factorised else 0.017)
-        self.weight_mu = nn.Parameter(th.empty(out_features, in_features))
-        self.weight_sigma = nn.Parameter(th.empty(out_features, in_features))
-        self.bias_mu = nn.Parameter(th.empty(out_features))
-        self.bias_sigma = nn.Parameter(th.empty(out_features))
-        self.register_buffer("weight_epsilon", th.zeros(out_features, in_features))
-        self.register_buffer("bias_epsilon", th.zeros(out_features))
+        self.weight_mu = nn.Parameter(th.empty(out_features, in_features, device=device))
+        self.weight_sigma = nn.Parameter(th.empty(out_features, in_features, device=device))
+        self.bias_mu = nn.Parameter(th.empty(out_features, device=device))
+        self.bias_sigma = nn.Parameter(th.empty(out_features, device=device))
+        self.register_buffer("weight_epsilon", th.zeros(out_features, in_features, device=device))
+        self.register_buffer("bias_epsilon", th.zeros(out_features, device=device))
         self.noise_on = True
         self.reset_parameters()
 
@@ -54,7 +63,7 @@ class NoisyLinear(nn.Module):
 
     @th.no_grad()
     def sample_noise(self, generator: th.Generator | None = None) -> None:
-        """Draw new ε (factorised: ε_in first, then ε_out)."""
+        """Draw new ε (factorised: ε_in first, then ε_out); `generator` must be on the layer's device."""
         device = self.weight_mu.device
         if self.factorised:
             eps_in = _signed_sqrt(th.randn(self.in_features, generator=generator, device=device))
@@ -80,14 +89,25 @@ def noisy_layers(net: nn.Module) -> list[NoisyLinear]:
     return [m for m in net.modules() if isinstance(m, NoisyLinear)]
 
 
-def make_noisy(net: nn.Sequential, layers: int | Literal["all"] = "all", **noisy_kwargs: Any) -> nn.Sequential:
-    """The same network with its last `layers` Linear layers (or all) replaced by NoisyLinear."""
-    linears = [i for i, m in enumerate(net) if isinstance(m, nn.Linear)]
-    chosen = set(linears if layers == "all" else linears[-layers:])
-    modules = [
-        NoisyLinear(m.in_features, m.out_features, **noisy_kwargs) if i in chosen else m for i, m in enumerate(net)
-    ]
-    return nn.Sequential(*modules)
+def make_noisy(net: ModuleT, layers: int | Literal["all"] = "all", **noisy_kwargs: Any) -> ModuleT:
+    """`net` with its last `layers` Linear layers (or all) replaced in place by NoisyLinear on
+    their device. Layers count in module order (a Q-network: its features extractor, then its
+    head); convolutions are never replaced."""
+    names = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    if layers != "all" and layers > len(names):
+        raise ValueError(f"{layers} noisy layers asked for, but the network has {len(names)} fully connected layers")
+    for name in names if layers == "all" else names[len(names) - layers :]:
+        linear = net.get_submodule(name)
+        parent, _, child = name.rpartition(".")
+        noisy = NoisyLinear(linear.in_features, linear.out_features, device=linear.weight.device, **noisy_kwargs)
+        setattr(net.get_submodule(parent), child, noisy)
+    return net
+
+
+def moved_generator(generator: th.Generator, device: th.device | str) -> th.Generator:
+    """A generator on `device` whose stream follows deterministically from `generator`'s."""
+    seed = int(th.randint(0, 2**62, (), generator=generator, device=generator.device))
+    return th.Generator(device=device).manual_seed(seed)
 
 
 @contextmanager
@@ -175,6 +195,7 @@ class NoisyNetCallback(ResamplingCallback):
             "steps_in_episode": self._steps_in_episode,
             "adaptations": list(self.adaptations),
             "generator": policy.noise_generator.get_state(),
+            "generator_device": policy.noise_generator.device.type,
             "noise": policy.noise_state(),
         }
 
@@ -186,5 +207,9 @@ class NoisyNetCallback(ResamplingCallback):
         policy = self.model.policy
         self._steps_in_episode = state["steps_in_episode"]
         self.adaptations = list(state["adaptations"])
-        policy.noise_generator.set_state(state["generator"])
+        if state.get("generator_device", "cpu") == policy.noise_generator.device.type:
+            policy.noise_generator.set_state(state["generator"])
+        else:  # another kind of device draws another stream: continue with one the saved state fixes
+            entropy = np.random.SeedSequence(state["generator"].numpy().astype(np.uint32).tolist())
+            policy.noise_generator.manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
         policy.load_noise_state(state["noise"])
