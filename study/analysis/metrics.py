@@ -85,15 +85,22 @@ def run_metrics(results: StudyResults, include_warmup: bool = False) -> pd.DataF
 
 
 def with_gradient_steps(evaluations: pd.DataFrame, results: StudyResults) -> pd.DataFrame:
-    """Evaluations with `gradient_steps` filled in where a table predates the column: there,
-    a policy evaluated after `learning_starts` steps counts as trained."""
+    """Evaluations with `gradient_steps` filled in where a table predates the column: there, a
+    policy counts as trained when evaluated after the first training call, which SB3 makes after
+    the first rollout that ends past `learning_starts` (every `train_freq` steps; for episodic
+    training, after `learning_starts`)."""
     frame = evaluations.copy()
     recorded = frame["gradient_steps"] if "gradient_steps" in frame else pd.Series(pd.NA, index=frame.index)
     if recorded.notna().all():
         return frame
-    specs = results.specs
-    starts = frame["run_id"].map(lambda run: specs[run].settings.hyperparams.learning_starts or 0)
-    frame["gradient_steps"] = recorded.fillna((frame["step"] > starts).astype("int64"))
+
+    def first_training(run_id: str) -> int:
+        hyperparams = results.specs[run_id].settings.hyperparams
+        starts, freq = hyperparams.learning_starts or 0, hyperparams.train_freq
+        return (starts // freq + 1) * freq if isinstance(freq, int) else starts
+
+    trained = frame["step"] > frame["run_id"].map(first_training)
+    frame["gradient_steps"] = recorded.astype("Int64").fillna(trained.astype("int64"))
     return frame
 
 
