@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from study.config import RunSpec
 from study.store import StudyResults
 
 # the direction of each metric: True = higher is better, False = lower is better
@@ -94,12 +95,13 @@ def with_gradient_steps(evaluations: pd.DataFrame, results: StudyResults) -> pd.
     if recorded.notna().all():
         return frame
 
-    def first_training(run_id: str) -> int:
-        hyperparams = results.specs[run_id].settings.hyperparams
-        starts, freq = hyperparams.learning_starts or 0, hyperparams.train_freq
+    def first_training(spec: RunSpec) -> int:
+        starts, freq = spec.settings.hyperparams.learning_starts or 0, spec.settings.hyperparams.train_freq
         return (starts // freq + 1) * freq if isinstance(freq, int) else starts
 
-    trained = frame["step"] > frame["run_id"].map(first_training)
+    specs = results.specs
+    first = {run_id: first_training(specs[run_id]) for run_id in frame["run_id"].unique()}
+    trained = frame["step"] > frame["run_id"].map(first)
     frame["gradient_steps"] = recorded.astype("Int64").fillna(trained.astype("int64"))
     return frame
 
