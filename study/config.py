@@ -5,11 +5,15 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
 import itertools
 import json
 import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -18,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -25,7 +30,11 @@ from pydantic import (
     model_validator,
 )
 
+from study.messages import Problem, did_you_mean, problems, show
+from study.yamlio import KeyLines, describe_error, load_yaml
+
 FULL_BUDGET = "full"
+MAX_SEED = 2**32 - 1  # numpy seeds are 32-bit
 Scalar = bool | int | float | str | None
 
 
@@ -34,11 +43,15 @@ class StudyError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _k_or_episode(value: Any) -> Any:
-    if value == "episode" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+    if value == "episode" or (_is_int(value) and value > 0):
         return value
     raise ValueError("must be a positive integer k or 'episode'")
 
@@ -234,7 +247,8 @@ class _SharedSettings(_Strict):
         from study.algos import ALGOS
 
         if name not in ALGOS:
-            raise ValueError(f"unknown algorithm {name!r} (known: {', '.join(sorted(ALGOS))})")
+            known = ", ".join(sorted(ALGOS))
+            raise ValueError(f"unknown algorithm {name!r} (known: {known}){did_you_mean(name, ALGOS)}")
         return name
 
     @model_validator(mode="after")
@@ -250,6 +264,11 @@ class _SharedSettings(_Strict):
             raise ValueError(f"exploration.gsde: {self.algo} has no gSDE (SAC has)")
         if exploration.mean_actions and not algo.stochastic:
             raise ValueError(f"exploration.mean_actions: {self.algo} always explores with its deterministic policy")
+        if exploration.mean_actions and exploration.param_noise is not None:
+            raise ValueError(
+                f"exploration.mean_actions: {self.algo} would act with its unperturbed mean, so "
+                "exploration.param_noise would never act; choose one"
+            )
         if exploration.gsde is not None and self.hyperparams.sb3_kwargs().get("train_freq") != (1, "episode"):
             raise ValueError(
                 "exploration.gsde: needs hyperparams.train_freq: episode, so that the interval is not cut "
@@ -286,13 +305,19 @@ def _check_env_id(env_id: str) -> str:
             raise ValueError(f"cannot import module {module!r} for environment {env_id!r}: {err}") from None
         env_id = name
     if env_id not in gym.registry:
-        raise ValueError(f"unknown environment id {env_id!r} (not registered with gymnasium)")
+        hint = did_you_mean(env_id, gym.registry) or " (not registered with gymnasium)"
+        raise ValueError(f"unknown environment id {env_id!r}{hint}")
     return f"{module}:{env_id}" if module else env_id
 
 
+class _EnvFacts(NamedTuple):
+    discrete: bool  # its actions
+    solvable: bool  # it has an `optimal_return` to reach (eval.stop_when_solved)
+
+
 @functools.cache
-def _action_space_kind(env_id: str, env_kwargs: str) -> str:
-    """ "discrete" or "continuous"; builds the environment once, which also checks `env_kwargs`."""
+def _env_facts(env_id: str, env_kwargs: str) -> _EnvFacts:
+    """What the settings need to know of an environment; builds it once, which also checks `env_kwargs`."""
     import gymnasium as gym
 
     try:
@@ -300,7 +325,8 @@ def _action_space_kind(env_id: str, env_kwargs: str) -> str:
     except Exception as err:  # noqa: BLE001  (any construction error is the user's input)
         raise ValueError(f"env_kwargs: cannot make {env_id} with {env_kwargs}: {err}") from None
     env.close()
-    return "discrete" if isinstance(env.action_space, gym.spaces.Discrete) else "continuous"
+    solvable = getattr(env.unwrapped, "optimal_return", None) is not None
+    return _EnvFacts(isinstance(env.action_space, gym.spaces.Discrete), solvable)
 
 
 class RunSettings(_SharedSettings):
@@ -317,10 +343,12 @@ class RunSettings(_SharedSettings):
     def _env_fits_algo(self) -> RunSettings:
         from study.algos import ALGOS
 
-        discrete = _action_space_kind(self.env, json.dumps(self.env_kwargs, sort_keys=True)) == "discrete"
-        if discrete != ALGOS[self.algo].discrete:
-            kind = "discrete" if discrete else "continuous"
+        facts = _env_facts(self.env, json.dumps(self.env_kwargs, sort_keys=True))
+        if facts.discrete != ALGOS[self.algo].discrete:
+            kind = "discrete" if facts.discrete else "continuous"
             raise ValueError(f"algo: {self.algo} cannot act in {self.env}, whose actions are {kind}")
+        if self.eval.stop_when_solved and not facts.solvable:
+            raise ValueError(f"eval.stop_when_solved: {self.env} has no optimal_return to reach")
         return self
 
 
@@ -387,7 +415,7 @@ class StudyFile(_SharedSettings):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     envs: list[str] = Field(min_length=1)
-    seeds: PositiveInt | list[int] = 1
+    seeds: PositiveInt | list[NonNegativeInt] = 1  # N: seeds 0 to N - 1; or the seeds
     budgets: dict[str, PositiveInt | dict[str, Any]]
     env_overrides: dict[str, dict[str, Any]] = {}
     grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = {}
@@ -398,6 +426,24 @@ class StudyFile(_SharedSettings):
     @classmethod
     def _known_envs(cls, envs: list[str]) -> list[str]:
         return [_check_env_id(e) for e in envs]
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _valid_seeds(cls, seeds: Any) -> Any:
+        if _is_int(seeds):
+            if seeds < 1:
+                raise ValueError(f"a number of seeds must be at least 1 (got {seeds})")
+            return seeds
+        if not isinstance(seeds, list):
+            raise ValueError(f"must be a number of seeds or a list of seeds (got {show(seeds)})")
+        if not seeds:
+            raise ValueError("an empty list of seeds runs nothing")
+        for seed in seeds:
+            if not (_is_int(seed) and 0 <= seed <= MAX_SEED):
+                raise ValueError(f"{show(seed)} is not a seed: seeds are integers from 0 to {MAX_SEED}")
+        if twice := [seed for seed, n in Counter(seeds).items() if n > 1]:
+            raise ValueError(f"seed {twice[0]} is listed twice: its runs would be the same runs")
+        return seeds
 
     @field_validator("budgets")
     @classmethod
@@ -418,7 +464,7 @@ class StudyFile(_SharedSettings):
     def _overrides_name_envs(self) -> StudyFile:
         for env in self.env_overrides:
             if env not in self.envs:
-                raise ValueError(f"env_overrides.{env}: not one of envs")
+                raise ValueError(f"env_overrides.{env}: not one of envs{did_you_mean(env, self.envs)}")
         return self
 
     def seed_list(self) -> list[int]:
@@ -531,48 +577,175 @@ def _factor_levels(grid: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, 
 
 
 # ---------------------------------------------------------------------------
+# Where each setting was written
+
+
+def _written(node: Any, parts: tuple[str, ...]) -> tuple[tuple[Any, ...], int]:
+    """The key path in `node` that sets `parts` (or its longest set parent), and how many parts it sets."""
+    if not parts:
+        return (), 0
+    if not isinstance(node, Mapping):
+        return (), len(parts)  # a value that replaces everything below it
+    for n in range(len(parts), 0, -1):
+        key = ".".join(parts[:n])
+        if key in node:
+            path, covered = _written(node[key], parts[n:])
+            return (key, *path), n + covered
+    return (), 0
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Settings applied over the ones before them, and where they were written."""
+
+    settings: Mapping[str, Any]  # nested or dotted keys, as written
+    file: Path | None  # the file they are in; None: the command line
+    where: str = ""  # their key in that file ("budgets.smoke", "grid.noise.param"), or the option ("--steps")
+    at: tuple[Any, ...] = ()  # the same key, as a path in the file's line index
+    lines: KeyLines = field(default_factory=dict)
+
+    def written(self, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], int]:
+        return _written(self.settings, tuple(map(str, loc)))
+
+    def line(self, path: tuple[Any, ...] = ()) -> int | None:
+        """The line of `path` in the file, or of its nearest parent that has one."""
+        full = (*self.at, *path)
+        return next((self.lines[full[:n]] for n in range(len(full), 0, -1) if full[:n] in self.lines), None)
+
+    def prefix(self, path: tuple[Any, ...] = ()) -> str:
+        """`file:line: where: `, the start of a message about `path` in these settings."""
+        line = self.line(path)
+        head = "" if self.file is None else f"{self.file}:{line}: " if line else f"{self.file}: "
+        return f"{head}{self.where}: " if self.where else head
+
+    def source(self, path: tuple[Any, ...], seen_from: Path | None) -> str:
+        """Where `path` was set, for a message about the file `seen_from`: "budgets.smoke, line 40",
+        "--steps", "study.yaml, line 9"."""
+        line = self.line(path)
+        parts = [str(self.file)] if self.file not in (None, seen_from) else []
+        parts += [self.where] if self.where else []
+        parts += [f"line {line}"] if line else []
+        return ", ".join(parts) or str(self.file)
+
+
+def _origin(layers: list[_Layer], loc: tuple[Any, ...]) -> tuple[_Layer, tuple[Any, ...], bool]:
+    """The last layer that set `loc` (where none did, the one that set most of its parents), the key
+    path it wrote, and whether it set `loc` itself."""
+    best, best_path, best_covered = layers[0], (), 0
+    for layer in layers:
+        path, covered = layer.written(loc)
+        if covered and covered >= best_covered:
+            best, best_path, best_covered = layer, path, covered
+    return best, best_path, best_covered == len(loc)
+
+
+def _message(problem: Problem, layers: list[_Layer]) -> str:
+    layer, path, _ = _origin(layers, problem.loc)
+    key = f"{problem.key}: " if problem.key else ""
+    return f"{layer.prefix(path)}{key}{problem.text}"
+
+
+# ---------------------------------------------------------------------------
+# Checks of each resolved run
+
+
+class _Bound(NamedTuple):
+    """A setting that must stay below (`strict`) or at most another one in every run, or `consequence`."""
+
+    key: str
+    limit: str
+    strict: bool
+    consequence: str
+
+
+RUN_BOUNDS = (
+    _Bound("hyperparams.learning_starts", "total_steps", True, "the run would end before its first gradient step"),
+    _Bound("hyperparams.batch_size", "hyperparams.buffer_size", False, "every batch would repeat transitions"),
+)
+
+
+@functools.cache
+def _sb3_default(algo: str, name: str) -> Any:
+    from study.algos import ALGOS
+
+    parameter = inspect.signature(ALGOS[algo].cls.__init__).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def _value(settings: RunSettings, dotted_key: str) -> tuple[Any, bool]:
+    """A resolved setting, and whether it is SB3's default (unset hyperparameters)."""
+    node: Any = settings
+    for part in dotted_key.split("."):
+        node = getattr(node, part, None)
+    if node is None and dotted_key.startswith("hyperparams."):
+        return _sb3_default(settings.algo, dotted_key.removeprefix("hyperparams.")), True
+    return node, False
+
+
+def _bound_violations(settings: RunSettings, layers: list[_Layer], study: Path) -> list[str]:
+    """One message per bound the run breaks, naming where each of the two values came from."""
+    out = []
+    for bound in RUN_BOUNDS:
+        (value, default), (limit, limit_default) = _value(settings, bound.key), _value(settings, bound.limit)
+        if value is None or limit is None or (value < limit if bound.strict else value <= limit):
+            continue
+        loc, limit_loc = tuple(bound.key.split(".")), tuple(bound.limit.split("."))
+        layer, path, own = _origin(layers, loc)
+        if not own or default:
+            layer, path = _Layer({}, study), ()
+        head = layer.prefix(path)
+        if not layer.where.startswith(f"grid.{bound.key}["):  # a grid level of this very key names it
+            head += f"{bound.key}: "
+        limit_layer, limit_path, _ = _origin(layers, limit_loc)
+        limit_source = limit_layer.source(limit_path, layer.file)
+        limit_source = f"SB3's default for {settings.algo}" if limit_default else limit_source
+        given = f"{value} (SB3's default for {settings.algo})" if default else f"{value}"
+        relation = "below" if bound.strict else "at most"
+        out.append(f"{head}{given} must be {relation} {bound.limit} {limit} ({limit_source}), or {bound.consequence}")
+    return out
+
+
+def _which_runs(labels: list[str], total: int) -> str:
+    if len(labels) == total:
+        return "in every run"
+    shown = "; ".join(labels[:3])
+    return f"in {shown}" + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+
+
+# ---------------------------------------------------------------------------
 # Loading
 
 
-_TYPE_TAG = re.compile(
-    r"(int|str|bool|float|log_float|log_int|categorical|uniform|proportional|rank|constrained-\w+"
-    r"|(literal|tuple|list|dict|function-\w+)\[.*\])"
-)  # union members and discriminator tags pydantic puts in an error's location
+@functools.cache
+def _study_wide() -> dict[str, str]:
+    """Study keys that a run's settings refuse, with the reason."""
+    reason = "applies to the whole study: a grid level or env override cannot set it"
+    return {key: reason for key in StudyFile.model_fields if key not in RunSettings.model_fields}
 
 
-def _format_errors(err: ValidationError, where: str = "") -> list[str]:
-    """One line per offending key: `key: message (got value)`; union alternatives joined."""
-    by_key: dict[str, list[str]] = {}
-    got: dict[str, str] = {}
-    for e in err.errors():
-        # pydantic adds union members and validators to the location; keep the user's key path
-        loc = ".".join(str(p) for p in e["loc"] if not _TYPE_TAG.fullmatch(str(p)))
-        by_key.setdefault(loc, []).append(e["msg"].removeprefix("Value error, "))
-        if e["type"] != "missing" and not isinstance(e["input"], dict):
-            got[loc] = f" (got {e['input']!r})"
-    lines = []
-    for loc, msgs in by_key.items():
-        text = ", or ".join(dict.fromkeys(msgs)) + got.get(loc, "")
-        lines.append(": ".join(p for p in (where, loc, text) if p))
-    return lines
+def _fail(lines: list[str]) -> StudyError:
+    return StudyError("\n".join(dict.fromkeys(lines)))
 
 
-def _fail(path: Path, lines: list[str]) -> StudyError:
-    return StudyError("\n".join(f"{path}: {line}" for line in lines))
-
-
-def read_yaml_mapping(path: str | Path, what: str = "a study") -> dict[str, Any]:
-    """A YAML file that must hold a mapping; StudyError otherwise."""
-    path = Path(path)
+def _read_yaml(path: Path, what: str) -> tuple[dict[str, Any], KeyLines]:
+    """A YAML file that must hold a mapping, and the line of each key; StudyError otherwise."""
     if not path.is_file():
         raise StudyError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw, lines = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise StudyError(f"{path}: not valid YAML: {exc}") from None
+        problems_ = describe_error(exc)
+        raise _fail([f"{path}:{line}: {text}" if line else f"{path}: {text}" for line, text in problems_]) from None
+    except UnicodeDecodeError:
+        raise StudyError(f"{path}: not a text file") from None
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: {what} must be a YAML mapping")
-    return raw
+    return raw, lines
+
+
+def read_yaml_mapping(path: str | Path, what: str = "a study") -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with no key given twice; StudyError otherwise."""
+    return _read_yaml(Path(path), what)[0]
 
 
 def load_study(
@@ -587,79 +760,155 @@ def load_study(
         configuration a tuning wrote; a path is read as a YAML file
     """
     path = Path(path)
-    raw = read_yaml_mapping(path)
+    raw, lines = _read_yaml(path, "a study")
+    file_layer = _Layer(raw, path, lines=lines)
+    doc, layers = raw, [file_layer]
 
     budgets = raw.get("budgets")
     if isinstance(budgets, dict) and budget not in budgets:
-        raise StudyError(f"{path}: budgets: no budget named {budget!r} (have: {', '.join(map(str, budgets))})")
+        have = ", ".join(map(str, budgets))
+        raise StudyError(
+            f"{file_layer.prefix(('budgets',))}budgets: no budget named {budget!r} (have: {have})"
+            + did_you_mean(budget, budgets)
+        )
     if isinstance(budgets, dict):
-        chosen = budgets[budget]
-        chosen = {"total_steps": chosen} if isinstance(chosen, int) else chosen
+        given = budgets[budget]
+        chosen = {"total_steps": given} if _is_int(given) else given
+        budget_layer = _Layer(chosen, path, f"budgets.{budget}", ("budgets", budget), lines)
         if not isinstance(chosen, dict):
-            raise StudyError(f"{path}: budgets.{budget}: must be a step count or a mapping of settings")
+            what = "must be a step count or a mapping of settings"
+            raise StudyError(f"{budget_layer.prefix()}{what} (got {show(given)})")
+        if _is_int(given) and given < 1:
+            raise StudyError(f"{budget_layer.prefix()}a step count must be at least 1 (got {given})")
         if {"budgets", "grid", "name"} & set(chosen):
-            raise StudyError(f"{path}: budgets.{budget}: may not set name, budgets or grid")
-        raw = apply_overrides(raw, chosen)
+            raise StudyError(f"{budget_layer.prefix()}may not set name, budgets or grid")
+        doc = apply_overrides(doc, chosen)
+        layers.append(budget_layer)
+    grid_layer = file_layer
     if overlay is not None:
-        where = path
-        if not isinstance(overlay, dict):
-            where, overlay = Path(overlay), read_yaml_mapping(overlay, "an overlay")
-        if {"budgets", "name"} & set(overlay):
-            raise StudyError(f"{where}: an overlay may not set name or budgets")
-        grid = overlay.get("grid")
-        raw = apply_overrides(raw, {k: v for k, v in overlay.items() if k != "grid"})
+        if isinstance(overlay, dict):
+            overlay_layer = _Layer(overlay, path)
+        else:
+            settings, overlay_lines = _read_yaml(Path(overlay), "an overlay")
+            overlay_layer = _Layer(settings, Path(overlay), lines=overlay_lines)
+        if {"budgets", "name"} & set(overlay_layer.settings):
+            raise StudyError(f"{overlay_layer.prefix()}an overlay may not set name or budgets")
+        grid = overlay_layer.settings.get("grid")
+        doc = apply_overrides(doc, {k: v for k, v in overlay_layer.settings.items() if k != "grid"})
         if grid is not None:
-            raw["grid"] = grid
+            doc["grid"], grid_layer = grid, overlay_layer
+            layers[0] = _Layer({k: v for k, v in raw.items() if k != "grid"}, path, lines=lines)
+        layers.append(overlay_layer)
     if steps is not None:
-        raw["total_steps"] = steps
+        doc = doc | {"total_steps": steps}
+        layers.append(_Layer({"total_steps": steps}, None, "--steps"))
 
     try:
-        file = StudyFile.model_validate(raw)
+        file = StudyFile.model_validate(doc)
     except ValidationError as err:
-        raise _fail(path, _format_errors(err)) from None
+        raise _fail([_message(p, layers) for p in problems(err, StudyFile)]) from None
+    return _expand(path, budget, file, doc, layers, grid_layer)
 
-    shared = {k: v for k, v in raw.items() if k in _SharedSettings.model_fields}
-    levels = _factor_levels(file.grid)
-    errors: list[str] = []
-    # every level on its own, so that an error names the grid key that caused it
-    for column_levels, grid_key in zip(levels.values(), file.grid, strict=True):
-        for i, (label, over) in enumerate(column_levels):
-            doc = apply_overrides(shared, over) | {"env": file.envs[0]}
+
+def _grid_layers(grid: dict[str, Any], source: _Layer) -> dict[str, list[_Layer]]:
+    """Each factor column's levels as layers, named as the file names them: `grid.KEY[i]`, `grid.KEY.LABEL`."""
+    out: dict[str, list[_Layer]] = {}
+    for (column, levels), (key, given) in zip(_factor_levels(grid).items(), grid.items(), strict=True):
+        listed = isinstance(given, list)
+        out[column] = [
+            _Layer(
+                over,
+                source.file,
+                f"grid.{key}[{i}]" if listed else f"grid.{key}.{label}",
+                ("grid", key, i if listed else label),
+                source.lines,
+            )
+            for i, (label, over) in enumerate(levels)
+        ]
+    return out
+
+
+def _level_errors(file: StudyFile, shared: dict[str, Any], level_layers: dict[str, list[_Layer]]) -> list[str]:
+    """The problems of each grid level on its own, each naming the level and key that caused it."""
+    errors = []
+    for column_layers, key in zip(level_layers.values(), file.grid, strict=True):
+        listed = isinstance(file.grid[key], list)
+        for layer in column_layers:
             try:
-                RunSettings.model_validate(doc)
+                RunSettings.model_validate(apply_overrides(shared, layer.settings) | {"env": file.envs[0]})
             except ValidationError as err:
-                where = f"grid.{grid_key}[{i}]" if isinstance(file.grid[grid_key], list) else f"grid.{grid_key}.{label}"
-                errors += _format_errors(err, where)
+                for problem in problems(err, RunSettings, _study_wide()):
+                    if listed and problem.key == key and problem.kind == "extra_forbidden":  # once, not per level
+                        factor = _Layer({key: None}, layer.file, "grid", ("grid",), layer.lines)
+                        errors.append(f"{factor.prefix((key,))}{key}: {problem.text}")
+                    elif listed and problem.key == key:
+                        errors.append(f"{layer.prefix()}{problem.text}")
+                    else:
+                        errors.append(_message(problem, [layer]))
+    return errors
+
+
+def _expand(
+    path: Path, budget: str, file: StudyFile, doc: dict[str, Any], layers: list[_Layer], grid_layer: _Layer
+) -> Study:
+    """The runs of a validated study file: every grid cell × env × seed, each checked on its own."""
+    levels = _factor_levels(file.grid)
+    level_layers = _grid_layers(file.grid, grid_layer)
+    env_layers = {
+        env: _Layer(over, path, f"env_overrides.{env}", ("env_overrides", env), layers[0].lines)
+        for env, over in file.env_overrides.items()
+    }
+    settable = [("a grid level", layer) for column in level_layers.values() for layer in column]
+    settable += [("an env override", layer) for layer in env_layers.values()]
+    errors = [
+        f"{layer.prefix(('env',))}env: set by envs; {what} cannot change it"
+        for what, layer in settable
+        if "env" in layer.settings
+    ]
+    shared = {k: v for k, v in doc.items() if k in _SharedSettings.model_fields}
+    errors += _level_errors(file, shared, level_layers)  # first, so that an error names its level
     if errors:
-        raise _fail(path, errors)
+        raise _fail(errors)
 
     runs: list[RunSpec] = []
+    violations: dict[str, list[str]] = {}
+    cells = 0
     for env in file.envs:
         base = apply_overrides(shared, file.env_overrides.get(env, {})) | {"env": env}
-        for combo in itertools.product(*levels.values()):
-            doc = base
-            for _, over in combo:
-                doc = apply_overrides(doc, over)
+        env_layer = [env_layers[env]] if env in env_layers else []
+        for combo in itertools.product(*(zip(lv, level_layers[c], strict=True) for c, lv in levels.items())):
+            cells += 1
+            settings_doc = base
+            for (_, over), _ in combo:
+                settings_doc = apply_overrides(settings_doc, over)
+            run_layers = [*layers, *env_layer, *(layer for _, layer in combo)]
             try:
-                settings = RunSettings.model_validate(doc)
+                settings = RunSettings.model_validate(settings_doc)
             except ValidationError as err:
-                where = "env_overrides." + env if env in file.env_overrides else ""
-                raise _fail(path, _format_errors(err, where)) from None
-            factors = {col: label for col, (label, _) in zip(levels, combo, strict=True)}
-            for seed in file.seed_list():
-                runs.append(
-                    RunSpec(
-                        study=file.name,
-                        budget=budget,
-                        seed=seed,
-                        factors=factors,
-                        settings=settings,
-                        checkpoint_every=file.checkpoint_every,
-                    )
+                errors += [_message(p, run_layers) for p in problems(err, RunSettings, _study_wide())]
+                continue
+            factors = {col: label for col, ((label, _), _) in zip(levels, combo, strict=True)}
+            run = " ".join([env, *(f"{col}={label}" for col, label in factors.items())])
+            for violation in _bound_violations(settings, run_layers, path):
+                violations.setdefault(violation, []).append(run)
+            runs += [
+                RunSpec(
+                    study=file.name,
+                    budget=budget,
+                    seed=seed,
+                    factors=factors,
+                    settings=settings,
+                    checkpoint_every=file.checkpoint_every,
                 )
+                for seed in file.seed_list()
+            ]
+    if errors:
+        raise _fail(errors)
+    if violations:
+        raise _fail([f"{message} ({_which_runs(runs_, cells)})" for message, runs_ in violations.items()])
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
-        raise StudyError(f"{path}: grid: two grid cells give the same run (repeated levels?)")
+        raise StudyError(f"{grid_layer.prefix(('grid',))}grid: two grid cells give the same run (repeated levels?)")
     return Study(
         path=path,
         budget=budget,

@@ -55,7 +55,8 @@ def test_named_levels_set_several_keys(write_study) -> None:
 
 
 def test_budgets_and_steps_override(write_study) -> None:
-    path = write_study({"budgets": {"full": 1000, "small": {"total_steps": 50, "seeds": 2, "eval.freq": 25}}})
+    small = {"total_steps": 50, "seeds": 2, "eval.freq": 25, "hyperparams.learning_starts": 5}
+    path = write_study({"budgets": {"full": 1000, "small": small}})
     assert load_study(path).runs[0].settings.total_steps == 1000
     small = load_study(path, budget="small")
     assert [r.settings.total_steps for r in small.runs] == [50, 50]
@@ -99,19 +100,27 @@ def test_shipped_studies_are_valid(name: str) -> None:
 BAD = [
     ({"algo": "td4"}, "algo: unknown algorithm 'td4'"),
     ({"envs": ["NoSuchEnv-v0"]}, "envs: unknown environment id 'NoSuchEnv-v0'"),
-    ({"totl_steps": 5}, "totl_steps: Extra inputs are not permitted"),
-    ({"exploration.param_noise.intervall": 5}, "exploration.param_noise.intervall: Extra inputs"),
+    ({"totl_steps": 5}, "totl_steps: unknown key; did you mean 'total_steps'?"),
+    (
+        {"exploration.param_noise.intervall": 5},
+        "exploration.param_noise.intervall: unknown key; did you mean 'interval'",
+    ),
     ({"exploration.param_noise.interval": 0}, "exploration.param_noise.interval: must be a positive integer k"),
     ({"exploration.param_noise.interval": -2}, "exploration.param_noise.interval: must be a positive integer k"),
     ({"grid": {"exploration.param_noise.interval": [4, 0]}}, "grid.exploration.param_noise.interval[1]"),
-    ({"grid": {"layer_norm": ["maybe"]}}, "grid.layer_norm[0]: layer_norm"),
+    ({"grid": {"layer_norm": ["maybe"]}}, "grid.layer_norm[0]: must be true or false (got 'maybe')"),
     ({"grid": {"layer_norm": []}}, "grid: Value error, factor 'layer_norm' has no levels"),
     ({"budgets.full": "lots"}, "budgets.full"),
-    ({"budgets.full": {"total_steps": 0}}, "total_steps: Input should be greater than 0 (got 0)"),
-    ({"seeds": -1}, "seeds"),
-    ({"hyperparams.learning_rat": 1e-3}, "hyperparams.learning_rat: Extra inputs"),
+    ({"budgets.full": {"total_steps": 0}}, "budgets.full: total_steps: must be greater than 0 (got 0)"),
+    ({"budgets.full": 0}, "budgets.full: a step count must be at least 1 (got 0)"),
+    ({"seeds": -1}, "seeds: a number of seeds must be at least 1 (got -1)"),
+    ({"seeds": [0, -3]}, "seeds: -3 is not a seed"),
+    ({"hyperparams.learning_rat": 1e-3}, "hyperparams.learning_rat: unknown key; did you mean 'learning_rate'"),
+    ({"hyperparams.learning_starts": 300}, "hyperparams.learning_starts: 300 must be below total_steps 300"),
+    ({"hyperparams.batch_size": 2000}, "hyperparams.batch_size: 2000 must be at most hyperparams.buffer_size 1000"),
+    ({"algo": "sac", "exploration.mean_actions": True}, "exploration.mean_actions: sac would act with its unperturbed"),
     ({"algo": "ddpg", "hyperparams.policy_delay": 2}, "hyperparams.policy_delay: not a hyperparameter of ddpg"),
-    ({"exploration.action_noise.type": "pink"}, "exploration.action_noise.type"),
+    ({"exploration.action_noise.type": "pink"}, "exploration.action_noise.type: must be 'none', 'normal' or 'ou'"),
     ({"env_overrides": {"Hopper-v5": {}}}, "env_overrides.Hopper-v5: not one of envs"),
 ]
 
