@@ -142,7 +142,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             leaves = self.tree.leaves[: self.size()]
             self._min = (float(leaves.min()), int(leaves.argmin()))
         else:
-            values = np.broadcast_to(values, np.shape(idx))
+            values = self.tree[idx]  # as set: the last value of a repeated index
             smallest = int(np.argmin(values))
             if values[smallest] < self._min[0]:
                 self._min = (float(values[smallest]), int(idx[smallest]))

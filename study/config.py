@@ -78,23 +78,18 @@ class ParamNoiseSettings(_Strict):
     follow_learner: bool = False
 
     def for_actions(self, discrete: bool) -> ParamNoiseSettings:
-        """These settings with the defaults of a continuous or a discrete action space."""
-        given = self.model_fields_set
-        if not discrete:
-            for key in ("target_epsilon", "epsilon"):
-                if getattr(self, key) is not None:
-                    raise ValueError(f"{key}: only for discrete actions (DQN)")
-            if self.target_distance is None:
-                raise ValueError("target_distance: needed for continuous actions")
-            return self
-        if "target_distance" in given and self.target_distance is not None and self.target_epsilon is not None:
-            raise ValueError("target_distance and target_epsilon: choose one way to set δ")
-        update: dict[str, Any] = {"epsilon": self.epsilon or 0.0}
-        if "initial_sigma" not in given:
-            update["initial_sigma"] = 0.01
-        if "target_distance" not in given or self.target_distance is None:
-            update |= {"target_distance": None, "target_epsilon": self.target_epsilon or "schedule"}
-        return self.model_copy(update=update)
+        """These settings with the defaults of a continuous or a discrete action space, from the
+        one table of them, `study.exploration.param_noise.PARAM_NOISE_DEFAULTS` (the field defaults
+        above are its continuous ones, kept here so that run hashes leave them out)."""
+        from study.exploration.param_noise import PARAM_NOISE_DEFAULTS, param_noise_defaults
+
+        if not discrete and "target_distance" in self.model_fields_set and self.target_distance is None:
+            raise ValueError("target_distance: needed for continuous actions")
+        given = {
+            key: getattr(self, key) if key in self.model_fields_set else None
+            for key in PARAM_NOISE_DEFAULTS["discrete"]
+        }
+        return self.model_copy(update=param_noise_defaults(discrete, **given))
 
 
 class ActionNoiseSettings(_Strict):

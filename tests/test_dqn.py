@@ -10,7 +10,7 @@ import pytest
 import torch as th
 from stable_baselines3 import DQN as SB3DQN
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from test_param_noise import changed, flat, in_episode_index
+from test_param_noise import changed, flat, in_episode_index, study_built
 from torch import nn
 
 from study.config import ParamNoiseSettings, RunSettings
@@ -185,3 +185,112 @@ def test_discrete_defaults() -> None:
 def test_bad_discrete_settings(doc, message) -> None:
     with pytest.raises(ValueError, match=message):
         RunSettings.model_validate(doc | {"total_steps": 10})
+
+
+class ActingEpsilon(BaseCallback):
+    """The ε-greedy rate each step's action was chosen with (DQN updates it after the callbacks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rates: list[float] = []
+
+    def _on_step(self) -> bool:
+        self.rates.append(self.model.exploration_rate)
+        return True
+
+
+SCHEDULE = {"exploration_initial_eps": 1.0, "exploration_final_eps": 0.1, "exploration_fraction": 0.5}
+
+
+def epsilon_at(step: int, total: int, start: float = 1.0, end: float = 0.1, fraction: float = 0.5) -> float:
+    """SB3's linear ε for the action of environment step `step` (1-based): its progress is (step − 1) / total."""
+    progress = (step - 1) / total
+    return end if progress > fraction else start + progress * (end - start) / fraction
+
+
+@pytest.mark.parametrize("cls", [DQN, QRDQN])
+def test_bare_callback_is_the_study_default_for_discrete_actions(cls) -> None:
+    algo, total = ("dqn" if cls is DQN else "qrdqn"), 500
+    hyperparams = SCHEDULE | {"train_freq": 25}  # a few gradient steps: QR-DQN's are slow
+    study_model, study_noise = study_built(algo, gym.make("study/Chain-v0", n=5), total, **hyperparams)
+    study_model.learn(total, callback=study_noise)
+    bare_model, _ = study_built(algo, gym.make("study/Chain-v0", n=5), total, **hyperparams)
+    bare_noise, acting = ParamNoiseCallback(seed=0), ActingEpsilon()
+    bare_model.learn(total, callback=CallbackList([acting, bare_noise]))
+
+    resolved = (bare_noise.initial_sigma, bare_noise.target_distance, bare_noise.target_epsilon, bare_noise.epsilon)
+    assert resolved == (0.01, None, "schedule", 0.0)
+    assert resolved == (study_noise.initial_sigma, study_noise.target_distance, study_noise.target_epsilon, 0.0)
+    assert [a["step"] for a in bare_noise.adaptations] == [100, 200, 300, 400, 500]
+    assert bare_noise.adaptations == study_noise.adaptations  # σ, d and δ at every adaptation
+    assert bare_noise.adaptations[0]["sigma"] == 0.01
+    # δ follows the DQN's ε schedule, while no ε-greedy acts on top
+    deltas = [epsilon_to_kl(epsilon_at(a["step"], total), 2) for a in bare_noise.adaptations]
+    np.testing.assert_allclose([a["target"] for a in bare_noise.adaptations], deltas, rtol=1e-12)
+    assert acting.rates[:2] == [0.0, 0.0] and set(acting.rates) == {0.0}
+    assert np.array_equal(flat(bare_model.policy), flat(study_model.policy))
+
+
+def test_delta_at_each_adaptation_is_matched_to_sb3s_epsilon_at_that_step() -> None:
+    total = 300
+    model = tiny_dqn(learning_starts=10, train_freq=10, **SCHEDULE)
+    noise = ParamNoiseCallback(adapt_every=7, seed=0)
+    model.learn(total, callback=noise)
+    # the same schedule in a plain SB3 DQN: the ε it acts with at each step
+    plain = SB3DQN(
+        "MlpPolicy", gym.make("study/Chain-v0", n=5), learning_starts=total, policy_kwargs={"net_arch": [8]}, **SCHEDULE
+    )
+    rates: dict[int, float] = {}
+
+    class Rate(BaseCallback):
+        def _on_step(self) -> bool:
+            rates[self.num_timesteps] = self.model.exploration_rate
+            return True
+
+    plain.learn(total, callback=Rate())
+    steps = [a["step"] for a in noise.adaptations]
+    assert steps == list(range(14, total + 1, 7))  # from when the buffer holds a batch (8)
+    for i, row in enumerate(noise.adaptations):
+        t = row["step"]
+        epsilon = epsilon_at(t, total)
+        assert rates[t] == pytest.approx(epsilon, abs=1e-12)
+        delta = -math.log(1.0 - epsilon + epsilon / 2)
+        assert row["target"] == pytest.approx(delta, rel=1e-12)
+        if i + 1 < len(noise.adaptations):  # the decision taken against that δ
+            factor = 1 / 1.01 if row["distance"] > delta else 1.01
+            assert noise.adaptations[i + 1]["sigma"] == pytest.approx(row["sigma"] * factor, rel=1e-12)
+    assert epsilon_at(steps[0], total) > 0.9 and epsilon_at(steps[-1], total) == 0.1  # δ moved a long way
+
+
+def test_kl_distance_on_the_sampled_replay_states_by_hand() -> None:
+    import copy
+
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    env = VecNormalize(DummyVecEnv([lambda: gym.make("study/Chain-v0", n=5)]), norm_reward=False)
+    model = DQN(ParamNoiseDQNPolicy, env, learning_starts=5, batch_size=8, seed=0, policy_kwargs={"net_arch": [8]})
+    noise = ParamNoiseCallback(initial_sigma=0.5, adapt_every=10, seed=0)
+    checked: list[tuple[float, float]] = []
+    adapt = noise.adapt
+
+    def checked_adapt() -> None:
+        rng = copy.deepcopy(noise._rng)
+        size = model.replay_buffer.size()
+        adapt()
+        raw = model.replay_buffer.observations[rng.integers(0, size, size=8), 0]
+        stats = env.obs_rms
+        obs = np.clip((raw - stats.mean) / np.sqrt(stats.var + env.epsilon), -env.clip_obs, env.clip_obs)
+        obs = th.as_tensor(obs, dtype=th.float32)
+        with th.no_grad():
+            p = th.softmax(model.policy.q_net(obs).double(), -1).numpy()
+            q = th.softmax(model.policy.adaptive_q_net(obs).double(), -1).numpy()
+        checked.append((noise.adaptations[-1]["distance"], float(np.mean(np.sum(p * np.log(p / q), axis=1)))))
+
+    noise.adapt = checked_adapt
+    model.learn(60, callback=noise)
+    assert len(checked) == 6  # steps 10, 20, …, 60
+    # SB3 stores the raw thermometer observations; the policy sees them normalized
+    assert set(np.unique(model.replay_buffer.observations[:60])) == {0.0, 1.0}
+    distances, expected = np.array(checked).T
+    np.testing.assert_allclose(distances, expected, rtol=1e-6)
+    assert np.all(expected > 0)

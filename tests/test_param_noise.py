@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
 from conftest import tiny_td3
+from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
+from study.config import RunSettings
 from study.exploration import ParamNoiseCallback, perturbable_parameters
+from study.exploration.param_noise import PARAM_NOISE_DEFAULTS, param_noise_defaults
+from study.policies import ParamNoiseSACPolicy, ParamNoiseTD3Policy
 
 
 def flat(net: nn.Module) -> np.ndarray:
@@ -226,3 +234,147 @@ def test_rejects_a_policy_without_perturbed_copy() -> None:
 def test_rejects_bad_interval(interval) -> None:
     with pytest.raises(ValueError, match="interval"):
         ParamNoiseCallback(interval=interval)
+
+
+def study_built(algo: str, env: gym.Env, total: int, **hyperparams):
+    """A model and its parameter-noise callback as a study file with `param_noise: {}` builds them."""
+    from study.algos import build
+
+    doc = {
+        "algo": algo,
+        "env": env.spec.id,
+        "env_kwargs": env.spec.kwargs,
+        "total_steps": total,
+        "net_arch": [8],
+        "hyperparams": {"learning_starts": 50, "batch_size": 8, "buffer_size": 1000} | hyperparams,
+        "exploration": {"param_noise": {}},
+    }
+    model, callbacks = build(RunSettings.model_validate(doc), env, seed=0)
+    return model, callbacks[0]
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_bare_callback_is_the_study_default_for_continuous_actions(algo: str) -> None:
+    study_model, study_noise = study_built(algo, gym.make("Pendulum-v1"), 300, train_freq=10)
+    study_model.learn(300, callback=study_noise)
+    bare_model, _ = study_built(algo, gym.make("Pendulum-v1"), 300, train_freq=10)
+    bare_noise = ParamNoiseCallback(seed=0)
+    bare_model.learn(300, callback=bare_noise)
+    resolved = (bare_noise.initial_sigma, bare_noise.target_distance, bare_noise.target_epsilon, bare_noise.epsilon)
+    assert resolved == (0.2, 0.2, None, None)
+    assert resolved == (study_noise.initial_sigma, study_noise.target_distance, None, None)
+    assert [a["step"] for a in bare_noise.adaptations] == [100, 200, 300]
+    assert bare_noise.adaptations[0]["sigma"] == 0.2 and {a["target"] for a in bare_noise.adaptations} == {0.2}
+    assert bare_noise.adaptations == study_noise.adaptations
+    assert np.array_equal(flat(bare_model.policy), flat(study_model.policy))
+
+
+def test_study_files_resolve_the_same_defaults() -> None:
+    for algo, env, kind in (("td3", "Pendulum-v1", "continuous"), ("dqn", "CartPole-v1", "discrete")):
+        doc = {"algo": algo, "env": env, "total_steps": 10, "exploration": {"param_noise": {}}}
+        settings = RunSettings.model_validate(doc).exploration.param_noise
+        assert {key: getattr(settings, key) for key in PARAM_NOISE_DEFAULTS[kind]} == PARAM_NOISE_DEFAULTS[kind]
+
+
+def test_defaults_fill_only_what_is_left_out() -> None:
+    assert param_noise_defaults(False) == {
+        "initial_sigma": 0.2,
+        "target_distance": 0.2,
+        "target_epsilon": None,
+        "epsilon": None,
+    }
+    assert param_noise_defaults(True) == {
+        "initial_sigma": 0.01,
+        "target_distance": None,
+        "target_epsilon": "schedule",
+        "epsilon": 0.0,
+    }
+    fixed = param_noise_defaults(True, target_distance=0.05, epsilon=0.02)
+    assert fixed == {"initial_sigma": 0.01, "target_distance": 0.05, "target_epsilon": None, "epsilon": 0.02}
+    assert param_noise_defaults(True, target_epsilon=0.1)["target_distance"] is None
+    assert param_noise_defaults(False, initial_sigma=0.5)["initial_sigma"] == 0.5
+    with pytest.raises(ValueError, match="choose one way"):
+        ParamNoiseCallback(target_distance=0.1, target_epsilon=0.1)
+    with pytest.raises(ValueError, match="epsilon: only for discrete actions"):
+        tiny_td3().learn(5, callback=ParamNoiseCallback(epsilon=0.1))
+
+
+def test_discrete_actions_need_a_fixable_epsilon() -> None:
+    from stable_baselines3 import DQN as SB3DQN
+
+    from study.policies import ParamNoiseDQNPolicy
+
+    model = SB3DQN(ParamNoiseDQNPolicy, gym.make("CartPole-v1"), policy_kwargs={"net_arch": [8]})
+    with pytest.raises(TypeError, match="study.dqn"):
+        model.learn(5, callback=ParamNoiseCallback())
+
+
+class ScaledEnv(gym.Env):
+    """Observations far from N(0, 1); actions in Box([-2, 0], [2, 10]); 10 steps per episode."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)
+    action_space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
+
+    def __init__(self) -> None:
+        self.acted_on: list[np.ndarray] = []  # every observation an action was then chosen for
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.acted_on.append(self._obs())
+        return self.acted_on[-1], {}
+
+    def step(self, action: np.ndarray):
+        self.t += 1
+        obs = self._obs()
+        if self.t < 10:
+            self.acted_on.append(obs)
+        return obs, float(-np.sum(np.square(action))), False, self.t >= 10, {}
+
+    def _obs(self) -> np.ndarray:
+        return (self.np_random.normal(size=3) * [5.0, 0.1, 20.0] + [3.0, -1.0, 50.0]).astype(np.float32)
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_rms_distance_on_the_sampled_replay_states_by_hand(algo: str, normalize: bool) -> None:
+    env = DummyVecEnv([ScaledEnv])
+    if normalize:
+        env = VecNormalize(env, norm_reward=False)
+    cls, policy = (TD3, ParamNoiseTD3Policy) if algo == "td3" else (SAC, ParamNoiseSACPolicy)
+    model = cls(policy, env, learning_starts=5, batch_size=8, seed=0, policy_kwargs={"net_arch": [8]})
+    noise = ParamNoiseCallback(initial_sigma=0.3, adapt_every=10, seed=0)
+    actor = model.policy.actor
+    checked = []
+
+    def mean(net: nn.Module, obs: th.Tensor) -> np.ndarray:
+        """The deterministic action in [-1, 1]: tanh of the mean head (TD3's mu ends with its tanh)."""
+        with th.no_grad():
+            return (net.mu(obs) if algo == "td3" else th.tanh(net.mu(net.latent_pi(obs)))).numpy().astype(np.float64)
+
+    adapt = noise.adapt
+
+    def checked_adapt() -> None:
+        rng = copy.deepcopy(noise._rng)
+        size = model.replay_buffer.size()
+        adapt()
+        idx = rng.integers(0, size, size=8)
+        raw = model.replay_buffer.observations[idx, 0]
+        if normalize:
+            stats = env.obs_rms
+            obs = np.clip((raw - stats.mean) / np.sqrt(stats.var + env.epsilon), -env.clip_obs, env.clip_obs)
+        else:
+            obs = raw
+        obs = th.as_tensor(obs, dtype=th.float32)
+        a, b = mean(actor, obs), mean(model.policy.adaptive_actor, obs)
+        assert np.abs(a).max() <= 1 and not np.allclose(a, b)
+        checked.append((noise.adaptations[-1]["distance"], float(np.sqrt(np.mean((a - b) ** 2)))))
+
+    noise.adapt = checked_adapt
+    model.learn(50, callback=noise)
+    # the buffer holds the observations as the env gave them (SB3 stores them unnormalized)
+    acted_on = env.get_attr("acted_on")[0]
+    np.testing.assert_array_equal(model.replay_buffer.observations[:50, 0], np.array(acted_on[:50]))
+    assert len(checked) == 5  # steps 10, 20, …, 50
+    distances, expected = np.array(checked).T
+    np.testing.assert_allclose(distances, expected, rtol=1e-5)

@@ -44,6 +44,111 @@ def test_sum_tree_update_keeps_the_total_and_finds_prefix_sums() -> None:
     assert np.array_equal(tree.find(probes, 37), np.searchsorted(cumulative, probes, side="right"))
 
 
+def reference_levels(leaves: np.ndarray) -> list[np.ndarray]:
+    """Every level of a sum-tree over `leaves`, root first, by pairwise sums."""
+    levels = [leaves]
+    while len(levels[0]) > 1:
+        levels.insert(0, levels[0][0::2] + levels[0][1::2])
+    return levels
+
+
+def reference_find(values: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    """The leaf each probe falls into, by cumulative sums."""
+    return np.searchsorted(np.cumsum(values), probes, side="right")
+
+
+@pytest.mark.parametrize("capacity", [3000, 2049, 5000])
+def test_sum_tree_descends_below_the_searched_level(capacity: int) -> None:
+    """Deeper than the level that is binary-searched (2^10 nodes), so the descent runs; not a power
+    of two, so the last leaves stay empty. Priorities on a 1/64 grid: every sum is exact."""
+    rng = np.random.default_rng(capacity)
+    tree = SumTree(capacity)
+    assert tree._depth > 10
+    values = rng.integers(1, 4096, size=capacity) / 64
+    tree.update(np.arange(capacity), values)
+    for _ in range(300):  # batches with repeated indices, sorted or not: the last value wins
+        idx = rng.integers(0, capacity, size=32)
+        new = rng.integers(0, 4096, size=32) / 64
+        if rng.uniform() < 0.5:
+            order = np.argsort(idx, kind="stable")
+            idx, new = idx[order], new[order]
+        tree.update(idx, new)
+        for i, v in zip(idx, new, strict=True):
+            values[i] = v
+        assert tree.total == values.sum()
+    assert np.array_equal(tree[np.arange(capacity)], values)
+    assert np.array_equal(tree.leaves[capacity:], np.zeros(len(tree.leaves) - capacity))
+    probes = rng.uniform(0, values.sum(), size=20_000)
+    assert np.array_equal(tree.find(probes, capacity), reference_find(values, probes))
+    # the ends of every leaf's interval (zero-priority leaves are never found)
+    edges = np.cumsum(values)[values > 0][:-1]
+    assert np.array_equal(tree.find(edges, capacity), reference_find(values, edges))
+
+
+def test_sum_tree_rebuild_recomputes_every_level_from_the_leaves() -> None:
+    rng = np.random.default_rng(0)
+    tree = SumTree(3000, rebuild_every=50)
+    values = rng.uniform(size=3000)
+    tree.update(np.arange(3000), values)
+    for step in range(2, 211):
+        idx = rng.choice(3000, size=64, replace=False)
+        values[idx] = rng.uniform(size=64) ** 3
+        tree.update(idx, values[idx])
+        exact = [
+            np.array_equal(tree.nodes[1 << d : 2 << d], level) for d, level in enumerate(reference_levels(tree.leaves))
+        ]
+        if step % 50 == 0:  # just rebuilt: every internal node is the sum of its children, bit for bit
+            assert all(exact), step
+        else:
+            assert tree.total == pytest.approx(values.sum(), rel=1e-12)
+    assert not all(exact)  # between rebuilds the incremental sums drift by rounding
+
+
+def test_stratified_sampling_matches_a_brute_force_reference_after_wrap_around() -> None:
+    """Capacity 1500 (deeper than the searched level, not a power of two), 2300 transitions: the
+    oldest 800 overwritten; priorities updated in batches with repeated indices."""
+    rng = np.random.default_rng(1)
+    buffer = filled(PrioritizedReplayBuffer, 2300, capacity=1500, alpha=0.6)
+    assert buffer.full and buffer.pos == 800 and buffer.size() == 1500
+    priority, largest = np.ones(1500), 1.0  # p, before the power α; new transitions get the largest so far
+    for _ in range(200):
+        idx = np.sort(rng.integers(0, 1500, size=64))
+        td = rng.exponential(size=64) * rng.choice([1e-3, 1.0, 10.0])
+        td = td[np.searchsorted(idx, idx)]  # repeated indices carry one TD error, as within a batch
+        buffer.update_priorities(idx, td)
+        priority[idx] = np.abs(td) + buffer.eps
+        largest = max(largest, priority[idx].max())
+        if rng.uniform() < 0.2:  # new transitions overwrite the oldest, at the largest priority
+            pos = buffer.pos
+            obs = np.zeros((1, 2), dtype=np.float32)
+            buffer.add(obs, obs, np.array([[0]]), np.array([0.0]), np.array([False]), [{}])
+            priority[pos] = largest
+        p = priority**0.6
+        assert buffer.tree.total == pytest.approx(p.sum(), rel=1e-9)
+        assert buffer.min_probability() == pytest.approx(p.min() / p.sum(), rel=1e-9)
+    assert buffer.max_priority == largest
+    np.testing.assert_allclose(buffer.tree[np.arange(1500)], p, rtol=1e-12)
+    for seed in range(20):
+        np.random.seed(seed)
+        idx, probabilities = buffer.sample_indices(64)
+        np.random.seed(seed)
+        bounds = (np.arange(64) + np.random.uniform(size=64)) * p.sum() / 64  # one draw per segment
+        assert np.array_equal(idx, reference_find(p, bounds))
+        np.testing.assert_allclose(probabilities, p[idx] / p.sum(), rtol=1e-9)
+    np.random.seed(0)
+    samples = buffer.sample(64)
+    w = (1500 * p / p.sum()) ** -buffer.beta
+    np.testing.assert_allclose(samples.weights.numpy().ravel(), w[samples.indices] / w.max(), rtol=1e-5)
+
+
+def test_smallest_priority_follows_the_last_of_repeated_indices() -> None:
+    buffer = filled(PrioritizedReplayBuffer, 10, alpha=1.0, eps=0.0)
+    buffer.update_priorities(np.arange(10), np.arange(1.0, 11.0))
+    buffer.update_priorities(np.array([4, 4]), np.array([0.01, 20.0]))  # leaf 4 ends at 20
+    assert buffer.tree[np.array([4])][0] == 20.0
+    assert buffer.min_probability() == pytest.approx(1.0 / buffer.tree.total)
+
+
 def test_proportional_sampling_matches_priorities_to_the_alpha() -> None:
     np.random.seed(0)
     buffer = filled(PrioritizedReplayBuffer, 50, alpha=0.6)

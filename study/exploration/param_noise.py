@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from study.exploration.distances import epsilon_to_kl
@@ -19,6 +20,39 @@ def derived_seed(seed: int, stream: str) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+#: σ₀, δ and the ε-greedy rate on top, for settings left out (None), by action space (DESIGN.md §3)
+PARAM_NOISE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "continuous": {"initial_sigma": 0.2, "target_distance": 0.2, "target_epsilon": None, "epsilon": None},
+    "discrete": {"initial_sigma": 0.01, "target_distance": None, "target_epsilon": "schedule", "epsilon": 0.0},
+}
+
+
+def param_noise_defaults(
+    discrete: bool,
+    initial_sigma: float | None = None,
+    target_distance: float | None = None,
+    target_epsilon: float | Literal["schedule"] | None = None,
+    epsilon: float | None = None,
+) -> dict[str, Any]:
+    """The given settings, with `PARAM_NOISE_DEFAULTS` of the action space for those left out (None)."""
+    if target_distance is not None and target_epsilon is not None:
+        raise ValueError("target_distance and target_epsilon: choose one way to set δ")
+    given = {
+        "initial_sigma": initial_sigma,
+        "target_distance": target_distance,
+        "target_epsilon": target_epsilon,
+        "epsilon": epsilon,
+    }
+    if not discrete:
+        for key in ("target_epsilon", "epsilon"):
+            if given[key] is not None:
+                raise ValueError(f"{key}: only for discrete actions (DQN)")
+    resolved = PARAM_NOISE_DEFAULTS["discrete" if discrete else "continuous"].copy()
+    if target_distance is not None or target_epsilon is not None:  # δ is given: no default way to set it
+        resolved |= {"target_distance": None, "target_epsilon": None}
+    return resolved | {key: value for key, value in given.items() if value is not None}
+
+
 class ParamNoiseCallback(ResamplingCallback):
     """Explore with θ̃ = θ + ε, resampled at every episode start and every `interval` steps.
 
@@ -27,10 +61,14 @@ class ParamNoiseCallback(ResamplingCallback):
     second copy is perturbed with the current σ, its distance d to the unperturbed network
     is measured on replay states, and σ ← σ/α if d > δ else σ·α.
 
+    Settings left out (None) take the defaults of the model's action space when training
+    starts (`PARAM_NOISE_DEFAULTS`, the same as the study files'): continuous σ₀ = δ = 0.2;
+    discrete σ₀ = 0.01, δ from the DQN's ε schedule and no ε-greedy on top.
+
     :param interval: "episode", or k: also resample every k environment steps
     :param adaptive: adapt σ towards the target distance
     :param initial_sigma: σ₀
-    :param target_distance: δ (or None, with `target_epsilon`)
+    :param target_distance: δ (discrete actions: instead of `target_epsilon`)
     :param target_epsilon: discrete actions: δ = −log(1 − ε + ε/|A|) for this ε-greedy rate,
         or "schedule": the DQN's own ε schedule at the current step
     :param epsilon: discrete actions: ε-greedy rate on top of the perturbed policy
@@ -44,8 +82,8 @@ class ParamNoiseCallback(ResamplingCallback):
         self,
         interval: int | Literal["episode"] = "episode",
         adaptive: bool = True,
-        initial_sigma: float = 0.2,
-        target_distance: float | None = 0.2,
+        initial_sigma: float | None = None,
+        target_distance: float | None = None,
         target_epsilon: float | Literal["schedule"] | None = None,
         epsilon: float | None = None,
         adapt_every: int = 100,
@@ -55,13 +93,19 @@ class ParamNoiseCallback(ResamplingCallback):
         verbose: int = 0,
     ) -> None:
         super().__init__(interval, verbose)
-        if (target_distance is None) == (target_epsilon is None):
-            raise ValueError("give exactly one of target_distance and target_epsilon")
+        if target_distance is not None and target_epsilon is not None:
+            raise ValueError("target_distance and target_epsilon: choose one way to set δ")
         self.adaptive = adaptive
-        self.sigma = initial_sigma
-        self.target_distance = target_distance
-        self.target_epsilon = target_epsilon
-        self.epsilon = epsilon
+        self._given = {
+            "initial_sigma": initial_sigma,
+            "target_distance": target_distance,
+            "target_epsilon": target_epsilon,
+            "epsilon": epsilon,
+        }
+        # resolved for the model's action space when training starts
+        self.initial_sigma, self.target_distance = initial_sigma, target_distance
+        self.target_epsilon, self.epsilon = target_epsilon, epsilon
+        self.sigma: float | None = None  # the current σ
         self.adapt_every = adapt_every
         self.alpha = alpha
         self.follow_learner = follow_learner
@@ -81,6 +125,14 @@ class ParamNoiseCallback(ResamplingCallback):
             self.model.replay_buffer.observations, dict
         ):
             raise TypeError("parameter noise needs a replay buffer of array observations")
+        discrete = isinstance(self.model.action_space, spaces.Discrete)
+        resolved = param_noise_defaults(discrete, **self._given)
+        self.initial_sigma, self.target_distance = resolved["initial_sigma"], resolved["target_distance"]
+        self.target_epsilon, self.epsilon = resolved["target_epsilon"], resolved["epsilon"]
+        if discrete and not hasattr(self.model, "fixed_exploration_rate"):
+            raise TypeError(f"{type(self.model).__name__} cannot fix its ε-greedy rate: use study.dqn.DQN or QRDQN")
+        if self.sigma is None:
+            self.sigma = self.initial_sigma
         if self._acting is None or self._acting.source is not policy.acting_net:
             seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
             self._generator = th.Generator(device=policy.device)
@@ -129,7 +181,9 @@ class ParamNoiseCallback(ResamplingCallback):
         self._adaptive.sample(self.sigma, self._generator)
         distance = self.distance(obs)
         target = self.current_target()
-        self.adaptations.append({"step": self.num_timesteps, "sigma": self.sigma, "distance": distance})
+        self.adaptations.append(
+            {"step": self.num_timesteps, "sigma": self.sigma, "distance": distance, "target": target}
+        )
         self.logger.record("param_noise/distance", distance)
         self.logger.record("param_noise/target_distance", target)
         self.sigma = self.sigma / self.alpha if distance > target else self.sigma * self.alpha
