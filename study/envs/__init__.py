@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 
@@ -55,7 +56,10 @@ WRAPPERS: dict[str, Callable[[gym.Env, bool], gym.Env]] = {
 def takes_task_seed(env_id: str) -> bool:
     """Whether the env's constructor takes `task_seed`: a seed that fixes the task itself
     (the same for a run's training and evaluation envs), not the episodes' random stream."""
-    entry_point = gym.spec(env_id).entry_point
+    module, _, name = env_id.rpartition(":")
+    if module:  # `module:EnvId`: the module registers the env, as gym.make does
+        importlib.import_module(module)
+    entry_point = gym.spec(name).entry_point
     creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
     return "task_seed" in inspect.signature(creator).parameters
 
