@@ -11,19 +11,19 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from study.config import Study, StudyError, load_study
+from study.config import FULL_BUDGET, Study, StudyError, load_study
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
     from study.tune import Tuning
-from study.launch import MAX_RETRIES, Interrupted, run_study
+from study.launch import MAX_RETRIES, Interrupted, Summary, run_study
 from study.progress import ProgressDisplay
-from study.store import DONE, FAILED, PARTIAL, PENDING, run_status
+from study.store import DAMAGED, DONE, FAILED, PARTIAL, PENDING, NoResultsError, check_run, damaged_runs
 from study.studylock import StudyLocked
 
-EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_LOST, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,15 +78,29 @@ def print_runs(study: Study, results: Path, console: Console) -> None:
     for column in ["env", *study.factor_levels, "seed", "steps", "id", "state"]:
         table.add_column(column)
     states: Counter = Counter()
+    checks = {spec.run_id: check_run(results, spec) for spec in study.runs}
     for spec in study.runs:
-        state = run_status(results, spec)
+        state = checks[spec.run_id].state
         states[state] += 1
         table.add_row(
             spec.env, *spec.factors.values(), str(spec.seed), str(spec.settings.total_steps), spec.spec_hash, state
         )
     console.print(table)
-    totals = " · ".join(f"{state} {states[state]}" for state in (DONE, FAILED, PARTIAL, PENDING))
+    totals = " · ".join(f"{state} {states[state]}" for state in (DONE, FAILED, PARTIAL, PENDING, DAMAGED))
     console.print(f"total {len(study.runs)}: {totals}", highlight=False)
+    damaged = {run_id: check.problem for run_id, check in checks.items() if check.state == DAMAGED}
+    if damaged:
+        console.print("damaged runs (python -m study run redoes them):", highlight=False)
+        for run_id, problem in damaged.items():
+            console.print(f"  {run_id}: {problem}", highlight=False)
+    unsealed = sum(not check.sealed for check in checks.values())
+    if unsealed:
+        console.print(
+            f"{unsealed} runs were written before manifests: their files are checked readable, not against "
+            'checksums; seal them with: python -c "from study.store import seal_runs; '
+            f"seal_runs('{results / study.name}')\"",
+            highlight=False,
+        )
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
@@ -94,14 +108,47 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _report_hint(args: argparse.Namespace, study: Study, found: dict[str, int]) -> str:
+    """What to type when a study has no results at the budget asked for: report the budgets
+    that have results, or run the study."""
+    where = "" if args.results == Path("results") else f" --results {args.results}"
+    others = [budget for budget in found if budget != study.budget]
+    if others:
+        return "results exist for " + "; ".join(
+            f"budget {b!r}: python -m study report {args.study} --budget {b}{where}" for b in others
+        )
+    budget = "" if study.budget == FULL_BUDGET else f" --budget {study.budget}"
+    return f"run it first: python -m study run {args.study}{budget}{where}"
+
+
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from study.analysis.report import build_report
 
-    report = build_report(_load(args), args.results, include_warmup=args.include_warmup)
+    study = _load(args)
+    try:
+        report = build_report(study, args.results, include_warmup=args.include_warmup)
+    except NoResultsError as err:
+        raise StudyError(f"{study.path}: {err}\n{_report_hint(args, study, err.found)}") from None
     console.print(
         f"wrote {report.markdown} ({len(report.figures)} figures, {len(report.tables)} tables)", highlight=False
     )
+    _warn_damaged(report.damaged, console)
     return 0
+
+
+def _warn_damaged(damaged: dict[str, str], console: Console) -> None:
+    """Name the damaged runs a report leaves out."""
+    if damaged:
+        console.print(
+            f"warning: {len(damaged)} damaged runs left out (python -m study run redoes them):", highlight=False
+        )
+        for run_id, problem in damaged.items():
+            console.print(f"  {run_id}: {problem}", highlight=False)
+
+
+def _rerun_command() -> str:
+    """This command line, to run again."""
+    return " ".join(["python -m study", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py") else "the same command"
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -109,6 +156,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.dry_run:
         print_runs(study, args.results, console)
         return 0
+    damaged = damaged_runs(study, args.results)
+    if damaged:
+        console.print(
+            f"redoing {len(damaged)} damaged runs (each folder is replaced once its new result is written):",
+            highlight=False,
+        )
+        for run_id, problem in damaged.items():
+            console.print(f"  {run_id}: {problem}", highlight=False)
     try:
         with ProgressDisplay(console) as progress:
             summary = run_study(
@@ -122,10 +177,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 on_event=progress,
             )
     except Interrupted:
-        rerun = (
-            " ".join(["python -m study", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py") else "the same command"
-        )
-        console.print(f"interrupted: completed runs are saved; run {rerun} again to resume", highlight=False)
+        console.print(f"interrupted: completed runs are saved; run {_rerun_command()} again to resume", highlight=False)
         return EXIT_INTERRUPTED
     line = f"{study.name}: {len(summary.done)} done, {len(summary.failed)} failed"
     line += f", {summary.skipped - summary.failed_before} already complete"
@@ -136,7 +188,28 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.print("failed runs (tracebacks in each run's error.txt):", highlight=False)
         for result in summary.failed:
             console.print(f"  {result.spec.run_id}", highlight=False)
+    if summary.lost:
+        _print_lost(summary, console)
+        return EXIT_LOST
     return EXIT_FAILED_RUNS if summary.failed else 0
+
+
+def _print_lost(summary: Summary, console: Console) -> None:
+    """The runs Ray lost, and how to resume them."""
+    kinds = Counter(lost.reason.split(":")[0] for lost in summary.lost)
+    console.print(
+        f"lost {len(summary.lost)} runs to Ray ({', '.join(f'{kind} ×{n}' for kind, n in kinds.items())}), not to "
+        f"errors of their own: they are not failed and stay pending; run {_rerun_command()} again to resume",
+        highlight=False,
+    )
+    for lost in summary.lost:
+        console.print(f"  {lost.spec.run_id}: {lost.reason[:200]}", highlight=False)
+    if {"WorkerCrashedError", "OutOfMemoryError"} & set(kinds):
+        console.print(
+            "a run whose worker process keeps dying (killed when memory runs out?) is lost again on a rerun: "
+            "run fewer at a time (--workers, or more resources.cpus per run)",
+            highlight=False,
+        )
 
 
 def print_trials(tuning: Tuning, study: optuna.Study, console: Console) -> None:

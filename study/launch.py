@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -12,14 +13,39 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from study.config import RunSpec, Study
+from study.config import RunSpec, Study, StudyError
 from study.run import RunResult, execute, run_meta
-from study.store import DONE, FAILED, PARTIAL, PENDING, checkpoint_dir, clear_staging, run_status, write_run
+from study.store import (
+    DAMAGED,
+    DONE,
+    FAILED,
+    PARTIAL,
+    PENDING,
+    RunCheck,
+    check_run,
+    checkpoint_dir,
+    clear_staging,
+    write_run,
+)
 from study.studylock import StudyLock
+
+if TYPE_CHECKING:
+    from ray.exceptions import RayError
 
 TASK_NAME = "study_run"
 MAX_RETRIES = 3  # Ray re-executes a task whose worker process or node died, this many times
+PROBE_TIMEOUT_S = 5.0  # for the port of a cluster named by --address to accept a connection
+GCS_TIMEOUT_S = 2.0  # then for its GCS to answer (each of the three steps of connecting)
+
+
+@dataclass
+class LostRun:
+    """A run whose Ray task was lost with its worker, raylet, node or objects: not failed, still pending."""
+
+    spec: RunSpec
+    reason: str
 
 
 @dataclass
@@ -30,6 +56,8 @@ class Summary:
     failed_before: int = 0
     done: list[RunResult] = field(default_factory=list)
     failed: list[RunResult] = field(default_factory=list)
+    lost: list[LostRun] = field(default_factory=list)
+    redone: dict[str, str] = field(default_factory=dict)  # damaged runs run again: what was wrong
 
 
 @dataclass
@@ -50,10 +78,19 @@ class Interrupted(Exception):
     """The driver was interrupted; completed runs are saved, the rest will resume."""
 
 
+class ClusterUnreachable(StudyError):
+    """--address names no Ray cluster that answers."""
+
+
 def pending_runs(study: Study, results: Path, retry_failed: bool = False) -> list[RunSpec]:
-    """The runs to execute: those with no result, and failed ones with `retry_failed`."""
-    todo = {PENDING, PARTIAL, FAILED} if retry_failed else {PENDING, PARTIAL}
-    return [spec for spec in study.runs if run_status(results, spec) in todo]
+    """The runs to execute: those with no result or a damaged one, and failed ones with `retry_failed`."""
+    checks = {spec.run_id: check_run(results, spec) for spec in study.runs}
+    return _todo(study, checks, retry_failed)
+
+
+def _todo(study: Study, checks: dict[str, RunCheck], retry_failed: bool) -> list[RunSpec]:
+    todo = {PENDING, PARTIAL, DAMAGED} | ({FAILED} if retry_failed else set())
+    return [spec for spec in study.runs if checks[spec.run_id].state in todo]
 
 
 def failed_result(spec: RunSpec, error: str) -> RunResult:
@@ -61,17 +98,80 @@ def failed_result(spec: RunSpec, error: str) -> RunResult:
     return RunResult(spec=spec, status=FAILED, meta=run_meta(spec, FAILED, started=None), error=error)
 
 
+def _use_auth_token() -> None:
+    """A cluster started with token authentication (Ray's default) takes the token this machine
+    has (~/.ray/auth_token, $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH); Ray reads the mode when it
+    is first imported."""
+    token = Path.home() / ".ray" / "auth_token"
+    if "RAY_AUTH_MODE" not in os.environ and (
+        token.is_file() or {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def cluster_address(address: str) -> str:
+    """The host:port of the Ray cluster that `address` names, once it has answered.
+
+    `auto` is $RAY_ADDRESS, else the cluster that `ray start` last started on this machine.
+    Raises ClusterUnreachable within PROBE_TIMEOUT_S + 3 × GCS_TIMEOUT_S if no cluster answers there.
+    """
+    _use_auth_token()
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray._private.utils import get_ray_address_file, read_ray_address
+
+    named, where = address, address
+    if address == "auto":
+        named = os.environ.get("RAY_ADDRESS") or read_ray_address()
+        if not named or named == "auto":
+            raise ClusterUnreachable(
+                "--address auto: no Ray cluster started on this machine (no $RAY_ADDRESS, no "
+                f"{get_ray_address_file(None)}): start one with `ray start --head`, or pass --address HOST:PORT"
+            )
+        source = "$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else get_ray_address_file(None)
+        where = f"{named} (read from {source}; stale if that cluster has stopped)"
+    if "://" in named:  # a Ray Client address: ray.init checks it
+        return named
+    try:
+        resolved = canonicalize_bootstrap_address(named)
+    except (ValueError, OSError) as err:
+        raise ClusterUnreachable(f"--address {address}: {named} is not a Ray address ({err})") from None
+    if resolved is None:  # "local": a new local instance, nothing to reach
+        return named
+    problem = _probe(resolved)
+    if problem:
+        raise ClusterUnreachable(
+            f"--address {address}: no Ray cluster answers at {where}: {problem}; start one with "
+            "`ray start --head`, or pass the address of a running one"
+        )
+    return resolved
+
+
+def _probe(address: str) -> str | None:
+    """Why the GCS of a Ray cluster does not answer at host:port, or None if it does."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as err:
+        return str(err) or type(err).__name__
+    import ray._raylet
+
+    client = getattr(getattr(ray._raylet, "InnerGcsClient", None), "standalone", None)
+    if client is None:  # a Ray without it: the port answers, ray.init does the rest
+        return None
+    try:  # something listens there: is it a GCS that answers?
+        client(address, None, int(GCS_TIMEOUT_S * 1000))
+    except Exception as err:
+        return f"the port is open but no Ray GCS replies ({type(err).__name__}: {err})"
+    return None
+
+
 def _init_ray(address: str | None, workers: int | None, verbose: bool) -> bool:
-    """Connect to a cluster or start a local instance; True if this call started Ray."""
-    if address:
-        # a cluster started with token authentication (Ray's default) takes the token this
-        # machine has (~/.ray/auth_token, $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH); Ray reads
-        # the mode when it is first imported
-        token = Path.home() / ".ray" / "auth_token"
-        if "RAY_AUTH_MODE" not in os.environ and (
-            token.is_file() or {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
-        ):
-            os.environ["RAY_AUTH_MODE"] = "token"
+    """Connect to a cluster or start a local instance; True if this call started Ray.
+
+    Raises ClusterUnreachable if `address` names no cluster that answers.
+    """
+    resolved = cluster_address(address) if address else None
     import ray
 
     if ray.is_initialized():
@@ -81,8 +181,13 @@ def _init_ray(address: str | None, workers: int | None, verbose: bool) -> bool:
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.ERROR,
     }
-    if address:
-        ray.init(address=address, **options)
+    if resolved:
+        try:
+            ray.init(address=resolved, **options)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
+            raise ClusterUnreachable(
+                f"--address {address}: could not join the Ray cluster at {resolved}: {err}"
+            ) from None
     else:
         ray.init(address="local", num_cpus=workers or os.cpu_count(), **options)  # never join another local instance
     return True
@@ -98,18 +203,26 @@ def run_study(
     max_retries: int = MAX_RETRIES,
     on_event: Callable[[Event], None] | None = None,
 ) -> Summary:
-    """Execute every pending run of the study as a Ray task and store each result as it arrives.
+    """Execute every pending or damaged run of the study as a Ray task and store each result as
+    it arrives.
 
-    Locks the study's results folder for the duration. On SIGINT (Ctrl-C) the running tasks
-    are cancelled and `Interrupted` is raised; completed runs stay saved.
+    Locks the study's results folder for the duration; an `address` that no cluster answers
+    raises ClusterUnreachable before anything is written. A run whose task Ray loses (its
+    worker, raylet or node died, its result was lost) is not failed: it is listed in
+    `Summary.lost` and stays pending. On SIGINT (Ctrl-C) the running tasks are cancelled and
+    `Interrupted` is raised; completed runs stay saved.
     """
     results = Path(results)
+    if address:
+        address = cluster_address(address)
     with StudyLock(results / study.name):
         clear_staging(results / study.name)
-        pending = pending_runs(study, results, retry_failed)
+        checks = {spec.run_id: check_run(results, spec) for spec in study.runs}
+        pending = _todo(study, checks, retry_failed)
         summary = Summary(skipped=len(study.runs) - len(pending))
+        summary.redone = {run_id: check.problem for run_id, check in checks.items() if check.state == DAMAGED}
         if not retry_failed:
-            summary.failed_before = sum(run_status(results, spec) == FAILED for spec in study.runs)
+            summary.failed_before = sum(check.state == FAILED for check in checks.values())
         if not pending:
             return summary
         started_ray = _init_ray(address, workers, verbose)
@@ -125,6 +238,21 @@ def run_study(
 
 def _run_task(spec: RunSpec, checkpoint: str) -> RunResult:
     return execute(spec, checkpoint_dir=Path(checkpoint))
+
+
+def is_run_failure(err: RayError) -> bool:
+    """Whether a Ray error is the run's own fault: its code raised (RayTaskError). Anything else —
+    a worker process that kept dying (crash, OOM kill), a dead raylet or node, a lost object or
+    owner, a system error, a timeout — is the infrastructure's: the run is lost, not failed."""
+    from ray.exceptions import RayError, RayTaskError
+
+    cause = getattr(err, "cause", None)
+    return isinstance(err, RayTaskError) and not (isinstance(cause, RayError) and not isinstance(cause, RayTaskError))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def _fan_out(
@@ -160,12 +288,21 @@ def _fan_out(
     emit("start")
     with _interrupt_flag() as interrupted:
         while refs and not interrupted.is_set():
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            try:
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            except RayError as err:  # Ray itself is gone: every run still out is lost
+                summary.lost += [LostRun(spec, _first_line(err)) for spec in refs.values()]
+                refs.clear()
+                break
             for ref in ready:
                 spec = refs.pop(ref)
                 try:
                     result = ray.get(ref)
-                except RayError as err:  # the worker died for good (retries exhausted) or Ray failed
+                except RayError as err:
+                    if not is_run_failure(err):
+                        summary.lost.append(LostRun(spec, _first_line(err)))
+                        emit("tick")
+                        continue
                     result = failed_result(spec, f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
                 write_run(result, results)
                 (summary.done if result.status == DONE else summary.failed).append(result)

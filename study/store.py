@@ -1,28 +1,64 @@
-"""The results/ layout: atomic per-run folders, and loading a study into tidy DataFrames."""
+"""The results/ layout: atomic, self-verifying per-run folders, and loading a study into tidy DataFrames."""
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
-from study.config import RunSpec, Study
+from study.config import RunSpec, Study, StudyError
 from study.run import RunResult
 
 TABLES = ("episodes", "evaluations", "adaptations")
 META = "meta.json"
 SPEC = "spec.yaml"
 ERROR = "error.txt"
-DONE, FAILED, PARTIAL, PENDING = "done", "failed", "partial", "pending"
+MANIFEST = "manifest"  # meta.json's record of every other file of the run: {name: {"size": bytes, "sha256": hex}}
+DONE, FAILED, PARTIAL, PENDING, DAMAGED = "done", "failed", "partial", "pending", "damaged"
 STAGING = ".staging"
 CHECKPOINTS = ".checkpoints"
+# what a run folder without a manifest (written before manifests) is checked for: the columns
+# every version of `study` recorded, and the keys every spec.yaml has
+REQUIRED_COLUMNS = {
+    "episodes": ("step", "episode", "return", "length", "continuity_cost", "jerk_cost", "sigma", "warmup"),
+    "evaluations": ("step", "return_mean", "return_std", "length_mean", "continuity_cost", "jerk_cost"),
+    "adaptations": ("step", "sigma", "distance"),
+}
+SPEC_KEYS = ("study", "budget", "seed", "settings")
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class DamagedRunError(RuntimeError):
+    """A run folder whose files are missing, unreadable or not those its manifest records."""
+
+    def __init__(self, run_id: str, folder: Path, problem: str) -> None:
+        self.run_id, self.folder, self.problem = run_id, Path(folder), problem
+        super().__init__(
+            f"run {run_id} is damaged ({problem}) in {folder}: rerun the study (python -m study run) to redo it, "
+            "or load with damaged='skip' to leave it out"
+        )
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """A run's state and, for a damaged one, what is wrong with its folder."""
+
+    state: str
+    problem: str | None = None
+    sealed: bool = True  # False: written before manifests, its files only checked readable
 
 
 def study_dir(results: Path, study: str) -> Path:
@@ -44,7 +80,7 @@ def clear_staging(folder: Path) -> None:
 
 
 def read_meta(folder: Path) -> dict | None:
-    """A run folder's metadata, or None if the folder holds no complete record."""
+    """A run folder's metadata, or None if it has none readable (whether the folder is whole: `check_folder`)."""
     try:
         return json.loads((folder / META).read_text())
     except (OSError, ValueError):
@@ -52,15 +88,125 @@ def read_meta(folder: Path) -> dict | None:
 
 
 def run_status(results: Path, spec: RunSpec) -> str:
-    """done / failed (a complete record) / partial (a checkpoint, no record) / pending."""
-    meta = read_meta(run_dir(results, spec))
-    if meta:
-        return meta["status"]
-    return PARTIAL if checkpoint_dir(results, spec).is_dir() else PENDING
+    """done / failed (a whole record) / damaged / partial (a checkpoint, no record) / pending."""
+    return check_run(results, spec).state
+
+
+def check_run(results: Path, spec: RunSpec) -> RunCheck:
+    """A run's state, its folder verified against its manifest (sizes and checksums)."""
+    folder = run_dir(results, spec)
+    if not folder.exists():
+        return RunCheck(PARTIAL if checkpoint_dir(results, spec).is_dir() else PENDING)
+    meta, problems = check_folder(folder)
+    if problems:
+        return RunCheck(DAMAGED, "; ".join(problems))
+    return RunCheck(meta["status"], sealed=MANIFEST in meta)
+
+
+def damaged_runs(study: Study, results: Path) -> dict[str, str]:
+    """The study's damaged runs and what is wrong with each, by run id."""
+    checks = {spec.run_id: check_run(results, spec) for spec in study.runs}
+    return {run_id: check.problem for run_id, check in checks.items() if check.state == DAMAGED}
+
+
+def check_folder(folder: Path) -> tuple[dict | None, list[str]]:
+    """A run folder's metadata and what is wrong with its files (nothing: it is whole).
+
+    A sealed folder (meta.json with a manifest) must hold every file of its manifest with the
+    recorded size and sha256; an unsealed one its status's files, readable.
+    """
+    try:
+        meta = json.loads((folder / META).read_bytes())
+    except FileNotFoundError:
+        return None, [f"{META} missing"]
+    except (OSError, ValueError) as err:
+        return None, [f"{META} unreadable ({_reason(err)})"]
+    if not isinstance(meta, dict) or meta.get("status") not in (DONE, FAILED):
+        return None, [f"{META} holds no run record"]
+    if meta.get("run_id", folder.name) != folder.name:
+        return None, [f"{META} belongs to run {meta['run_id']}"]
+    check = _check_manifest if MANIFEST in meta else _check_readable
+    return meta, check(folder, meta)
+
+
+def required_files(status: str) -> list[str]:
+    """The files a record of this status must have besides meta.json."""
+    return [SPEC, *(f"{name}.parquet" for name in TABLES)] if status == DONE else [SPEC, ERROR]
+
+
+def _check_manifest(folder: Path, meta: dict) -> list[str]:
+    files = meta[MANIFEST]
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        return [f"{META}: manifest malformed"]
+    problems = [f"{name} not in the manifest" for name in required_files(meta["status"]) if name not in files]
+    for name, entry in files.items():
+        path = folder / name
+        if Path(name).name != name or not path.is_file():
+            problems.append(f"{name} missing")
+        elif (size := path.stat().st_size) != entry.get("size"):
+            problems.append(f"{name} is {size} bytes, the manifest says {entry.get('size')}")
+        elif _sha256(path) != entry.get("sha256"):
+            problems.append(f"{name} does not match its checksum")
+    return problems
+
+
+def _check_readable(folder: Path, meta: dict) -> list[str]:
+    """An unsealed folder: its files present, spec.yaml and the tables' schemas readable."""
+    problems = [f"{name} missing" for name in required_files(meta["status"]) if not (folder / name).is_file()]
+    if (folder / SPEC).is_file():
+        problems += _check_spec(folder / SPEC, meta)
+    for name in TABLES:
+        path = folder / f"{name}.parquet"
+        if path.is_file():
+            problems += _check_schema(path, REQUIRED_COLUMNS[name])
+    if meta["status"] == FAILED and (folder / ERROR).is_file() and not (folder / ERROR).stat().st_size:
+        problems.append(f"{ERROR} empty")
+    return problems
+
+
+def _check_spec(path: Path, meta: dict) -> list[str]:
+    try:
+        spec = yaml.load(path.read_bytes(), Loader=_YAML_LOADER)
+    except (OSError, yaml.YAMLError) as err:
+        return [f"{SPEC} unreadable ({_reason(err)})"]
+    if not isinstance(spec, dict) or any(key not in spec for key in SPEC_KEYS):
+        return [f"{SPEC} incomplete"]
+    if (spec["study"], spec["seed"]) != (meta.get("study", spec["study"]), meta.get("seed", spec["seed"])):
+        return [f"{SPEC} describes another run"]
+    return []
+
+
+def _check_schema(path: Path, columns: Iterable[str]) -> list[str]:
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as err:
+        return [f"{path.name} unreadable ({_reason(err)})"]
+    missing = [c for c in columns if c not in names]
+    return [f"{path.name} lacks columns {', '.join(missing)}"] if missing else []
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:120]}" if text else type(err).__name__
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, dict]:
+    """Size and sha256 of every file of a run folder but meta.json (and hidden leftovers)."""
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.name != META and not p.name.startswith("."))
+    return {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in paths}
 
 
 def write_run(result: RunResult, results: Path) -> Path:
-    """Write a run's folder under a temporary name and rename it into place when complete."""
+    """Write a run's folder under a temporary name, meta.json with the manifest of the other files
+    last, and rename it into place when complete; an earlier record is replaced only then."""
     final = run_dir(results, result.spec)
     staging = final.parent / STAGING
     staging.mkdir(parents=True, exist_ok=True)
@@ -72,18 +218,79 @@ def write_run(result: RunResult, results: Path) -> Path:
         frame.to_parquet(tmp / f"{name}.parquet", index=False, compression="zstd")
     if result.error:
         (tmp / ERROR).write_text(result.error)
-    (tmp / META).write_text(json.dumps(result.meta, indent=2, default=str))
+    meta = {**result.meta, MANIFEST: manifest(tmp)}
+    (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
     for path in tmp.iterdir():
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():  # an earlier failed attempt: move it aside, then replace it
-        old = staging / f"{final.name}.old.{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+    if final.exists():  # a failed or damaged earlier record
+        if not _exchange(tmp, final):
+            old = staging / f"{final.name}.old.{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            tmp = old
+        shutil.rmtree(tmp, ignore_errors=True)  # the earlier record, now out of place
     else:
         os.replace(tmp, final)
     return final
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux's renameat2 RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def seal_run(folder: Path | str) -> bool:
+    """Add the manifest to a run folder written before manifests, after checking its files:
+    spec.yaml parses, every table reads in full with the required columns. False if it was
+    sealed already (and verifies); raises DamagedRunError if a file is missing or unreadable."""
+    folder = Path(folder)
+    meta, problems = check_folder(folder)
+    if not problems and meta is not None and MANIFEST not in meta:
+        problems = _check_tables_read(folder)
+    if problems:
+        raise DamagedRunError(folder.name, folder, "; ".join(problems))
+    if MANIFEST in meta:
+        return False
+    meta[MANIFEST] = manifest(folder)
+    tmp = folder / f".{META}.{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(meta, indent=2, default=str))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / META)
+    return True
+
+
+def seal_runs(study_folder: Path | str, pattern: str = "*") -> list[Path]:
+    """Seal every run folder (a folder with a meta.json) under `study_folder` whose name
+    matches `pattern`; returns the folders sealed now. Raises DamagedRunError at the first
+    damaged one, leaving the rest as they were."""
+    folders = sorted(p.parent for p in Path(study_folder).glob(f"{pattern}/{META}"))
+    for folder in folders:  # check them all before sealing any
+        meta, problems = check_folder(folder)
+        if not problems and MANIFEST not in meta:
+            problems = _check_tables_read(folder)
+        if problems:
+            raise DamagedRunError(folder.name, folder, "; ".join(problems))
+    return [folder for folder in folders if seal_run(folder)]
+
+
+def _check_tables_read(folder: Path) -> list[str]:
+    """Every table present reads in full."""
+    problems = []
+    for name in TABLES:
+        path = folder / f"{name}.parquet"
+        if path.is_file():
+            try:
+                pq.read_table(path)
+            except (OSError, pa.ArrowException) as err:
+                problems.append(f"{path.name} unreadable ({_reason(err)})")
+    return problems
 
 
 @dataclass
@@ -97,6 +304,7 @@ class StudyResults:
     evaluations: pd.DataFrame
     adaptations: pd.DataFrame
     results: Path
+    damaged: dict[str, str] = field(default_factory=dict)  # runs left out as damaged: what is wrong
 
     @property
     def factors(self) -> list[str]:
@@ -108,18 +316,44 @@ class StudyResults:
 
     def states(self) -> pd.Series:
         """Each run of the study's grid (not only loaded ones) and its state, by run id."""
-        return pd.Series({spec.run_id: run_status(self.results, spec) for spec in self.study.runs}, name="state")
+        states = {spec.run_id: run_status(self.results, spec) for spec in self.study.runs}
+        return pd.Series(states | dict.fromkeys(self.damaged, DAMAGED), name="state")
 
 
-def load_results(study: Study, results: Path | str = "results", include_failed: bool = False) -> StudyResults:
-    """Load the runs of `study` (its current grid and budget) found under `results`."""
+class NoResultsError(StudyError):
+    """No run of a study's grid has a record under a results folder; `found` counts the runs
+    of each budget that the study's folder does hold."""
+
+    def __init__(self, message: str, folder: Path, found: dict[str, int]) -> None:
+        super().__init__(message)
+        self.folder, self.found = folder, found
+
+
+def load_results(
+    study: Study,
+    results: Path | str = "results",
+    include_failed: bool = False,
+    damaged: Literal["raise", "skip"] = "raise",
+) -> StudyResults:
+    """Load the runs of `study` (its current grid and budget) found under `results`; raises
+    NoResultsError, naming the folder and the budgets it holds, if none of them has a record.
+
+    A damaged run (see `check_folder`) raises DamagedRunError, or with `damaged="skip"` is left
+    out and listed in `StudyResults.damaged`.
+    """
     results = Path(results)
+    left_out: dict[str, str] = {}
     run_rows: list[dict] = []
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     owners: dict[str, list[int]] = {name: [] for name in TABLES}
     for spec in study.runs:
         folder = run_dir(results, spec)
-        meta = read_meta(folder)
+        meta, tables, problem = _read_run(folder)
+        if problem and damaged == "raise":
+            raise DamagedRunError(spec.run_id, folder, problem)
+        if problem:
+            left_out[spec.run_id] = problem
+            continue
         if meta is None or (meta["status"] != DONE and not include_failed):
             continue
         run_rows.append(
@@ -140,9 +374,11 @@ def load_results(study: Study, results: Path | str = "results", include_failed: 
         if meta["status"] != DONE:
             continue
         for name in TABLES:
-            frame = pd.read_parquet(folder / f"{name}.parquet")
-            frames[name].append(frame)
+            frames[name].append(tables[name])
             owners[name].append(len(run_rows) - 1)
+
+    if not run_rows and not left_out and not any(read_meta(run_dir(results, spec)) for spec in study.runs):
+        raise _no_results(study, study_dir(results, study.name))
 
     key_columns = ["run_id", "env", "seed", *study.factor_levels]
     runs = (
@@ -169,4 +405,51 @@ def load_results(study: Study, results: Path | str = "results", include_failed: 
         evaluations=tidy("evaluations"),
         adaptations=tidy("adaptations"),
         results=results,
+        damaged=left_out,
     )
+
+
+def _read_run(folder: Path) -> tuple[dict | None, dict[str, pd.DataFrame], str | None]:
+    """A run folder's metadata, its tables if it is done, and what is wrong with it, if anything."""
+    if not folder.exists():
+        return None, {}, None
+    meta, problems = check_folder(folder)
+    if problems:
+        return meta, {}, "; ".join(problems)
+    if meta["status"] != DONE:
+        return meta, {}, None
+    try:
+        return meta, {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}, None
+    except (OSError, pa.ArrowException) as err:  # an unsealed run whose data is damaged past its schema
+        return meta, {}, f"a table unreadable ({_reason(err)})"
+
+
+def _no_results(study: Study, folder: Path) -> NoResultsError:
+    """The error for a study without records in `folder`, counting the runs there by budget
+    (from each run's meta.json, or its spec.yaml)."""
+    found: dict[str, int] = {}
+    for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        budget = (read_meta(child) or {}).get("budget")
+        if budget is None:
+            try:
+                budget = (yaml.safe_load((child / SPEC).read_text()) or {}).get("budget")
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue
+        if budget is not None:
+            found[str(budget)] = found.get(str(budget), 0) + 1
+    message = f"no complete runs of study {study.name!r} (budget {study.budget!r}) under {folder}"
+    if not folder.is_dir():
+        message += ": no such folder"
+    elif not found:
+        message += ": it holds no runs"
+    else:
+        held = (f"{n} run{'s' * (n != 1)} of budget {b!r}" for b, n in sorted(found.items()))
+        message += "; it holds " + ", ".join(held)
+        if study.budget in found:
+            message += (
+                f" (those of budget {study.budget!r} were run with other settings than this grid's: "
+                "another --steps or --overlay, or an older code version)"
+            )
+    return NoResultsError(message, folder, found)

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
+from ray.exceptions import (
+    ActorDiedError,
+    GetTimeoutError,
+    LocalRayletDiedError,
+    NodeDiedError,
+    ObjectLostError,
+    OutOfMemoryError,
+    OwnerDiedError,
+    RaySystemError,
+    RayTaskError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
 
 from study.config import load_study
-from study.launch import TASK_NAME
+from study.launch import TASK_NAME, is_run_failure
 from study.run import execute
-from study.store import load_results, run_dir
+from study.store import DONE, load_results, run_dir
 from study.studylock import StudyLock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +51,11 @@ def start_cli(path: Path, results: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_cli(path: Path, results: Path, *args: str, command: str = "run") -> subprocess.CompletedProcess:
+def run_cli(
+    path: Path, results: Path, *args: str, command: str = "run", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "study", command, str(path), "--results", str(results), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=600)
 
 
 def completed(results: Path, study: str) -> list[Path]:
@@ -71,6 +88,13 @@ def task_processes() -> list[psutil.Process]:
 
 def no_orphan_workers() -> bool:
     return not task_processes()
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @pytest.fixture
@@ -144,8 +168,8 @@ def test_a_raising_run_is_isolated_and_retried_on_request(write_study, tmp_path:
     assert len(load_results(study, results).runs) == 1
 
 
-@pytest.mark.parametrize(("retries", "status"), [(3, "done"), (0, "failed")])
-def test_killed_worker_is_retried_or_marked_failed(write_study, tmp_path: Path, retries: int, status: str) -> None:
+@pytest.mark.parametrize("retries", [3, 0])
+def test_killed_worker_is_retried_or_left_pending(write_study, tmp_path: Path, retries: int) -> None:
     path = write_study({"name": "slow", "envs": ["faulty_envs:Slow-v0"], "total_steps": 400, "budgets.full": 400})
     results = tmp_path / "results"
     driver = start_cli(path, results, "--workers", "1", "--max-retries", str(retries))
@@ -154,14 +178,93 @@ def test_killed_worker_is_retried_or_marked_failed(write_study, tmp_path: Path, 
     for proc in task_processes():
         proc.send_signal(signal.SIGKILL)
     out, err = driver.communicate(timeout=300)
-    meta = json.loads((run_dir(results, load_study(path).runs[0]) / "meta.json").read_text())
-    assert meta["status"] == status
-    if status == "done":
+    folder = run_dir(results, load_study(path).runs[0])
+    if retries:
         assert driver.returncode == 0, err
-    else:
-        assert driver.returncode == 1
-        error = (run_dir(results, load_study(path).runs[0]) / "error.txt").read_text()
-        assert "WorkerCrashedError" in error or "died" in error
+        assert json.loads((folder / "meta.json").read_text())["status"] == "done"
+    else:  # a worker that keeps dying is not the run's error: it stays pending
+        assert driver.returncode == 4, out + err
+        assert "lost 1 runs to Ray (WorkerCrashedError ×1)" in out and "again to resume" in out
+        assert not folder.exists()
+
+
+def test_only_an_error_raised_by_the_run_itself_fails_it() -> None:
+    raised = FloatingPointError("simulation diverged")
+    assert is_run_failure(RayTaskError("study_run", "Traceback", raised))
+    assert is_run_failure(RayTaskError("study_run", "Traceback", raised).as_instanceof_cause())
+    assert is_run_failure(RayTaskError("study_run", "Traceback", MemoryError()).as_instanceof_cause())
+    lost = [
+        WorkerCrashedError(),
+        LocalRayletDiedError(),
+        NodeDiedError("node died"),
+        ObjectLostError("ab" * 14, None, ""),
+        OwnerDiedError("ab" * 14, None, ""),
+        RaySystemError("system error"),
+        GetTimeoutError(),
+        OutOfMemoryError("killed by the memory monitor"),
+        ActorDiedError(),
+        TaskUnschedulableError("infeasible"),
+        RayTaskError("study_run", "Traceback", LocalRayletDiedError()),  # Ray failing inside the task
+    ]
+    assert not any(is_run_failure(err) for err in lost)
+
+
+def test_a_dead_raylet_leaves_runs_pending_and_a_rerun_completes_each_once(write_study, tmp_path: Path) -> None:
+    path = write_study({"name": "lost", "seeds": 4, "total_steps": 600, "budgets.full": 600})
+    results = tmp_path / "results"
+    driver = start_cli(path, results, "--workers", "2")
+    wait_for(lambda: len(completed(results, "lost")) >= 1, timeout=300)
+    ray_processes = psutil.Process(driver.pid).children(recursive=True)  # this driver's Ray instance only
+    raylet = next(proc for proc in ray_processes if proc.name() == "raylet")
+    raylet.send_signal(signal.SIGKILL)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 4, out + err
+    assert "lost " in out and "LocalRayletDiedError" in out and "again to resume" in out
+    before = {p.name: json.loads((p / "meta.json").read_text()) for p in completed(results, "lost")}
+    assert all(meta["status"] == DONE for meta in before.values())  # none recorded as failed
+    assert 1 <= len(before) < 4
+    wait_for(lambda: not any(alive(proc) for proc in ray_processes), timeout=60)  # nothing left behind
+
+    rerun = run_cli(path, results, "--workers", "2")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{4 - len(before)} done, 0 failed, {len(before)} already complete" in rerun.stdout
+    after = {p.name: json.loads((p / "meta.json").read_text()) for p in completed(results, "lost")}
+    assert len(after) == 4 and all(meta["status"] == DONE for meta in after.values())
+    assert all(after[name]["started"] == meta["started"] for name, meta in before.items())  # never rerun
+
+
+@pytest.fixture
+def no_cluster_env(tmp_path: Path) -> dict[str, str]:
+    """A driver's environment whose Ray finds no cluster address of its own: $RAY_TMPDIR is empty."""
+    env = {key: value for key, value in cli_env().items() if key != "RAY_ADDRESS"}
+    (tmp_path / "raytmp" / "ray").mkdir(parents=True)
+    return env | {"RAY_TMPDIR": str(tmp_path / "raytmp")}
+
+
+@pytest.mark.parametrize("case", ["unused port", "stale address file", "no address file", "not a Ray cluster"])
+def test_an_address_no_cluster_answers_fails_fast_and_writes_nothing(
+    write_study, tmp_path: Path, no_cluster_env: dict[str, str], case: str
+) -> None:
+    path = write_study()
+    results = tmp_path / "results"
+    with socket.socket() as listener:  # accepts connections (its backlog) and never answers
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        address = {
+            "unused port": f"127.0.0.1:{free_port()}",
+            "not a Ray cluster": f"127.0.0.1:{listener.getsockname()[1]}",
+        }.get(case, "auto")
+        if case == "stale address file":  # what `ray start` leaves behind once its cluster is gone
+            (tmp_path / "raytmp" / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+        clock = time.monotonic()
+        proc = run_cli(path, results, "--address", address, env=no_cluster_env)
+        elapsed = time.monotonic() - clock
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert elapsed < 30
+    assert f"error: --address {address}: no Ray cluster" in proc.stderr
+    if case == "stale address file":
+        assert "ray_current_cluster; stale if that cluster has stopped" in proc.stderr
+    assert not results.exists()  # no lock, no folder
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(six_runs, tmp_path: Path) -> None:
@@ -197,33 +300,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ray_processes() -> set[int]:
-    pids = set()
+def _cluster_processes(temp_dir: Path) -> list[psutil.Process]:
+    """The processes of the Ray cluster whose files are under `temp_dir`, and their children."""
+    found = {}
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "ray" in cmdline and proc.pid != os.getpid():
-            pids.add(proc.pid)
-    return pids
+        if str(temp_dir) in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+            try:
+                found |= {member.pid: member for member in [proc, *proc.children(recursive=True)]}
+            except psutil.Error:
+                continue
+    return list(found.values())
 
 
 @pytest.fixture
-def ray_cluster(tmp_path: Path):
-    """A Ray cluster started with `ray start --head`; torn down by stopping its own processes
-    only (`ray stop` would stop every Ray instance on the machine)."""
+def ray_cluster():
+    """A Ray cluster started with `ray start --head` in a temporary folder of its own (so that it
+    leaves no address in /tmp/ray for `--address auto` to find); torn down by stopping its own
+    processes only (`ray stop` would stop every Ray instance on the machine)."""
     port = free_port()
     ray = Path(sys.executable).parent / "ray"
-    before = _ray_processes()
+    temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live there
     start = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
-    subprocess.run([*start, "--disable-usage-stats"], env=cli_env(), check=True, capture_output=True, timeout=120)
+    env = cli_env() | {"RAY_TMPDIR": str(temp_dir)}
     try:
+        subprocess.run([*start, "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}"
     finally:
-        procs = [psutil.Process(pid) for pid in _ray_processes() - before if psutil.pid_exists(pid)]
+        procs = _cluster_processes(temp_dir)
         for proc in procs:
             proc.terminate()
         _, alive = psutil.wait_procs(procs, timeout=20)
         for proc in alive:
             proc.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_runs_on_an_existing_ray_cluster(ray_cluster: str, tmp_path: Path) -> None:

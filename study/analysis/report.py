@@ -14,7 +14,7 @@ from study.analysis.aggregates import REPS, cell_stats, probability_of_improveme
 from study.analysis.labels import config_label
 from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
 from study.config import FULL_BUDGET, Study, StudyError
-from study.store import DONE, FAILED, StudyResults, load_results
+from study.store import DAMAGED, DONE, FAILED, StudyResults, load_results
 
 INTERVAL_KEY = "exploration.param_noise.interval"
 CHAIN_LENGTH_FACTORS = ("n", "chain_length")
@@ -27,6 +27,7 @@ class Report:
     folder: Path
     figures: dict[str, list[Path]] = field(default_factory=dict)
     tables: list[Path] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)  # runs left out as damaged: what is wrong
 
     @property
     def markdown(self) -> Path:
@@ -63,17 +64,19 @@ def build_report(
     study: Study, results: Path | str = "results", reps: int = REPS, include_warmup: bool = False
 ) -> Report:
     """Load the study's results and write figures (PNG + PDF), tables (Markdown + LaTeX) and
-    report.md to `results/<study>/report/` (`report-<budget>/` for other budgets)."""
+    report.md to `results/<study>/report/` (`report-<budget>/` for other budgets). Damaged runs
+    are left out and named in `Report.damaged` and report.md."""
     results = Path(results)
-    loaded = load_results(study, results)
+    loaded = load_results(study, results, damaged="skip")
     states = loaded.states()
     if not (states == DONE).any():
+        damaged = f" ({len(loaded.damaged)} damaged)" if loaded.damaged else ""
         raise StudyError(
             f"{study.path}: no complete runs of study {study.name!r} (budget {study.budget!r}) "
-            f"under {results / study.name}: run it first with python -m study run {study.path}"
+            f"under {results / study.name}{damaged}: run it first with python -m study run {study.path}"
         )
     figures.set_style()
-    report = Report(report_dir(study, results))
+    report = Report(report_dir(study, results), damaged=loaded.damaged)
     report.folder.mkdir(parents=True, exist_ok=True)
     factors = loaded.factors
     metrics = run_metrics(loaded, include_warmup=include_warmup)
@@ -183,6 +186,11 @@ def build_report(
     return report
 
 
+def _state(run_id: str, states: pd.Series, damaged: dict[str, str]) -> str:
+    """A missing run's state, with what is wrong for a damaged one."""
+    return f"damaged: {damaged[run_id]}" if run_id in damaged else states[run_id]
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
@@ -209,9 +217,10 @@ def _markdown(
         f"Study file `{study.path.name}`, budget `{study.budget}`; "
         f"{counts.get(DONE, 0)} of {total} runs complete"
         + (f", {counts.get(FAILED, 0)} failed" if counts.get(FAILED, 0) else "")
+        + (f", {counts.get(DAMAGED, 0)} damaged (left out)" if counts.get(DAMAGED, 0) else "")
         + (
-            f", {total - counts.get(DONE, 0) - counts.get(FAILED, 0)} not run yet"
-            if counts.get(DONE, 0) + counts.get(FAILED, 0) < total
+            f", {total - counts.get(DONE, 0) - counts.get(FAILED, 0) - counts.get(DAMAGED, 0)} not run yet"
+            if counts.get(DONE, 0) + counts.get(FAILED, 0) + counts.get(DAMAGED, 0) < total
             else ""
         )
         + ".",
@@ -233,7 +242,7 @@ def _markdown(
     missing = [spec for spec in study.runs if states[spec.run_id] != DONE]
     if missing:
         lines += ["", f"**Partial study**: {len(missing)} runs are missing from this report:", ""]
-        lines += [f"- `{spec.run_id}` ({states[spec.run_id]})" for spec in missing[:50]]
+        lines += [f"- `{spec.run_id}` ({_state(spec.run_id, states, loaded.damaged)})" for spec in missing[:50]]
         if len(missing) > 50:
             lines.append(f"- … and {len(missing) - 50} more")
     lines += ["", "## Figures", ""]
