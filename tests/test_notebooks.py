@@ -59,6 +59,10 @@ def test_notebooks_are_stored_without_outputs() -> None:
         )
 
 
+# reference studies committed in part: the levels whose runs are all committed
+PARTIAL_REFERENCE = {"chain": {"actions": "fixed"}}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_reads_its_study_or_says_what_it_shows_instead(path: Path) -> None:
     """Each notebook reads its own study: at the budget of its committed reference results, or, with
@@ -74,7 +78,8 @@ def test_notebook_reads_its_study_or_says_what_it_shows_instead(path: Path) -> N
         results, study_file, budget = settings["RESULTS"], settings["STUDY"], settings["BUDGET"]
         assert (FOLDER / str(results)).resolve() == REFERENCE
     study = load_study(FOLDER / str(study_file), budget=str(budget))
-    assert all(run_status(REFERENCE, spec) == DONE for spec in study.runs), f"{study.name} is not complete"
+    runs = [spec for spec in study.runs if spec.factors.items() >= PARTIAL_REFERENCE.get(study.name, {}).items()]
+    assert all(run_status(REFERENCE, spec) == DONE for spec in runs), f"{study.name} is not complete"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

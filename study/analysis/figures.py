@@ -246,42 +246,47 @@ def sigma_trajectories(
     return fig
 
 
-def episodes_to_solve_vs_n(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float) -> Figure:
+def episodes_to_solve_vs_n(
+    metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float, panel: str | None = None
+) -> Figure:
     """Episodes until solved against chain length N: median and IQR over seeds; unsolved runs
     count as censored at the budget (hollow markers where the median depends on one, so it is
-    only a lower bound)."""
-    frame = metrics.assign(config=config_label(metrics, factors))
+    only a lower bound). With `panel`, one panel per level of that factor, side by side."""
+    lines = [f for f in factors if f != panel]
+    frame = metrics.assign(config=config_label(metrics, lines))
     frame["N"] = frame[n].astype(str).astype(float)
-    styles = config_styles(frame, factors)
-    fig, ax = plt.subplots(figsize=(WIDTH * (0.8 if factors else 0.62), PANEL_HEIGHT * 1.5))
-    for config, group in frame.groupby("config", sort=False):
-        q = (
-            group.groupby("N")["episodes_to_solve"]
-            .apply(lambda values: censored_quantiles(values, budget))
-            .unstack("quantile")
-            .sort_index()
-        )
-        median, censored = q["value"][0.5], q["censored"][0.5].astype(bool)
-        color = styles[config]["color"]
-        ax.plot(q.index, median, color=color, linestyle=styles[config]["linestyle"], marker="o", label=config)
-        ax.fill_between(q.index, q["value"][0.25], q["value"][0.75], color=color, alpha=0.15, linewidth=0)
-        ax.scatter(q.index[censored], median[censored], facecolors="white", edgecolors=color, zorder=3, s=40)
-    ax.axhline(budget, color="grey", linestyle=":", linewidth=1)
-    ax.set_ylim(0, budget * 1.1)
-    ax.text(
-        ax.get_xlim()[0],
-        budget,
-        " budget (unsolved runs); hollow marker: median is a lower bound",
-        va="bottom",
-        fontsize=8,
-        color="grey",
+    styles = config_styles(frame, lines)
+    levels = list(dict.fromkeys(frame.sort_values(panel)[panel])) if panel else [None]
+    fig, axes = plt.subplots(
+        1, len(levels), figsize=(WIDTH * (1.0 if len(levels) > 1 else 0.8), PANEL_HEIGHT * 1.5), squeeze=False
     )
-    ax.set_xlabel("chain length N")
-    ax.set_ylabel("episodes to solve")
-    if factors:
-        ax.legend(title=" × ".join(factors), loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
-    fig.tight_layout()
-    return fig
+    for ax, level in zip(axes.flat, levels, strict=True):
+        subset = frame if level is None else frame[frame[panel] == level]
+        for config, group in subset.groupby("config", sort=False):
+            q = (
+                group.groupby("N")["episodes_to_solve"]
+                .apply(lambda values: censored_quantiles(values, budget))
+                .unstack("quantile")
+                .sort_index()
+            )
+            median, censored = q["value"][0.5], q["censored"][0.5].astype(bool)
+            style = styles[config]
+            ax.plot(q.index, median, color=style["color"], linestyle=style["linestyle"], marker="o", label=config)
+            ax.fill_between(q.index, q["value"][0.25], q["value"][0.75], color=style["color"], alpha=0.15, lw=0)
+            ax.scatter(
+                q.index[censored], median[censored], facecolors="white", edgecolors=style["color"], zorder=3, s=40
+            )
+        ax.axhline(budget, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(0, budget * 1.12)
+        ax.text(
+            0.01, budget * 1.01, "budget", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8, color="grey"
+        )
+        ax.set_xlabel("chain length N")
+        ax.set_ylabel("episodes to solve")
+        if level is not None:
+            ax.set_title(f"{panel} = {level}")
+    title = " × ".join(lines) + "   (hollow marker: the median is only a lower bound)" if lines else None
+    return _finish(fig, axes, len(levels), title)
 
 
 def solved_fraction(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float) -> Figure:

@@ -18,6 +18,7 @@ from study.store import DAMAGED, DONE, FAILED, StudyResults, load_results
 
 INTERVAL_KEY = "exploration.param_noise.interval"
 CHAIN_LENGTH_FACTORS = ("n", "chain_length")
+CHAIN_VARIANT_FACTORS = ("actions",)  # chain variants drawn side by side, one panel each
 
 
 @dataclass
@@ -95,6 +96,7 @@ def build_report(
     solve = None
     if solvable:
         chain_others = [f for f in factors if f != chain_n]
+        chain_panel = next((f for f in chain_others if f in CHAIN_VARIANT_FACTORS), None)
         limits = loaded.runs.get("max_episodes")
         budget = (
             float(limits.max())
@@ -106,7 +108,7 @@ def build_report(
             "Episodes until the greedy policy is optimal in `solved_window` consecutive evaluations (one after "
             "each training episode), against the chain length N: median and interquartile range over seeds; "
             "unsolved runs are censored at the budget (hollow: the median is only a lower bound).",
-            lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, chain_others, budget),
+            lambda: figures.episodes_to_solve_vs_n(metrics, chain_n, chain_others, budget, chain_panel),
         )
         solve = tables.solve_table(metrics, chain_n, chain_others, budget)
         caption = (
