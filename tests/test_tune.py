@@ -89,7 +89,7 @@ def test_a_killed_tuning_resumes_without_losing_a_trial(write_study, tmp_path: P
     path = write_study(TUNE)
     results = tmp_path / "results"
     driver = start_tune(path, results, "--workers", "1")
-    wait_for(lambda: completed_trials(results, "tiny_tune") >= 1)  # told to Optuna, not only stored
+    wait_for(lambda: completed_trials(results, "tiny_tune") >= 1, timeout=300)  # told to Optuna, not only stored
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     wait_for(no_orphan_workers, timeout=60)
