@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 from study.analysis.metrics import run_metrics
@@ -65,30 +64,11 @@ def test_no_reference_run_was_resumed_by_an_engine_not_proven_exact() -> None:
     assert not resumed, "resumed without a resume proven exact: " + ", ".join(resumed)
 
 
-# Studies whose committed runs all carry a manifest that verifies: add a study once its runs are
-# sealed (study.store.seal_runs("results/reference/<study>")). AWAITING_SEAL names the runs of a
-# listed study that are being replaced: drop them from it once the new ones are committed sealed.
-SEALED_STUDIES = ["sampling_interval", "noise_types_mountaincar", "chain"]
-AWAITING_SEAL = {"noise_types_mountaincar": ["*noise=none_s0_*", "*noise=none_s1_*", "*noise=unstructured_s4_*"]}
-
-
-def reference_runs(study: str) -> list[Path]:
-    return sorted(meta.parent for meta in (REFERENCE / study).glob("*/meta.json"))
-
-
-@pytest.mark.parametrize("study", SEALED_STUDIES)
-def test_reference_runs_are_sealed_and_verify(study: str) -> None:
-    waiting = AWAITING_SEAL.get(study, [])
-    folders = [f for f in reference_runs(study) if not any(f.match(pattern) for pattern in waiting)]
-    assert folders
+def test_every_reference_run_is_sealed_and_verifies() -> None:
+    """Every committed run carries a manifest (sizes and checksums of its files) that verifies."""
+    folders = sorted(meta.parent for meta in REFERENCE.glob("*/*/meta.json"))
+    assert {folder.parent.name for folder in folders} == {"sampling_interval", "chain", "noise_types_mountaincar"}
     for folder in folders:
         meta, problems = check_folder(folder)
         assert not problems, f"{folder.name}: {problems}"
         assert MANIFEST in meta, f"{folder.name} is not sealed"
-
-
-def test_every_reference_run_is_whole_or_readable() -> None:
-    """Sealed runs match their manifest; unsealed ones (written before manifests) are readable."""
-    for study in sorted(p.name for p in REFERENCE.iterdir() if p.is_dir()):
-        for folder in reference_runs(study):
-            assert check_folder(folder)[1] == [], folder.name
