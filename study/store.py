@@ -249,11 +249,7 @@ def seal_run(folder: Path | str) -> bool:
     spec.yaml parses, every table reads in full with the required columns. False if it was
     sealed already (and verifies); raises DamagedRunError if a file is missing or unreadable."""
     folder = Path(folder)
-    meta, problems = check_folder(folder)
-    if not problems and meta is not None and MANIFEST not in meta:
-        problems = _check_tables_read(folder)
-    if problems:
-        raise DamagedRunError(folder.name, folder, "; ".join(problems))
+    meta = _sealable(folder)
     if MANIFEST in meta:
         return False
     meta[MANIFEST] = manifest(folder)
@@ -272,12 +268,19 @@ def seal_runs(study_folder: Path | str, pattern: str = "*") -> list[Path]:
     damaged one, leaving the rest as they were."""
     folders = sorted(p.parent for p in Path(study_folder).glob(f"{pattern}/{META}"))
     for folder in folders:  # check them all before sealing any
-        meta, problems = check_folder(folder)
-        if not problems and MANIFEST not in meta:
-            problems = _check_tables_read(folder)
-        if problems:
-            raise DamagedRunError(folder.name, folder, "; ".join(problems))
+        _sealable(folder)
     return [folder for folder in folders if seal_run(folder)]
+
+
+def _sealable(folder: Path) -> dict:
+    """A run folder's metadata if it is whole (an unsealed one: its tables read in full);
+    raises DamagedRunError otherwise."""
+    meta, problems = check_folder(folder)
+    if not problems and MANIFEST not in meta:
+        problems = _check_tables_read(folder)
+    if problems:
+        raise DamagedRunError(folder.name, folder, "; ".join(problems))
+    return meta
 
 
 def _check_tables_read(folder: Path) -> list[str]:
