@@ -210,7 +210,9 @@ def test_only_an_error_raised_by_the_run_itself_fails_it() -> None:
 
 
 def test_a_dead_raylet_leaves_runs_pending_and_a_rerun_completes_each_once(write_study, tmp_path: Path) -> None:
-    path = write_study({"name": "lost", "seeds": 4, "total_steps": 600, "budgets.full": 600})
+    # eight short runs on two workers: when the first is stored, several are still queued at the raylet
+    # (a task already running on a worker can still return its result after the raylet dies)
+    path = write_study({"name": "lost", "seeds": 8, "total_steps": 600, "budgets.full": 600})
     results = tmp_path / "results"
     driver = start_cli(path, results, "--workers", "2")
     wait_for(lambda: len(completed(results, "lost")) >= 1, timeout=300)
@@ -222,14 +224,14 @@ def test_a_dead_raylet_leaves_runs_pending_and_a_rerun_completes_each_once(write
     assert "lost " in out and "LocalRayletDiedError" in out and "again to resume" in out
     before = {p.name: json.loads((p / "meta.json").read_text()) for p in completed(results, "lost")}
     assert all(meta["status"] == DONE for meta in before.values())  # none recorded as failed
-    assert 1 <= len(before) < 4
+    assert 1 <= len(before) < 8
     wait_for(lambda: not any(alive(proc) for proc in ray_processes), timeout=60)  # nothing left behind
 
     rerun = run_cli(path, results, "--workers", "2")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert f"{4 - len(before)} done, 0 failed, {len(before)} already complete" in rerun.stdout
+    assert f"{8 - len(before)} done, 0 failed, {len(before)} already complete" in rerun.stdout
     after = {p.name: json.loads((p / "meta.json").read_text()) for p in completed(results, "lost")}
-    assert len(after) == 4 and all(meta["status"] == DONE for meta in after.values())
+    assert len(after) == 8 and all(meta["status"] == DONE for meta in after.values())
     assert all(after[name]["started"] == meta["started"] for name, meta in before.items())  # never rerun
 
 
