@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import inspect
 import itertools
 import json
 import re
@@ -31,6 +30,7 @@ from pydantic import (
 )
 
 from study.messages import Problem, did_you_mean, problems, show
+from study.registry import ALGORITHMS, PARAM_NOISE_DEFAULTS, param_noise_defaults
 from study.yamlio import KeyLines, describe_error, load_yaml
 
 FULL_BUDGET = "full"
@@ -79,10 +79,8 @@ class ParamNoiseSettings(_Strict):
 
     def for_actions(self, discrete: bool) -> ParamNoiseSettings:
         """These settings with the defaults of a continuous or a discrete action space, from the
-        one table of them, `study.exploration.param_noise.PARAM_NOISE_DEFAULTS` (the field defaults
+        one table of them, `study.registry.PARAM_NOISE_DEFAULTS` (the field defaults
         above are its continuous ones, kept here so that run hashes leave them out)."""
-        from study.exploration.param_noise import PARAM_NOISE_DEFAULTS, param_noise_defaults
-
         if not discrete and "target_distance" in self.model_fields_set and self.target_distance is None:
             raise ValueError("target_distance: needed for continuous actions")
         given = {
@@ -239,18 +237,14 @@ class _SharedSettings(_Strict):
     @field_validator("algo")
     @classmethod
     def _known_algo(cls, name: str) -> str:
-        from study.algos import ALGOS
-
-        if name not in ALGOS:
-            known = ", ".join(sorted(ALGOS))
-            raise ValueError(f"unknown algorithm {name!r} (known: {known}){did_you_mean(name, ALGOS)}")
+        if name not in ALGORITHMS:
+            known = ", ".join(sorted(ALGORITHMS))
+            raise ValueError(f"unknown algorithm {name!r} (known: {known}){did_you_mean(name, ALGORITHMS)}")
         return name
 
     @model_validator(mode="after")
     def _hyperparams_fit_algo(self) -> _SharedSettings:
-        from study.algos import ALGOS
-
-        algo = ALGOS[self.algo]
+        algo = ALGORITHMS[self.algo]
         for key in self.hyperparams.model_dump(exclude_none=True):
             if key not in algo.hyperparams():
                 raise ValueError(f"hyperparams.{key}: not a hyperparameter of {self.algo}")
@@ -336,10 +330,8 @@ class RunSettings(_SharedSettings):
 
     @model_validator(mode="after")
     def _env_fits_algo(self) -> RunSettings:
-        from study.algos import ALGOS
-
         facts = _env_facts(self.env, json.dumps(self.env_kwargs, sort_keys=True))
-        if facts.discrete != ALGOS[self.algo].discrete:
+        if facts.discrete != ALGORITHMS[self.algo].discrete:
             kind = "discrete" if facts.discrete else "continuous"
             raise ValueError(f"algo: {self.algo} cannot act in {self.env}, whose actions are {kind}")
         if self.eval.stop_when_solved and not facts.solvable:
@@ -659,21 +651,13 @@ RUN_BOUNDS = (
 )
 
 
-@functools.cache
-def _sb3_default(algo: str, name: str) -> Any:
-    from study.algos import ALGOS
-
-    parameter = inspect.signature(ALGOS[algo].cls.__init__).parameters.get(name)
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
-
-
 def _value(settings: RunSettings, dotted_key: str) -> tuple[Any, bool]:
     """A resolved setting, and whether it is SB3's default (unset hyperparameters)."""
     node: Any = settings
     for part in dotted_key.split("."):
         node = getattr(node, part, None)
     if node is None and dotted_key.startswith("hyperparams."):
-        return _sb3_default(settings.algo, dotted_key.removeprefix("hyperparams.")), True
+        return ALGORITHMS[settings.algo].default(dotted_key.removeprefix("hyperparams.")), True
     return node, False
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from study.config import RunSpec, Study, StudyError
-from study.run import RunResult, execute, run_meta
+from study.result import RunResult, run_meta
 from study.store import (
     DAMAGED,
     DONE,
@@ -237,6 +237,8 @@ def run_study(
 
 
 def _run_task(spec: RunSpec, checkpoint: str) -> RunResult:
+    from study.run import execute  # training code: imported by the workers only
+
     return execute(spec, checkpoint_dir=Path(checkpoint))
 
 

@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.text import Text
 
 from study.launch import Event
-from study.run import RunResult
+from study.result import RunResult
 
 
 def _duration(seconds: float | None) -> str:

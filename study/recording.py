@@ -14,29 +14,6 @@ from stable_baselines3.common.callbacks import BaseCallback, StopTrainingOnMaxEp
 from study.config import EvalSettings
 from study.costs import continuity_cost, jerk_cost
 
-EPISODE_COLUMNS = {
-    "step": "int64",
-    "episode": "int64",
-    "return": "float64",
-    "length": "int64",
-    "continuity_cost": "float64",
-    "jerk_cost": "float64",
-    "sigma": "float64",
-    "warmup": "bool",
-    "switch_rate": "float64",
-}
-EVALUATION_COLUMNS = {
-    "step": "int64",
-    "return_mean": "float64",
-    "return_std": "float64",
-    "length_mean": "float64",
-    "continuity_cost": "float64",
-    "jerk_cost": "float64",
-    "optimal": "boolean",  # reached the env's `optimal_return`; NA for envs without one
-    "gradient_steps": "int64",  # the gradient steps the evaluated policy has had (0: untrained)
-}
-ADAPTATION_COLUMNS = {"step": "int64", "sigma": "float64", "distance": "float64"}
-
 
 def episode_costs(actions: list[np.ndarray], space: spaces.Space) -> tuple[float, float]:
     """(continuity cost, jerk cost) of one episode's actions; NaN where undefined."""

@@ -5,74 +5,23 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
-import pandas as pd
 import torch as th
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
-from study import algos, provenance
+from study import algos
 from study.checkpoint import RESUME_VERSION, Checkpointer
 from study.config import RunSpec
 from study.envs import make_env
 from study.exploration.noisy import NoisyNetCallback
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
-from study.recording import (
-    ADAPTATION_COLUMNS,
-    EPISODE_COLUMNS,
-    EVALUATION_COLUMNS,
-    EpisodeLimit,
-    EpisodeRecorder,
-    Evaluator,
-)
-
-
-def table(data: list[dict[str, Any]] | dict[str, Any], columns: dict[str, str]) -> pd.DataFrame:
-    """Rows (or a mapping of columns) as a DataFrame with fixed columns and dtypes, also when empty."""
-    return pd.DataFrame(data, columns=list(columns)).astype(columns)
-
-
-@dataclass
-class RunResult:
-    """Everything one run produced, to be written by the driver."""
-
-    spec: RunSpec
-    status: Literal["done", "failed"]
-    meta: dict[str, Any]
-    episodes: pd.DataFrame = field(default_factory=lambda: table([], EPISODE_COLUMNS))
-    evaluations: pd.DataFrame = field(default_factory=lambda: table([], EVALUATION_COLUMNS))
-    adaptations: pd.DataFrame = field(default_factory=lambda: table([], ADAPTATION_COLUMNS))
-    error: str | None = None
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        return {"episodes": self.episodes, "evaluations": self.evaluations, "adaptations": self.adaptations}
-
-    @property
-    def final_return(self) -> float:
-        return float(self.evaluations["return_mean"].iloc[-1]) if len(self.evaluations) else float("nan")
-
-
-def run_meta(spec: RunSpec, status: str, started: str | None) -> dict[str, Any]:
-    """The metadata every run record carries: what ran, its state, and what produced it."""
-    return {
-        "run_id": spec.run_id,
-        "study": spec.study,
-        "budget": spec.budget,
-        "env": spec.env,
-        "seed": spec.seed,
-        "factors": dict(spec.factors),
-        "status": status,
-        "started": started,
-        "ended": datetime.now(UTC).isoformat(),
-        "versions": provenance.package_versions(),
-        "code": provenance.code_version(),
-        "host": provenance.host(),
-    }
+from study.recording import EpisodeLimit, EpisodeRecorder, Evaluator
+from study.result import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, RunResult, run_meta, table
 
 
 def execute(

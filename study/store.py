@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from study.config import RunSpec, Study, StudyError
-from study.run import RunResult
+from study.result import RunResult
 
 TABLES = ("episodes", "evaluations", "adaptations")
 META = "meta.json"

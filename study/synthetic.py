@@ -8,8 +8,7 @@ import zlib
 import numpy as np
 
 from study.config import RunSpec
-from study.recording import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS
-from study.run import RunResult, run_meta, table
+from study.result import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, RunResult, run_meta, table
 
 
 def fake_result(spec: RunSpec, n_evaluations: int = 10, n_episodes: int = 20, status: str = "done") -> RunResult:

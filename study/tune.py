@@ -32,7 +32,8 @@ from study.config import (
     load_study,
 )
 from study.launch import Interrupted, _init_ray, _interrupt_flag, failed_result
-from study.run import RunResult, execute
+from study.result import RunResult
+from study.run import execute
 from study.store import DONE, clear_staging, write_run
 from study.studylock import StudyLock
 

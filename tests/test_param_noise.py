@@ -16,8 +16,8 @@ from torch import nn
 
 from study.config import RunSettings
 from study.exploration import ParamNoiseCallback, perturbable_parameters
-from study.exploration.param_noise import PARAM_NOISE_DEFAULTS, param_noise_defaults
 from study.policies import ParamNoiseSACPolicy, ParamNoiseTD3Policy
+from study.registry import PARAM_NOISE_DEFAULTS, param_noise_defaults
 
 
 def flat(net: nn.Module) -> np.ndarray:

@@ -16,8 +16,8 @@ import yaml
 from study.analysis.report import build_report
 from study.config import RunSpec, load_study
 from study.launch import failed_result, pending_runs, run_study
-from study.recording import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS
-from study.run import RunResult, execute, run_meta, table
+from study.result import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, RunResult, run_meta, table
+from study.run import execute
 from study.store import (
     DAMAGED,
     DONE,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.algos import ALGOS
 from study.analysis import figures, tables
 from study.analysis.aggregates import REPS, cell_stats, probability_of_improvement
 from study.analysis.labels import config_label
 from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
 from study.config import FULL_BUDGET, Study, StudyError
+from study.registry import ALGORITHMS
 from study.store import DAMAGED, DONE, FAILED, StudyResults, load_results
 
 INTERVAL_KEY = "exploration.param_noise.interval"
@@ -57,7 +57,7 @@ def _targets(results: StudyResults) -> pd.Series:
 
 def _distance(results: StudyResults) -> str:
     """The distance adaptive parameter noise measures in this study's runs: rms, kl or mixed."""
-    kinds = {"kl" if ALGOS[spec.settings.algo].discrete else "rms" for spec in results.specs.values()}
+    kinds = {"kl" if ALGORITHMS[spec.settings.algo].discrete else "rms" for spec in results.specs.values()}
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
 

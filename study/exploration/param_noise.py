@@ -12,45 +12,13 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from study.exploration.distances import epsilon_to_kl
 from study.exploration.perturb import Perturbation
 from study.exploration.schedule import ResamplingCallback
+from study.registry import param_noise_defaults
 
 
 def derived_seed(seed: int, stream: str) -> int:
     """A seed for a named random stream, independent of the run's other streams."""
     entropy = [seed, *stream.encode()]
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-#: σ₀, δ and the ε-greedy rate on top, for settings left out (None), by action space (DESIGN.md §3)
-PARAM_NOISE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "continuous": {"initial_sigma": 0.2, "target_distance": 0.2, "target_epsilon": None, "epsilon": None},
-    "discrete": {"initial_sigma": 0.01, "target_distance": None, "target_epsilon": "schedule", "epsilon": 0.0},
-}
-
-
-def param_noise_defaults(
-    discrete: bool,
-    initial_sigma: float | None = None,
-    target_distance: float | None = None,
-    target_epsilon: float | Literal["schedule"] | None = None,
-    epsilon: float | None = None,
-) -> dict[str, Any]:
-    """The given settings, with `PARAM_NOISE_DEFAULTS` of the action space for those left out (None)."""
-    if target_distance is not None and target_epsilon is not None:
-        raise ValueError("target_distance and target_epsilon: choose one way to set δ")
-    given = {
-        "initial_sigma": initial_sigma,
-        "target_distance": target_distance,
-        "target_epsilon": target_epsilon,
-        "epsilon": epsilon,
-    }
-    if not discrete:
-        for key in ("target_epsilon", "epsilon"):
-            if given[key] is not None:
-                raise ValueError(f"{key}: only for discrete actions (DQN)")
-    resolved = PARAM_NOISE_DEFAULTS["discrete" if discrete else "continuous"].copy()
-    if target_distance is not None or target_epsilon is not None:  # δ is given: no default way to set it
-        resolved |= {"target_distance": None, "target_epsilon": None}
-    return resolved | {key: value for key, value in given.items() if value is not None}
 
 
 class ParamNoiseCallback(ResamplingCallback):

@@ -1,0 +1,97 @@
+"""What each algorithm can do, by its YAML name, and the defaults of parameter noise per action space.
+
+Plain data that configuration, launching and analysis read without importing any training code;
+the SB3 classes are named by import path and loaded on first use (`Algorithm.load`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+
+def resolve(path: str) -> Any:
+    """The object at "package.module:Name"."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An algorithm the studies can name: its SB3 classes and what it can do."""
+
+    cls: str  # the SB3 algorithm class, "module:Class"
+    policy: str  # its policy with a perturbable acting network
+    noisy_policy: str | None = None  # its NoisyNet policy
+    stochastic: bool = False  # explores by sampling its own stochastic policy
+    discrete: bool = False  # acts in discrete action spaces (value-based)
+    prioritized: bool = False  # learns from prioritized replay
+
+    @property
+    def noisy(self) -> bool:
+        return self.noisy_policy is not None
+
+    def load(self) -> type:
+        """The SB3 algorithm class."""
+        return resolve(self.cls)
+
+    @cache  # noqa: B019  (a handful of frozen registry entries)
+    def hyperparams(self) -> frozenset[str]:
+        """The constructor arguments a study may set under `hyperparams:`."""
+        return frozenset(inspect.signature(self.load().__init__).parameters) - {"self", "policy", "env"}
+
+    @cache  # noqa: B019
+    def default(self, name: str) -> Any:
+        """SB3's default for constructor argument `name` (None if it has none)."""
+        parameter = inspect.signature(self.load().__init__).parameters.get(name)
+        return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "td3": Algorithm("stable_baselines3:TD3", "study.policies:ParamNoiseTD3Policy"),
+    "ddpg": Algorithm("stable_baselines3:DDPG", "study.policies:ParamNoiseTD3Policy"),
+    "sac": Algorithm("stable_baselines3:SAC", "study.policies:ParamNoiseSACPolicy", stochastic=True),
+    "dqn": Algorithm(
+        "study.dqn:DQN",
+        "study.policies:ParamNoiseDQNPolicy",
+        noisy_policy="study.policies:NoisyDQNPolicy",
+        discrete=True,
+        prioritized=True,
+    ),
+    "qrdqn": Algorithm("study.dqn:QRDQN", "study.policies:ParamNoiseQRDQNPolicy", discrete=True),
+}
+
+#: σ₀, δ and the ε-greedy rate on top, for settings left out (None), by action space (DESIGN.md §3)
+PARAM_NOISE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "continuous": {"initial_sigma": 0.2, "target_distance": 0.2, "target_epsilon": None, "epsilon": None},
+    "discrete": {"initial_sigma": 0.01, "target_distance": None, "target_epsilon": "schedule", "epsilon": 0.0},
+}
+
+
+def param_noise_defaults(
+    discrete: bool,
+    initial_sigma: float | None = None,
+    target_distance: float | None = None,
+    target_epsilon: float | Literal["schedule"] | None = None,
+    epsilon: float | None = None,
+) -> dict[str, Any]:
+    """The given settings, with `PARAM_NOISE_DEFAULTS` of the action space for those left out (None)."""
+    if target_distance is not None and target_epsilon is not None:
+        raise ValueError("target_distance and target_epsilon: choose one way to set δ")
+    given = {
+        "initial_sigma": initial_sigma,
+        "target_distance": target_distance,
+        "target_epsilon": target_epsilon,
+        "epsilon": epsilon,
+    }
+    if not discrete:
+        for key in ("target_epsilon", "epsilon"):
+            if given[key] is not None:
+                raise ValueError(f"{key}: only for discrete actions (DQN)")
+    resolved = PARAM_NOISE_DEFAULTS["discrete" if discrete else "continuous"].copy()
+    if target_distance is not None or target_epsilon is not None:  # δ is given: no default way to set it
+        resolved |= {"target_distance": None, "target_epsilon": None}
+    return resolved | {key: value for key, value in given.items() if value is not None}

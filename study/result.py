@@ -1,0 +1,78 @@
+"""What one run produced (RunResult) and the columns of its tables: the data engines hand to the driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pandas as pd
+
+from study import provenance
+from study.config import RunSpec
+
+EPISODE_COLUMNS = {
+    "step": "int64",
+    "episode": "int64",
+    "return": "float64",
+    "length": "int64",
+    "continuity_cost": "float64",
+    "jerk_cost": "float64",
+    "sigma": "float64",
+    "warmup": "bool",
+    "switch_rate": "float64",
+}
+EVALUATION_COLUMNS = {
+    "step": "int64",
+    "return_mean": "float64",
+    "return_std": "float64",
+    "length_mean": "float64",
+    "continuity_cost": "float64",
+    "jerk_cost": "float64",
+    "optimal": "boolean",  # reached the env's `optimal_return`; NA for envs without one
+    "gradient_steps": "int64",  # the gradient steps the evaluated policy has had (0: untrained)
+}
+ADAPTATION_COLUMNS = {"step": "int64", "sigma": "float64", "distance": "float64"}
+
+
+def table(data: list[dict[str, Any]] | dict[str, Any], columns: dict[str, str]) -> pd.DataFrame:
+    """Rows (or a mapping of columns) as a DataFrame with fixed columns and dtypes, also when empty."""
+    return pd.DataFrame(data, columns=list(columns)).astype(columns)
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced, to be written by the driver."""
+
+    spec: RunSpec
+    status: Literal["done", "failed"]
+    meta: dict[str, Any]
+    episodes: pd.DataFrame = field(default_factory=lambda: table([], EPISODE_COLUMNS))
+    evaluations: pd.DataFrame = field(default_factory=lambda: table([], EVALUATION_COLUMNS))
+    adaptations: pd.DataFrame = field(default_factory=lambda: table([], ADAPTATION_COLUMNS))
+    error: str | None = None
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"episodes": self.episodes, "evaluations": self.evaluations, "adaptations": self.adaptations}
+
+    @property
+    def final_return(self) -> float:
+        return float(self.evaluations["return_mean"].iloc[-1]) if len(self.evaluations) else float("nan")
+
+
+def run_meta(spec: RunSpec, status: str, started: str | None) -> dict[str, Any]:
+    """The metadata every run record carries: what ran, its state, and what produced it."""
+    return {
+        "run_id": spec.run_id,
+        "study": spec.study,
+        "budget": spec.budget,
+        "env": spec.env,
+        "seed": spec.seed,
+        "factors": dict(spec.factors),
+        "status": status,
+        "started": started,
+        "ended": datetime.now(UTC).isoformat(),
+        "versions": provenance.package_versions(),
+        "code": provenance.code_version(),
+        "host": provenance.host(),
+    }
