@@ -189,8 +189,33 @@ def _init_ray(address: str | None, workers: int | None, verbose: bool) -> bool:
                 f"--address {address}: could not join the Ray cluster at {resolved}: {err}"
             ) from None
     else:
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), **options)  # never join another local instance
+        with _loopback_only():  # never join another local instance; listen on 127.0.0.1 only
+            ray.init(address="local", num_cpus=workers or os.cpu_count(), _system_config=LOCAL_RAY_CONFIG, **options)
     return True
+
+
+#: a local instance collects no metrics: no metrics agent, no exporter, one listening port fewer
+LOCAL_RAY_CONFIG = {"enable_metrics_collection": False}
+#: Ray's switch that makes a node use the loopback address (its default on macOS and Windows)
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start Ray's processes with the loopback address as the node's: every server binds 127.0.0.1."""
+    from ray._private import ray_constants
+
+    before_env, before_flag = os.environ.get(_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_SWITCH] = "0"  # the processes Ray starts read it
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it at import
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_CLUSTER_SWITCH] = before_env
 
 
 def run_study(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -233,6 +234,29 @@ def test_a_dead_raylet_leaves_runs_pending_and_a_rerun_completes_each_once(write
     after = {p.name: json.loads((p / "meta.json").read_text()) for p in completed(results, "lost")}
     assert len(after) == 8 and all(meta["status"] == DONE for meta in after.values())
     assert all(after[name]["started"] == meta["started"] for name, meta in before.items())  # never rerun
+
+
+def test_a_local_instance_listens_on_the_loopback_address_only(write_study, tmp_path: Path) -> None:
+    path = write_study({"name": "quiet", "envs": ["faulty_envs:Slow-v0"], "total_steps": 400, "budgets.full": 400})
+    driver = start_cli(path, tmp_path / "results", "--workers", "1")
+    tree = psutil.Process(driver.pid)
+
+    def running() -> list[psutil.Process]:
+        return [proc for proc in tree.children(recursive=True) if proc.name().startswith(f"ray::{TASK_NAME}")]
+
+    wait_for(running)
+    workers = {proc.pid for proc in running()}
+    pids = {tree.pid} | {proc.pid for proc in tree.children(recursive=True)}
+    listening = [
+        (conn.pid, ipaddress.ip_address(conn.laddr.ip))
+        for conn in psutil.net_connections("inet")
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
+    ]
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out + err
+    assert {pid for pid, _ in listening} >= {tree.pid, *workers}  # the driver's and the workers' servers seen
+    exposed = [str(ip) for _, ip in listening if not (getattr(ip, "ipv4_mapped", None) or ip).is_loopback]
+    assert listening and not exposed
 
 
 @pytest.fixture
