@@ -1,0 +1,132 @@
+"""The stacked engine: E members trained as one equal E SB3 models trained one by one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import DDPG, TD3
+from stable_baselines3.common.logger import Logger
+from torch import nn
+
+from study.policies import ParamNoiseTD3Policy
+from study.stacked.nets import StackedLinear, UnsupportedNetwork, stack_sequential
+from study.stacked.td3 import StackedBatch, StackedTD3
+
+E, BATCH, STEPS = 3, 16, 6
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def test_a_stacked_network_computes_each_members_network_on_its_slice() -> None:
+    th.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 2), nn.Tanh()) for _ in range(E)]
+    for net in nets:  # LayerNorm's affine parameters start at 1 and 0: make them differ between members
+        nn.init.normal_(net[1].weight), nn.init.normal_(net[1].bias)
+    x = th.randn(E, 5, 3)
+    expected = th.stack([net(x[i]) for i, net in enumerate(nets)])
+    stacked = stack_sequential(nets)
+    th.testing.assert_close(stacked(x), expected, rtol=RTOL, atol=ATOL)
+    with th.no_grad():  # the members' parameters are views of the stacked ones
+        stacked[0].weight[1].add_(1.0)
+    assert th.equal(nets[1][0].weight, stacked[0].weight[1]) and not th.equal(nets[0][0].weight, nets[1][0].weight)
+    assert isinstance(stacked[0], StackedLinear)
+
+
+def test_networks_with_other_layers_are_refused() -> None:
+    with pytest.raises(UnsupportedNetwork, match="Dropout"):
+        stack_sequential([nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)) for _ in range(2)])
+    with pytest.raises(UnsupportedNetwork, match="depth"):
+        stack_sequential([nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2), nn.ReLU())])
+
+
+def model(algo: type[TD3], seed: int, layer_norm: bool) -> TD3:
+    env = gym.make("Pendulum-v1")
+    built = algo(
+        ParamNoiseTD3Policy,
+        env,
+        seed=seed,
+        learning_rate=lambda progress: 1e-3 * progress,  # a schedule: each train call sets the rate
+        batch_size=BATCH,
+        buffer_size=500,
+        learning_starts=0,
+        policy_kwargs={"net_arch": [32, 32], "layer_norm": layer_norm},
+    )
+    built.set_logger(Logger(folder=None, output_formats=[]))
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        obs, next_obs = rng.normal(size=(2, 1, 3)).astype(np.float32)
+        done, truncated = rng.random() < 0.1, rng.random() < 0.5
+        built.replay_buffer.add(
+            obs, next_obs, rng.uniform(-1, 1, (1, 1)), rng.normal(size=1), np.array([done]),
+            [{"TimeLimit.truncated": done and truncated}],
+        )  # fmt: skip
+    return built
+
+
+def replay(batches: list) -> Callable[..., object]:
+    """A replay buffer's `sample` that hands out these batches in turn."""
+    given = iter(batches)
+    return lambda batch_size, env=None: next(given)
+
+
+def views(stacked: nn.Module, member: nn.Module, index: int) -> list[tuple[th.Tensor, th.Tensor]]:
+    """Pairs (member parameter, the stacked parameter whose slice `index` it views)."""
+    by_address = {param.data[index].data_ptr(): param for param in stacked.parameters()}
+    return [(param, by_address[param.data_ptr()]) for param in member.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("algo", "layer_norm"), [(TD3, False), (TD3, True), (DDPG, False)], ids=["td3", "td3-layernorm", "ddpg"]
+)
+def test_the_stacked_update_is_each_members_sb3_update(algo: type[TD3], layer_norm: bool) -> None:
+    seeds = [3, 11, 42][:E]
+    reference = [model(algo, seed, layer_norm) for seed in seeds]
+    members = [model(algo, seed, layer_norm) for seed in seeds]
+    for ref, member in zip(reference, members, strict=True):  # same seed, same initial networks
+        assert all(th.equal(a, b) for a, b in zip(ref.policy.parameters(), member.policy.parameters(), strict=True))
+    streams = [th.Generator().manual_seed(100 + i).get_state() for i in range(E)]  # each member's torch RNG
+    stacked = StackedTD3(members, [th.Generator().manual_seed(100 + i) for i in range(E)])
+    for call, progress in enumerate((1.0, 0.5)):  # two train() calls: the learning rate follows the schedule
+        drawn = []
+        for i, ref in enumerate(reference):
+            np.random.seed(10 * i + call)
+            buffer = ref.replay_buffer
+            drawn.append([type(buffer).sample(buffer, BATCH) for _ in range(STEPS)])
+            buffer.sample = replay(drawn[i])
+            ref._current_progress_remaining = progress
+            th.set_rng_state(streams[i])
+            ref.train(gradient_steps=STEPS, batch_size=BATCH)
+            streams[i] = th.get_rng_state()
+        fields = StackedBatch._fields[:5]
+        batches = [
+            StackedBatch(*(th.stack([getattr(d[step], f) for d in drawn]) for f in fields)) for step in range(STEPS)
+        ]
+        stacked.train(batches, progress)
+
+    assert stacked.actor_optimizer.param_groups[0]["lr"] == reference[0].actor.optimizer.param_groups[0]["lr"] == 5e-4
+    for i, (ref, member) in enumerate(zip(reference, members, strict=True)):
+        assert member._n_updates == ref._n_updates == 2 * STEPS
+        named = zip(ref.policy.named_parameters(), member.policy.named_parameters(), strict=True)
+        for (name, expected), (_, got) in named:
+            th.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL, msg=name)
+        pairs = [
+            (ref.actor.optimizer, ref.actor.mu, stacked.actor_optimizer, stacked.actor, member.actor.mu),
+            *(
+                (ref.critic.optimizer, ref_q, stacked.critic_optimizer, stacked_q, member_q)
+                for ref_q, stacked_q, member_q in zip(
+                    ref.critic.q_networks, stacked.critics, member.critic.q_networks, strict=True
+                )
+            ),
+        ]
+        for ref_optimizer, ref_net, optimizer, stacked_net, member_net in pairs:
+            for ref_param, (_, stacked_param) in zip(
+                ref_net.parameters(), views(stacked_net, member_net, i), strict=True
+            ):
+                for key in ("exp_avg", "exp_avg_sq"):
+                    expected = ref_optimizer.state[ref_param][key]
+                    scale = ATOL * float(expected.abs().max())  # float tolerance relative to the tensor's scale
+                    th.testing.assert_close(optimizer.state[stacked_param][key][i], expected, rtol=RTOL, atol=scale)
+                assert int(optimizer.state[stacked_param]["step"]) == int(ref_optimizer.state[ref_param]["step"])
