@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch as th
+from gymnasium import spaces
 from stable_baselines3 import TD3
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.utils import update_learning_rate
@@ -59,6 +60,8 @@ class StackedTD3:
             for net in (model.actor, model.actor_target, model.critic, model.critic_target):
                 if not isinstance(net.features_extractor, FlattenExtractor):
                     raise UnsupportedNetwork("features_extractor: only flat observations can be stacked")
+            if not isinstance(model.observation_space, spaces.Box) or len(model.observation_space.shape) != 1:
+                raise UnsupportedNetwork("observation space: only flat Box observations can be stacked")
         if len(generators) != len(models):
             raise ValueError("one random stream per member")
         self.models, self.generators = list(models), list(generators)
@@ -101,6 +104,9 @@ class StackedTD3:
         update_learning_rate(self.actor_optimizer, lr)
         update_learning_rate(self.critic_optimizer, lr)
         for batch in batches:
+            batch = batch._replace(  # SB3's preprocess_obs of a flat Box: as float32
+                observations=batch.observations.float(), next_observations=batch.next_observations.float()
+            )
             self.n_updates += 1
             discounts = batch.discounts if batch.discounts is not None else self.gamma
             with th.no_grad():
