@@ -22,7 +22,8 @@ from stable_baselines3 import TD3
 from stable_baselines3.common.logger import Logger
 
 from study.policies import ParamNoiseTD3Policy
-from study.stacked.td3 import StackedBatch, StackedTD3
+from study.stacked.common import StackedBatch
+from study.stacked.td3 import StackedTD3
 
 BATCH = 100
 

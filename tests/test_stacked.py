@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from stable_baselines3 import DDPG, TD3
+from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from torch import nn
 
-from study.policies import ParamNoiseTD3Policy
+from study.policies import ParamNoiseSACPolicy, ParamNoiseTD3Policy
+from study.stacked.common import StackedBatch
 from study.stacked.nets import StackedLinear, UnsupportedNetwork, stack_sequential
-from study.stacked.td3 import StackedBatch, StackedTD3
+from study.stacked.sac import StackedSAC
+from study.stacked.td3 import StackedTD3
 
 E, BATCH, STEPS = 3, 16, 6
 RTOL, ATOL = 1e-5, 1e-6
@@ -42,10 +46,10 @@ def test_networks_with_other_layers_are_refused() -> None:
         stack_sequential([nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2), nn.ReLU())])
 
 
-def model(algo: type[TD3], seed: int, layer_norm: bool) -> TD3:
+def model(algo: type[OffPolicyAlgorithm], seed: int, layer_norm: bool, **kwargs: Any) -> OffPolicyAlgorithm:
     env = gym.make("Pendulum-v1")
     built = algo(
-        ParamNoiseTD3Policy,
+        ParamNoiseSACPolicy if algo is SAC else ParamNoiseTD3Policy,
         env,
         seed=seed,
         learning_rate=lambda progress: 1e-3 * progress,  # a schedule: each train call sets the rate
@@ -53,6 +57,7 @@ def model(algo: type[TD3], seed: int, layer_norm: bool) -> TD3:
         buffer_size=500,
         learning_starts=0,
         policy_kwargs={"net_arch": [32, 32], "layer_norm": layer_norm},
+        **kwargs,
     )
     built.set_logger(Logger(folder=None, output_formats=[]))
     rng = np.random.default_rng(seed)
@@ -72,23 +77,26 @@ def replay(batches: list) -> Callable[..., object]:
     return lambda batch_size, env=None: next(given)
 
 
-def views(stacked: nn.Module, member: nn.Module, index: int) -> list[tuple[th.Tensor, th.Tensor]]:
-    """Pairs (member parameter, the stacked parameter whose slice `index` it views)."""
-    by_address = {param.data[index].data_ptr(): param for param in stacked.parameters()}
-    return [(param, by_address[param.data_ptr()]) for param in member.parameters()]
+CASES = {
+    "td3": (TD3, StackedTD3, False, {}),
+    "td3-layernorm": (TD3, StackedTD3, True, {}),
+    "ddpg": (DDPG, StackedTD3, False, {}),
+    "sac-auto-entropy": (SAC, StackedSAC, False, {"target_update_interval": 2}),
+    "sac-layernorm": (SAC, StackedSAC, True, {}),
+    "sac-fixed-entropy": (SAC, StackedSAC, False, {"ent_coef": 0.1}),
+}
 
 
-@pytest.mark.parametrize(
-    ("algo", "layer_norm"), [(TD3, False), (TD3, True), (DDPG, False)], ids=["td3", "td3-layernorm", "ddpg"]
-)
-def test_the_stacked_update_is_each_members_sb3_update(algo: type[TD3], layer_norm: bool) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_the_stacked_update_is_each_members_sb3_update(case: str) -> None:
+    algo, engine, layer_norm, kwargs = CASES[case]
     seeds = [3, 11, 42][:E]
-    reference = [model(algo, seed, layer_norm) for seed in seeds]
-    members = [model(algo, seed, layer_norm) for seed in seeds]
+    reference = [model(algo, seed, layer_norm, **kwargs) for seed in seeds]
+    members = [model(algo, seed, layer_norm, **kwargs) for seed in seeds]
     for ref, member in zip(reference, members, strict=True):  # same seed, same initial networks
         assert all(th.equal(a, b) for a, b in zip(ref.policy.parameters(), member.policy.parameters(), strict=True))
     streams = [th.Generator().manual_seed(100 + i).get_state() for i in range(E)]  # each member's torch RNG
-    stacked = StackedTD3(members, [th.Generator().manual_seed(100 + i) for i in range(E)])
+    stacked = engine(members, [th.Generator().manual_seed(100 + i) for i in range(E)])
     for call, progress in enumerate((1.0, 0.5)):  # two train() calls: the learning rate follows the schedule
         drawn = []
         for i, ref in enumerate(reference):
@@ -107,26 +115,32 @@ def test_the_stacked_update_is_each_members_sb3_update(algo: type[TD3], layer_no
         stacked.train(batches, progress)
 
     assert stacked.actor_optimizer.param_groups[0]["lr"] == reference[0].actor.optimizer.param_groups[0]["lr"] == 5e-4
+    optimizers = [stacked.actor_optimizer, stacked.critic_optimizer, getattr(stacked, "ent_coef_optimizer", None)]
     for i, (ref, member) in enumerate(zip(reference, members, strict=True)):
         assert member._n_updates == ref._n_updates == 2 * STEPS
         named = zip(ref.policy.named_parameters(), member.policy.named_parameters(), strict=True)
         for (name, expected), (_, got) in named:
             th.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL, msg=name)
+        stacked_params = {
+            param.data[i].data_ptr(): (optimizer, param)
+            for optimizer in filter(None, optimizers)
+            for group in optimizer.param_groups
+            for param in group["params"]
+        }
+        learned = [(ref.actor, member.actor), (ref.critic, member.critic)]
         pairs = [
-            (ref.actor.optimizer, ref.actor.mu, stacked.actor_optimizer, stacked.actor, member.actor.mu),
-            *(
-                (ref.critic.optimizer, ref_q, stacked.critic_optimizer, stacked_q, member_q)
-                for ref_q, stacked_q, member_q in zip(
-                    ref.critic.q_networks, stacked.critics, member.critic.q_networks, strict=True
-                )
-            ),
+            (net.optimizer, p, q)
+            for net, other in learned
+            for p, q in zip(net.parameters(), other.parameters(), strict=True)
         ]
-        for ref_optimizer, ref_net, optimizer, stacked_net, member_net in pairs:
-            for ref_param, (_, stacked_param) in zip(
-                ref_net.parameters(), views(stacked_net, member_net, i), strict=True
-            ):
-                for key in ("exp_avg", "exp_avg_sq"):
-                    expected = ref_optimizer.state[ref_param][key]
-                    scale = ATOL * float(expected.abs().max())  # float tolerance relative to the tensor's scale
-                    th.testing.assert_close(optimizer.state[stacked_param][key][i], expected, rtol=RTOL, atol=scale)
-                assert int(optimizer.state[stacked_param]["step"]) == int(ref_optimizer.state[ref_param]["step"])
+        if getattr(ref, "ent_coef_optimizer", None) is not None:
+            th.testing.assert_close(member.log_ent_coef, ref.log_ent_coef, rtol=RTOL, atol=ATOL)
+            pairs.append((ref.ent_coef_optimizer, ref.log_ent_coef, member.log_ent_coef))
+        for ref_optimizer, ref_param, member_param in pairs:
+            optimizer, stacked_param = stacked_params[member_param.data_ptr()]
+            state, expected_state = optimizer.state[stacked_param], ref_optimizer.state[ref_param]
+            assert int(state["step"]) == int(expected_state["step"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                expected = expected_state[key]
+                scale = ATOL * float(expected.abs().max())  # float tolerance relative to the tensor's scale
+                th.testing.assert_close(state[key][i].reshape(expected.shape), expected, rtol=RTOL, atol=scale)

@@ -1,0 +1,67 @@
+"""What the stacked updates share: the stacked batch, per-member random draws, target updates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.torch_layers import FlattenExtractor
+from torch import nn
+
+from study.stacked.nets import UnsupportedNetwork
+
+
+class StackedBatch(NamedTuple):
+    """One replay batch per member, stacked: [E, batch, ·]; `dones` already exclude time-limit ends."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    next_observations: th.Tensor
+    dones: th.Tensor
+    rewards: th.Tensor
+    discounts: th.Tensor | None = None  # n-step replay: γⁿ per transition
+
+    def preprocessed(self) -> StackedBatch:
+        """SB3's `preprocess_obs` of flat Box observations: as float32."""
+        return self._replace(observations=self.observations.float(), next_observations=self.next_observations.float())
+
+
+def check_members(models: Sequence[OffPolicyAlgorithm], shared: Iterable[str], nets: Iterable[str]) -> None:
+    """Refuse members that differ in a `shared` setting, or whose `nets` read other than flat Box observations."""
+    first = models[0]
+    for name in shared:
+        if any(getattr(model, name) != getattr(first, name) for model in models):
+            raise ValueError(f"{name}: the members of a stacked group must share it")
+    for model in models:
+        if not isinstance(model.observation_space, spaces.Box) or len(model.observation_space.shape) != 1:
+            raise UnsupportedNetwork("observation space: only flat Box observations can be stacked")
+        for name in nets:
+            if not isinstance(getattr(model, name).features_extractor, FlattenExtractor):
+                raise UnsupportedNetwork("features_extractor: only flat observations can be stacked")
+
+
+def member_normal(like: th.Tensor, generators: Sequence[th.Generator], std: float = 1.0) -> th.Tensor:
+    """[E, *like.shape]: member e's `like.clone().normal_(0, std)`, drawn from its own stream."""
+    return th.stack([th.empty_like(like).normal_(0, std, generator=generator) for generator in generators])
+
+
+def mse(prediction: th.Tensor, target: th.Tensor) -> th.Tensor:
+    """`F.mse_loss` of each member, [E]."""
+    return (prediction - target).pow(2).mean(dim=(1, 2))
+
+
+def polyak(params: Iterable[th.Tensor], targets: Iterable[th.Tensor], tau: float) -> None:
+    """SB3's `polyak_update` on stacked tensors (elementwise, so the same per member)."""
+    with th.no_grad():
+        for param, target in zip(params, targets, strict=True):
+            target.data.mul_(1 - tau)
+            th.add(target.data, param.data, alpha=tau, out=target.data)
+
+
+def q_values(critics: nn.ModuleList, obs: th.Tensor, actions: th.Tensor) -> list[th.Tensor]:
+    """SB3's `ContinuousCritic.forward` on stacked critics: one [E, batch, 1] per Q-network."""
+    q_input = th.cat([obs, actions], dim=-1)
+    return [q_net(q_input) for q_net in critics]

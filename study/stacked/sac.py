@@ -1,0 +1,133 @@
+"""The SAC update of E members at once, line by line SB3's `SAC.train()` on stacked networks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch as th
+from stable_baselines3 import SAC
+from stable_baselines3.common.utils import update_learning_rate
+from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
+from torch import nn
+
+from study.stacked.common import StackedBatch, check_members, member_normal, mse, polyak, q_values
+from study.stacked.nets import UnsupportedNetwork, stack_sequential
+
+#: settings every member of a group must share: they shape the stacked update
+SHARED = ("gamma", "tau", "target_update_interval", "target_entropy", "use_sde", "_n_updates")
+
+
+class StackedSAC:
+    """The actors, critics and entropy coefficients of E SAC models trained as one.
+
+    The models' networks (and `log_ent_coef`) become views of the stacked ones, so after `train`
+    each model holds its member's weights. `generators` are the members' torch random streams
+    (SB3 samples the policy's actions from the global one).
+    """
+
+    def __init__(self, models: Sequence[SAC], generators: Sequence[th.Generator]) -> None:
+        first = models[0]
+        check_members(models, SHARED, ("actor", "critic", "critic_target"))
+        if first.use_sde:
+            raise UnsupportedNetwork("exploration.gsde: not stacked yet")
+        if len(generators) != len(models):
+            raise ValueError("one random stream per member")
+        self.models, self.generators = list(models), list(generators)
+        self.gamma, self.tau = first.gamma, first.tau
+        self.target_update_interval, self.target_entropy = first.target_update_interval, first.target_entropy
+        self.lr_schedule = first.lr_schedule
+        self.n_updates = first._n_updates
+        self.latent_pi = stack_sequential([model.actor.latent_pi for model in models])
+        self.mu = stack_sequential([model.actor.mu for model in models])
+        self.log_std = stack_sequential([model.actor.log_std for model in models])
+        n_critics = len(first.critic.q_networks)
+        self.critics = nn.ModuleList(
+            stack_sequential([model.critic.q_networks[j] for model in models]) for j in range(n_critics)
+        )
+        self.critic_targets = nn.ModuleList(
+            stack_sequential([model.critic_target.q_networks[j] for model in models]) for j in range(n_critics)
+        )
+        self.critic_targets.requires_grad_(False)
+        policy = first.policy
+        lr = self.lr_schedule(1)
+        actor_params = [*self.latent_pi.parameters(), *self.mu.parameters(), *self.log_std.parameters()]
+        self.actor_optimizer = policy.optimizer_class(actor_params, lr=lr, **policy.optimizer_kwargs)
+        self.critic_optimizer = policy.optimizer_class(self.critics.parameters(), lr=lr, **policy.optimizer_kwargs)
+        self.log_ent_coef: nn.Parameter | None = None
+        self.ent_coef_optimizer: th.optim.Optimizer | None = None
+        if first.ent_coef_optimizer is not None:
+            self.log_ent_coef = nn.Parameter(th.cat([model.log_ent_coef.detach() for model in models]))  # [E]
+            for i, model in enumerate(models):
+                model.log_ent_coef.data = self.log_ent_coef.data[i : i + 1]
+            self.ent_coef_optimizer = th.optim.Adam([self.log_ent_coef], lr=lr)
+            self.ent_coef_tensor = None
+        else:
+            self.ent_coef_tensor = th.stack([model.ent_coef_tensor for model in models]).reshape(-1, 1, 1)
+
+    def action_log_prob(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """SB3's `Actor.action_log_prob` of each member: squashed Gaussian actions and their
+        log-probabilities ([E, batch, 1]), the Gaussian noise drawn from each member's stream."""
+        latent_pi = self.latent_pi(obs)
+        mean_actions = self.mu(latent_pi)
+        log_std = th.clamp(self.log_std(latent_pi), LOG_STD_MIN, LOG_STD_MAX)
+        std = th.ones_like(mean_actions) * log_std.exp()
+        gaussian_actions = mean_actions + member_normal(mean_actions[0], self.generators) * std
+        actions = th.tanh(gaussian_actions)
+        var = std**2
+        log_prob = -((gaussian_actions - mean_actions) ** 2) / (2 * var) - std.log() - math.log(math.sqrt(2 * math.pi))
+        log_prob = log_prob.sum(dim=-1)
+        log_prob -= th.sum(th.log(1 - actions**2 + 1e-6), dim=-1)
+        return actions, log_prob.unsqueeze(-1)
+
+    def train(self, batches: Iterable[StackedBatch], progress_remaining: float) -> None:
+        """One SB3 `train()` call of every member: a gradient step per batch."""
+        lr = self.lr_schedule(progress_remaining)
+        for optimizer in (self.actor_optimizer, self.critic_optimizer, self.ent_coef_optimizer):
+            if optimizer is not None:
+                update_learning_rate(optimizer, lr)
+        gradient_steps = 0
+        for gradient_step, batch in enumerate(batches):
+            batch = batch.preprocessed()
+            discounts = batch.discounts if batch.discounts is not None else self.gamma
+            actions_pi, log_prob = self.action_log_prob(batch.observations)
+
+            ent_coef_loss = None
+            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+                log_ent_coef = self.log_ent_coef.reshape(-1, 1, 1)
+                ent_coef = th.exp(log_ent_coef.detach())
+                ent_coef_loss = -(log_ent_coef * (log_prob + self.target_entropy).detach()).mean(dim=(1, 2))
+            else:
+                ent_coef = self.ent_coef_tensor
+
+            if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
+                self.ent_coef_optimizer.zero_grad()
+                ent_coef_loss.sum().backward()
+                self.ent_coef_optimizer.step()
+
+            with th.no_grad():
+                next_actions, next_log_prob = self.action_log_prob(batch.next_observations)
+                next_q_values = th.cat(q_values(self.critic_targets, batch.next_observations, next_actions), dim=-1)
+                next_q_values, _ = th.min(next_q_values, dim=-1, keepdim=True)
+                next_q_values = next_q_values - ent_coef * next_log_prob
+                target_q_values = batch.rewards + (1 - batch.dones) * discounts * next_q_values
+
+            current_q_values = q_values(self.critics, batch.observations, batch.actions)
+            critic_loss = 0.5 * sum(mse(current_q, target_q_values) for current_q in current_q_values)
+            self.critic_optimizer.zero_grad()
+            critic_loss.sum().backward()
+            self.critic_optimizer.step()
+
+            q_values_pi = th.cat(q_values(self.critics, batch.observations, actions_pi), dim=-1)
+            min_qf_pi, _ = th.min(q_values_pi, dim=-1, keepdim=True)
+            actor_loss = (ent_coef * log_prob - min_qf_pi).mean(dim=(1, 2))
+            self.actor_optimizer.zero_grad()
+            actor_loss.sum().backward()
+            self.actor_optimizer.step()
+
+            if gradient_step % self.target_update_interval == 0:
+                polyak(self.critics.parameters(), self.critic_targets.parameters(), self.tau)
+            gradient_steps += 1
+        self.n_updates += gradient_steps
+        for model in self.models:
+            model._n_updates = self.n_updates
