@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -39,14 +40,16 @@ class Algorithm:
         return resolve(self.cls)
 
     @cache  # noqa: B019  (a handful of frozen registry entries)
+    def _parameters(self) -> Mapping[str, inspect.Parameter]:
+        return inspect.signature(self.load().__init__).parameters
+
     def hyperparams(self) -> frozenset[str]:
         """The constructor arguments a study may set under `hyperparams:`."""
-        return frozenset(inspect.signature(self.load().__init__).parameters) - {"self", "policy", "env"}
+        return frozenset(self._parameters()) - {"self", "policy", "env"}
 
-    @cache  # noqa: B019
     def default(self, name: str) -> Any:
         """SB3's default for constructor argument `name` (None if it has none)."""
-        parameter = inspect.signature(self.load().__init__).parameters.get(name)
+        parameter = self._parameters().get(name)
         return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 

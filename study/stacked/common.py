@@ -11,7 +11,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import nn
 
-from study.stacked.nets import UnsupportedNetwork
+from study.stacked.nets import UnsupportedNetwork, stack_sequential
 
 
 class StackedBatch(NamedTuple):
@@ -29,8 +29,13 @@ class StackedBatch(NamedTuple):
         return self._replace(observations=self.observations.float(), next_observations=self.next_observations.float())
 
 
-def check_members(models: Sequence[OffPolicyAlgorithm], shared: Iterable[str], nets: Iterable[str]) -> None:
-    """Refuse members that differ in a `shared` setting, or whose `nets` read other than flat Box observations."""
+def check_members(
+    models: Sequence[OffPolicyAlgorithm], generators: Sequence[th.Generator], shared: Iterable[str], nets: Iterable[str]
+) -> None:
+    """Refuse members that differ in a `shared` setting, or whose `nets` read other than flat Box
+    observations, and a random stream count other than one per member."""
+    if len(generators) != len(models):
+        raise ValueError("one random stream per member")
     first = models[0]
     for name in shared:
         if any(getattr(model, name) != getattr(first, name) for model in models):
@@ -65,3 +70,17 @@ def q_values(critics: nn.ModuleList, obs: th.Tensor, actions: th.Tensor) -> list
     """SB3's `ContinuousCritic.forward` on stacked critics: one [E, batch, 1] per Q-network."""
     q_input = th.cat([obs, actions], dim=-1)
     return [q_net(q_input) for q_net in critics]
+
+
+def stack_critics(models: Sequence[OffPolicyAlgorithm], name: str) -> nn.ModuleList:
+    """The Q-networks of the members' `name` ("critic" or "critic_target"), each stacked over the members."""
+    n_critics = len(getattr(models[0], name).q_networks)
+    return nn.ModuleList(
+        stack_sequential([getattr(model, name).q_networks[j] for model in models]) for j in range(n_critics)
+    )
+
+
+def make_optimizer(model: OffPolicyAlgorithm, params: Iterable[th.Tensor]) -> th.optim.Optimizer:
+    """The optimizer SB3 gives the model's networks, over stacked parameters, at the initial learning rate."""
+    policy = model.policy
+    return policy.optimizer_class(params, lr=model.lr_schedule(1), **policy.optimizer_kwargs)

@@ -11,7 +11,16 @@ from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
 from torch import nn
 
-from study.stacked.common import StackedBatch, check_members, member_normal, mse, polyak, q_values
+from study.stacked.common import (
+    StackedBatch,
+    check_members,
+    make_optimizer,
+    member_normal,
+    mse,
+    polyak,
+    q_values,
+    stack_critics,
+)
 from study.stacked.nets import UnsupportedNetwork, stack_sequential
 
 #: settings every member of a group must share: they shape the stacked update
@@ -28,11 +37,9 @@ class StackedSAC:
 
     def __init__(self, models: Sequence[SAC], generators: Sequence[th.Generator]) -> None:
         first = models[0]
-        check_members(models, SHARED, ("actor", "critic", "critic_target"))
+        check_members(models, generators, SHARED, ("actor", "critic", "critic_target"))
         if first.use_sde:
             raise UnsupportedNetwork("exploration.gsde: not stacked yet")
-        if len(generators) != len(models):
-            raise ValueError("one random stream per member")
         self.models, self.generators = list(models), list(generators)
         self.gamma, self.tau = first.gamma, first.tau
         self.target_update_interval, self.target_entropy = first.target_update_interval, first.target_entropy
@@ -41,26 +48,18 @@ class StackedSAC:
         self.latent_pi = stack_sequential([model.actor.latent_pi for model in models])
         self.mu = stack_sequential([model.actor.mu for model in models])
         self.log_std = stack_sequential([model.actor.log_std for model in models])
-        n_critics = len(first.critic.q_networks)
-        self.critics = nn.ModuleList(
-            stack_sequential([model.critic.q_networks[j] for model in models]) for j in range(n_critics)
-        )
-        self.critic_targets = nn.ModuleList(
-            stack_sequential([model.critic_target.q_networks[j] for model in models]) for j in range(n_critics)
-        )
+        self.critics, self.critic_targets = stack_critics(models, "critic"), stack_critics(models, "critic_target")
         self.critic_targets.requires_grad_(False)
-        policy = first.policy
-        lr = self.lr_schedule(1)
         actor_params = [*self.latent_pi.parameters(), *self.mu.parameters(), *self.log_std.parameters()]
-        self.actor_optimizer = policy.optimizer_class(actor_params, lr=lr, **policy.optimizer_kwargs)
-        self.critic_optimizer = policy.optimizer_class(self.critics.parameters(), lr=lr, **policy.optimizer_kwargs)
+        self.actor_optimizer = make_optimizer(first, actor_params)
+        self.critic_optimizer = make_optimizer(first, self.critics.parameters())
         self.log_ent_coef: nn.Parameter | None = None
         self.ent_coef_optimizer: th.optim.Optimizer | None = None
         if first.ent_coef_optimizer is not None:
             self.log_ent_coef = nn.Parameter(th.cat([model.log_ent_coef.detach() for model in models]))  # [E]
             for i, model in enumerate(models):
                 model.log_ent_coef.data = self.log_ent_coef.data[i : i + 1]
-            self.ent_coef_optimizer = th.optim.Adam([self.log_ent_coef], lr=lr)
+            self.ent_coef_optimizer = th.optim.Adam([self.log_ent_coef], lr=self.lr_schedule(1))  # as SB3's
             self.ent_coef_tensor = None
         else:
             self.ent_coef_tensor = th.stack([model.ent_coef_tensor for model in models]).reshape(-1, 1, 1)

@@ -7,9 +7,17 @@ from collections.abc import Iterable, Sequence
 import torch as th
 from stable_baselines3 import TD3
 from stable_baselines3.common.utils import update_learning_rate
-from torch import nn
 
-from study.stacked.common import StackedBatch, check_members, member_normal, mse, polyak, q_values
+from study.stacked.common import (
+    StackedBatch,
+    check_members,
+    make_optimizer,
+    member_normal,
+    mse,
+    polyak,
+    q_values,
+    stack_critics,
+)
 from study.stacked.nets import stack_sequential
 
 #: settings every member of a group must share: they shape the stacked update
@@ -26,9 +34,7 @@ class StackedTD3:
 
     def __init__(self, models: Sequence[TD3], generators: Sequence[th.Generator]) -> None:
         first = models[0]
-        check_members(models, SHARED, ("actor", "actor_target", "critic", "critic_target"))
-        if len(generators) != len(models):
-            raise ValueError("one random stream per member")
+        check_members(models, generators, SHARED, ("actor", "actor_target", "critic", "critic_target"))
         self.models, self.generators = list(models), list(generators)
         self.gamma, self.tau, self.policy_delay = first.gamma, first.tau, first.policy_delay
         self.target_policy_noise, self.target_noise_clip = first.target_policy_noise, first.target_noise_clip
@@ -36,19 +42,11 @@ class StackedTD3:
         self.n_updates = first._n_updates
         self.actor = stack_sequential([model.actor.mu for model in models])
         self.actor_target = stack_sequential([model.actor_target.mu for model in models])
-        n_critics = len(first.critic.q_networks)
-        self.critics = nn.ModuleList(
-            stack_sequential([model.critic.q_networks[j] for model in models]) for j in range(n_critics)
-        )
-        self.critic_targets = nn.ModuleList(
-            stack_sequential([model.critic_target.q_networks[j] for model in models]) for j in range(n_critics)
-        )
+        self.critics, self.critic_targets = stack_critics(models, "critic"), stack_critics(models, "critic_target")
         self.actor_target.requires_grad_(False)
         self.critic_targets.requires_grad_(False)
-        policy = first.policy
-        lr = self.lr_schedule(1)
-        self.actor_optimizer = policy.optimizer_class(self.actor.parameters(), lr=lr, **policy.optimizer_kwargs)
-        self.critic_optimizer = policy.optimizer_class(self.critics.parameters(), lr=lr, **policy.optimizer_kwargs)
+        self.actor_optimizer = make_optimizer(first, self.actor.parameters())
+        self.critic_optimizer = make_optimizer(first, self.critics.parameters())
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch."""
