@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--budget", default="full", help="a budget named in the study (default: full)")
         sub.add_argument("--steps", type=int, help="override the budget's total steps per run")
         if name != "tune":
+            sub.add_argument("--engine", choices=["sb3", "stacked"], help="override the study's engine")
             sub.add_argument("--overlay", type=Path, help="settings applied after the budget (a best.yaml)")
         return sub
 
@@ -69,7 +70,9 @@ def _load(args: argparse.Namespace) -> Study:
         raise StudyError(f"--steps: must be a positive integer (got {args.steps})")
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise StudyError(f"--workers: must be at least 1 (got {args.workers})")
-    return load_study(args.study, budget=args.budget, steps=args.steps, overlay=args.overlay)
+    return load_study(
+        args.study, budget=args.budget, steps=args.steps, overlay=args.overlay, engine=getattr(args, "engine", None)
+    )
 
 
 def print_runs(study: Study, results: Path, console: Console) -> None:

@@ -214,6 +214,7 @@ class Hyperparams(_Strict):
 class Resources(_Strict):
     cpus: PositiveInt = 1
     gpus: NonNegativeFloat = 0
+    group_size: PositiveInt | None = None  # engine: stacked: at most this many runs per group (default 16)
 
 
 class _SharedSettings(_Strict):
@@ -232,6 +233,7 @@ class _SharedSettings(_Strict):
     activation: Literal["relu", "tanh"] = "relu"
     layer_norm: bool = False
     exploration: ExplorationSettings = ExplorationSettings()
+    engine: Literal["sb3", "stacked"] = "sb3"  # stacked: runs that differ in seed trained together
     resources: Resources = Resources()
 
     @field_validator("algo")
@@ -276,6 +278,36 @@ class _SharedSettings(_Strict):
                 raise ValueError(f"exploration.param_noise.{err}") from None
             object.__setattr__(self, "exploration", exploration.model_copy(update={"param_noise": param_noise}))
         return self
+
+    @model_validator(mode="after")
+    def _engine_runs_it(self) -> _SharedSettings:
+        if self.engine == "stacked":
+            problem = stacked_engine_problem(self)
+            if problem:
+                raise ValueError(f"{problem} (engine: stacked; engine: sb3 runs it)")
+        return self
+
+
+def stacked_engine_problem(settings: _SharedSettings) -> str | None:
+    """What in `settings` the stacked engine cannot run yet, or None."""
+    algo = ALGORITHMS[settings.algo]
+    if algo.stacked is None:
+        stacked = ", ".join(name for name, entry in ALGORITHMS.items() if entry.stacked)
+        return f"algo: {settings.algo} has no stacked update yet (stacked: {stacked})"
+    exploration = settings.exploration
+    unsupported = {
+        "exploration.gsde": exploration.gsde is not None,
+        "exploration.noisy_net": exploration.noisy_net is not None,
+        "replay.type": settings.replay.type != "uniform",
+        "features_extractor": settings.features_extractor != "flatten",
+        "env_wrapper": settings.env_wrapper != "none",
+    }
+    for key, present in unsupported.items():
+        if present:
+            return f"{key}: not stacked yet"
+    if settings.hyperparams.sb3_kwargs().get("train_freq", (1, "step"))[1] == "episode":
+        return "hyperparams.train_freq: in episodes, the members' rollouts would end at different steps"
+    return None
 
 
 def _check_env_id(env_id: str) -> str:
@@ -396,6 +428,9 @@ class TuneSettings(_Strict):
         return self
 
 
+NO_STACKED_CHECKPOINTS = "checkpoint_every: the stacked engine does not checkpoint its groups yet (engine: sb3 does)"
+
+
 class StudyFile(_SharedSettings):
     """The schema of a study YAML file (after the chosen budget is applied)."""
 
@@ -454,6 +489,12 @@ class StudyFile(_SharedSettings):
                 raise ValueError(f"env_overrides.{env}: not one of envs{did_you_mean(env, self.envs)}")
         return self
 
+    @model_validator(mode="after")
+    def _engine_checkpoints(self) -> StudyFile:
+        if self.checkpoint_every is not None and self.engine == "stacked":
+            raise ValueError(NO_STACKED_CHECKPOINTS)
+        return self
+
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
@@ -468,6 +509,12 @@ class RunSpec(_Strict):
     settings: RunSettings
     checkpoint_every: PositiveInt | None = None  # steps; does not change the results
 
+    @model_validator(mode="after")
+    def _engine_checkpoints(self) -> RunSpec:
+        if self.checkpoint_every is not None and self.settings.engine == "stacked":
+            raise ValueError(NO_STACKED_CHECKPOINTS)
+        return self
+
     @property
     def env(self) -> str:
         return self.settings.env
@@ -476,11 +523,12 @@ class RunSpec(_Strict):
     def spec_hash(self) -> str:
         """Short hash of everything that determines the run's results. Settings at their
         defaults are left out, so that a new setting (with a default that keeps the old
-        behaviour) does not orphan the results of existing runs."""
-        payload = json.dumps(
-            {"settings": self.settings.model_dump(mode="json", exclude_defaults=True), "seed": self.seed},
-            sort_keys=True,
-        )
+        behaviour) does not orphan the results of existing runs. The stacked engine's group
+        size changes no result and is left out too."""
+        settings = self.settings.model_dump(mode="json", exclude_defaults=True, exclude={"resources": {"group_size"}})
+        if settings.get("resources") == {}:
+            del settings["resources"]
+        payload = json.dumps({"settings": settings, "seed": self.seed}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:8]
 
     @property
@@ -732,6 +780,7 @@ def load_study(
     budget: str = FULL_BUDGET,
     steps: int | None = None,
     overlay: dict[str, Any] | str | Path | None = None,
+    engine: str | None = None,
 ) -> Study:
     """Read, validate and expand a study file; raises StudyError on any bad input.
 
@@ -781,6 +830,9 @@ def load_study(
     if steps is not None:
         doc = doc | {"total_steps": steps}
         layers.append(_Layer({"total_steps": steps}, None, "--steps"))
+    if engine is not None:
+        doc = doc | {"engine": engine}
+        layers.append(_Layer({"engine": engine}, None, "--engine"))
 
     try:
         file = StudyFile.model_validate(doc)

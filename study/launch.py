@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from study.config import RunSpec, Study, StudyError
 from study.result import RunResult, run_meta
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ray.exceptions import RayError
 
 TASK_NAME = "study_run"
+GROUP_TASK_NAME = "study_group"  # engine: stacked
 MAX_RETRIES = 3  # Ray re-executes a task whose worker process or node died, this many times
 PROBE_TIMEOUT_S = 5.0  # for the port of a cluster named by --address to accept a connection
 GCS_TIMEOUT_S = 2.0  # then for its GCS to answer (each of the three steps of connecting)
@@ -267,6 +268,47 @@ def _run_task(spec: RunSpec, checkpoint: str) -> RunResult:
     return execute(spec, checkpoint_dir=Path(checkpoint))
 
 
+def _run_group_task(specs: list[RunSpec]) -> list[RunResult]:
+    from study.stacked.group import run_group  # training code: imported by the workers only
+
+    return run_group(specs)
+
+
+#: a stacked group's size when `resources.group_size` is not set (16 members: 5× one SB3 run on a CPU)
+GROUP_SIZE = 16
+#: exploration settings the members of one stacked group may differ in (they leave every shape alone)
+MEMBER_SETTINGS = {
+    "exploration": {
+        "param_noise": {"interval", "adaptive", "initial_sigma", "target_distance", "adapt_every", "alpha"},
+        "action_noise": {"sigma", "theta"},
+    }
+}
+
+
+def plan_tasks(pending: list[RunSpec], slots: int = 1) -> list[list[RunSpec]]:
+    """The Ray tasks for the pending runs: each `engine: sb3` run alone; `engine: stacked` runs
+    that differ only in seed and `MEMBER_SETTINGS` in groups of at most `resources.group_size`,
+    split further while there are fewer tasks than `slots` to run them."""
+    tasks: list[list[RunSpec]] = []
+    alike: dict[str, list[RunSpec]] = {}
+    for spec in pending:
+        if spec.settings.engine != "stacked":
+            tasks.append([spec])
+            continue
+        shared = spec.settings.model_dump_json(exclude=MEMBER_SETTINGS | {"resources": {"group_size"}})
+        alike.setdefault(f"{spec.study}/{spec.budget}/{shared}", []).append(spec)
+    groups = []
+    for runs in alike.values():
+        size = runs[0].settings.resources.group_size or GROUP_SIZE
+        n = -(-len(runs) // size)
+        groups += [runs[i::n] for i in range(n)]
+    while len(tasks) + len(groups) < slots and any(len(group) > 1 for group in groups):
+        largest = max(groups, key=len)
+        groups.remove(largest)
+        groups += [largest[::2], largest[1::2]]
+    return tasks + groups
+
+
 def is_run_failure(err: RayError) -> bool:
     """Whether a Ray error is the run's own fault: its code raised (RayTaskError). Anything else —
     a worker process that kept dying (crash, OOM kill), a dead raylet or node, a lost object or
@@ -292,24 +334,28 @@ def _fan_out(
     import ray
     from ray.exceptions import RayError
 
-    task = ray.remote(_run_task)
-    refs = {}
-    for spec in pending:
-        resources = spec.settings.resources
-        options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": max_retries}
-        ref = task.options(name=TASK_NAME, **options).remote(spec, str(checkpoint_dir(results.resolve(), spec)))
-        refs[ref] = spec
     cpus_per_run = max(spec.settings.resources.cpus for spec in pending)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_run))
+    run_task, group_task = ray.remote(_run_task), ray.remote(_run_group_task)
+    refs: dict[Any, list[RunSpec]] = {}
+    for specs in plan_tasks(pending, slots):
+        resources = specs[0].settings.resources
+        options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": max_retries}
+        if specs[0].settings.engine == "stacked":
+            ref = group_task.options(name=GROUP_TASK_NAME, **options).remote(specs)
+        else:
+            where = str(checkpoint_dir(results.resolve(), specs[0]))
+            ref = run_task.options(name=TASK_NAME, **options).remote(specs[0], where)
+        refs[ref] = specs
     clock = time.monotonic()
 
     def emit(kind: str, result: RunResult | None = None) -> None:
         finished = len(summary.done) + len(summary.failed)
         elapsed = time.monotonic() - clock
-        left = len(refs)
+        left = sum(len(specs) for specs in refs.values())
         eta = elapsed / finished * left if finished else None
         if on_event:
-            running = min(left, slots)
+            running = sum(len(specs) for specs in list(refs.values())[:slots])
             on_event(Event(kind, len(summary.done), len(summary.failed), running, left - running, elapsed, eta, result))
 
     emit("start")
@@ -318,22 +364,24 @@ def _fan_out(
             try:
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
             except RayError as err:  # Ray itself is gone: every run still out is lost
-                summary.lost += [LostRun(spec, _first_line(err)) for spec in refs.values()]
+                summary.lost += [LostRun(spec, _first_line(err)) for specs in refs.values() for spec in specs]
                 refs.clear()
                 break
             for ref in ready:
-                spec = refs.pop(ref)
+                specs = refs.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    outcome = ray.get(ref)
                 except RayError as err:
                     if not is_run_failure(err):
-                        summary.lost.append(LostRun(spec, _first_line(err)))
+                        summary.lost += [LostRun(spec, _first_line(err)) for spec in specs]
                         emit("tick")
                         continue
-                    result = failed_result(spec, f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-                write_run(result, results)
-                (summary.done if result.status == DONE else summary.failed).append(result)
-                emit("result", result)
+                    error = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+                    outcome = [failed_result(spec, error) for spec in specs]
+                for result in outcome if isinstance(outcome, list) else [outcome]:
+                    write_run(result, results)
+                    (summary.done if result.status == DONE else summary.failed).append(result)
+                    emit("result", result)
             if not ready:
                 emit("tick")
     if interrupted.is_set():

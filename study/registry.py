@@ -30,6 +30,7 @@ class Algorithm:
     stochastic: bool = False  # explores by sampling its own stochastic policy
     discrete: bool = False  # acts in discrete action spaces (value-based)
     prioritized: bool = False  # learns from prioritized replay
+    stacked: str | None = None  # its update over E stacked members (engine: stacked), "module:Class"
 
     @property
     def noisy(self) -> bool:
@@ -54,9 +55,18 @@ class Algorithm:
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "td3": Algorithm("stable_baselines3:TD3", "study.policies:ParamNoiseTD3Policy"),
-    "ddpg": Algorithm("stable_baselines3:DDPG", "study.policies:ParamNoiseTD3Policy"),
-    "sac": Algorithm("stable_baselines3:SAC", "study.policies:ParamNoiseSACPolicy", stochastic=True),
+    "td3": Algorithm(
+        "stable_baselines3:TD3", "study.policies:ParamNoiseTD3Policy", stacked="study.stacked.td3:StackedTD3"
+    ),
+    "ddpg": Algorithm(
+        "stable_baselines3:DDPG", "study.policies:ParamNoiseTD3Policy", stacked="study.stacked.td3:StackedTD3"
+    ),
+    "sac": Algorithm(
+        "stable_baselines3:SAC",
+        "study.policies:ParamNoiseSACPolicy",
+        stochastic=True,
+        stacked="study.stacked.sac:StackedSAC",
+    ),
     "dqn": Algorithm(
         "study.dqn:DQN",
         "study.policies:ParamNoiseDQNPolicy",

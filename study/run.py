@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import torch as th
-from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
 from study import algos
@@ -23,12 +25,87 @@ from study.exploration.param_noise import ParamNoiseCallback, derived_seed
 from study.recording import EpisodeLimit, EpisodeRecorder, Evaluator
 from study.result import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, RunResult, run_meta, table
 
+OnEvaluation = Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class RunParts:
+    """What an engine drives for one run: the SB3 model, its callbacks (exploration, recording,
+    evaluation, episode limit), and its training and evaluation environments."""
+
+    model: BaseAlgorithm
+    callbacks: list[BaseCallback]
+    recorder: EpisodeRecorder
+    evaluator: Evaluator
+    noise: ParamNoiseCallback | NoisyNetCallback | None
+    envs: list[gym.Env]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def build_run(spec: RunSpec, on_evaluation: OnEvaluation | None = None) -> RunParts:
+    """Seed the global random streams with the run's seed and build its model, envs and callbacks."""
+    set_random_seed(spec.seed)
+    settings = spec.settings
+    envs = [
+        make_env(spec.env, settings.env_kwargs, settings.env_wrapper, evaluation=evaluation, task_seed=spec.seed)
+        for evaluation in (False, True)
+    ]
+    try:
+        model, callbacks = algos.build(settings, envs[0], spec.seed)
+        noise = next((cb for cb in callbacks if isinstance(cb, ParamNoiseCallback | NoisyNetCallback)), None)
+        recorder = EpisodeRecorder(sigma=(lambda: noise.sigma) if noise else None)
+        evaluator = Evaluator(envs[1], settings.eval, derived_seed(spec.seed, "eval-env"), on_evaluation)
+    except Exception:
+        for env in envs:
+            env.close()
+        raise
+    callbacks += [recorder, evaluator]
+    if settings.max_episodes is not None:
+        callbacks.append(EpisodeLimit(settings.max_episodes))
+    return RunParts(model, callbacks, recorder, evaluator, noise, envs)
+
+
+def run_result(
+    spec: RunSpec,
+    parts: RunParts | None,
+    error: str | None,
+    started: datetime,
+    wall: float,
+    resumed_at: int | None,
+    cpus: int,
+    **meta: Any,
+) -> RunResult:
+    """The RunResult of a finished (or failed, with `error`) run, its tables from `parts`."""
+    status = "failed" if error is not None else "done"
+    steps = parts.model.num_timesteps if parts is not None and error is None else 0
+    recorded = run_meta(spec, status, started.isoformat()) | {
+        "wall_time_s": wall,
+        "steps": steps,
+        "resumed_at": resumed_at,
+        "resume_version": None if resumed_at is None else RESUME_VERSION,
+        "steps_per_s": (steps - (resumed_at or 0)) / wall if wall > 0 else None,
+        "episodes": len(parts.recorder.rows) if parts is not None else 0,
+        "cpus": cpus,
+        "torch_threads": th.get_num_threads(),
+    }
+    result = RunResult(spec=spec, status=status, meta=recorded | meta, error=error)
+    if parts is not None:
+        result.episodes = table(parts.recorder.rows, EPISODE_COLUMNS)
+        result.evaluations = table(parts.evaluator.rows, EVALUATION_COLUMNS)
+        if parts.noise is not None:
+            result.adaptations = table(parts.noise.adaptations, ADAPTATION_COLUMNS)
+    result.meta["final_return"] = result.final_return
+    return result
+
 
 def execute(
     spec: RunSpec,
     cpus: int | None = None,
     checkpoint_dir: Path | None = None,
-    on_evaluation: Callable[[dict[str, Any]], bool] | None = None,
+    on_evaluation: OnEvaluation | None = None,
 ) -> RunResult:
     """Train and evaluate one run; exceptions become a failed RunResult with the traceback.
 
@@ -40,27 +117,14 @@ def execute(
     th.set_num_threads(cpus)
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    recorder = evaluator = noise = resumed_at = None
-    envs: list[gym.Env] = []
-    status, error = "done", None
+    parts = resumed_at = error = None
     try:
-        set_random_seed(spec.seed)
-        settings = spec.settings
-        envs = [
-            make_env(spec.env, settings.env_kwargs, settings.env_wrapper, evaluation=evaluation, task_seed=spec.seed)
-            for evaluation in (False, True)
-        ]
-        model, callbacks = algos.build(settings, envs[0], spec.seed)
-        noise = next((cb for cb in callbacks if isinstance(cb, ParamNoiseCallback | NoisyNetCallback)), None)
-        recorder = EpisodeRecorder(sigma=(lambda: noise.sigma) if noise else None)
-        evaluator = Evaluator(envs[1], settings.eval, derived_seed(spec.seed, "eval-env"), on_evaluation)
-        callbacks += [recorder, evaluator]
-        if settings.max_episodes is not None:
-            callbacks.append(EpisodeLimit(settings.max_episodes))
+        parts = build_run(spec, on_evaluation)
+        model, callbacks = parts.model, list(parts.callbacks)
         checkpointer = None
         if checkpoint_dir is not None and spec.checkpoint_every:
-            parts = {f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")}
-            checkpointer = Checkpointer(checkpoint_dir, spec.checkpoint_every, parts)
+            named = {f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")}
+            checkpointer = Checkpointer(checkpoint_dir, spec.checkpoint_every, named)
             resumed_at = model.num_timesteps if checkpointer.restore(model) else None
             callbacks.insert(0, checkpointer)
         model.learn(
@@ -68,31 +132,11 @@ def execute(
             callback=CallbackList(callbacks),
             reset_num_timesteps=resumed_at is None,
         )
-        steps = model.num_timesteps
         if checkpointer is not None:
             checkpointer.clear()
     except Exception:
-        status, error, steps = "failed", traceback.format_exc(), 0
+        error = traceback.format_exc()
     finally:
-        for env in envs:
-            env.close()
-    wall = time.perf_counter() - clock
-    meta = run_meta(spec, status, started.isoformat()) | {
-        "wall_time_s": wall,
-        "steps": steps,
-        "resumed_at": resumed_at,
-        "resume_version": None if resumed_at is None else RESUME_VERSION,
-        "steps_per_s": (steps - (resumed_at or 0)) / wall if wall > 0 else None,
-        "episodes": len(recorder.rows) if recorder is not None else 0,
-        "cpus": cpus,
-        "torch_threads": th.get_num_threads(),
-    }
-    result = RunResult(spec=spec, status=status, meta=meta, error=error)
-    if recorder is not None:
-        result.episodes = table(recorder.rows, EPISODE_COLUMNS)
-    if evaluator is not None:
-        result.evaluations = table(evaluator.rows, EVALUATION_COLUMNS)
-    if noise is not None:
-        result.adaptations = table(noise.adaptations, ADAPTATION_COLUMNS)
-    result.meta["final_return"] = result.final_return
-    return result
+        if parts is not None:
+            parts.close()
+    return run_result(spec, parts, error, started, time.perf_counter() - clock, resumed_at, cpus)

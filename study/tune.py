@@ -107,6 +107,8 @@ def load_tuning(path: str | Path, budget: str = FULL_BUDGET, steps: int | None =
         raise StudyError(f"{path}: tune: missing (a tuning file has a tune section)")
     if base.file.grid:
         raise StudyError(f"{path}: grid: a tuning file has no grid (its trials are the grid)")
+    if base.file.engine != "sb3":
+        raise StudyError(f"{path}: engine: tuning runs each trial's runs one by one (engine: sb3), to prune them")
     tuning = Tuning(path, budget, steps, base)
     for key, param in base.file.tune.search_space.items():
         values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]

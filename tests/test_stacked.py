@@ -16,7 +16,7 @@ from torch import nn
 
 from study.policies import ParamNoiseSACPolicy, ParamNoiseTD3Policy
 from study.stacked.common import StackedBatch
-from study.stacked.nets import StackedLinear, UnsupportedNetwork, stack_sequential
+from study.stacked.nets import StackedLinear, Unsupported, stack_sequential
 from study.stacked.sac import StackedSAC
 from study.stacked.td3 import StackedTD3
 
@@ -40,9 +40,9 @@ def test_a_stacked_network_computes_each_members_network_on_its_slice() -> None:
 
 
 def test_networks_with_other_layers_are_refused() -> None:
-    with pytest.raises(UnsupportedNetwork, match="Dropout"):
+    with pytest.raises(Unsupported, match="Dropout"):
         stack_sequential([nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)) for _ in range(2)])
-    with pytest.raises(UnsupportedNetwork, match="depth"):
+    with pytest.raises(Unsupported, match="depth"):
         stack_sequential([nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2), nn.ReLU())])
 
 

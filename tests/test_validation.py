@@ -271,7 +271,7 @@ BAD = [
     ("totl_steps: 5\n", "17: totl_steps: unknown key; did you mean 'total_steps'?"),
     ("hyperparms: {}\n", "17: hyperparms: unknown key; did you mean 'hyperparams'?"),
     ("resources: {cpu: 2}\n", "17: resources.cpu: unknown key; did you mean 'cpus'?"),
-    ("resources: {memory: 2}\n", "17: resources.memory: unknown key (known keys: cpus, gpus)"),
+    ("resources: {memory: 2}\n", "17: resources.memory: unknown key (known keys: cpus, gpus, group_size)"),
     ("replay: {type: proportional, rank: 3}\n", "17: replay.rank: unknown key (known keys: type, alpha, beta0, eps)"),
     ("tune: {search_space: {}}\n", "17: tune.trials: required, but not given"),
     ("replay: {alpha: 0.5}\n", "17: replay.type: required, but not given"),

@@ -11,7 +11,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import nn
 
-from study.stacked.nets import UnsupportedNetwork, stack_sequential
+from study.stacked.nets import Unsupported, stack_sequential
 
 
 class StackedBatch(NamedTuple):
@@ -42,10 +42,10 @@ def check_members(
             raise ValueError(f"{name}: the members of a stacked group must share it")
     for model in models:
         if not isinstance(model.observation_space, spaces.Box) or len(model.observation_space.shape) != 1:
-            raise UnsupportedNetwork("observation space: only flat Box observations can be stacked")
+            raise Unsupported("observation space: only flat Box observations can be stacked")
         for name in nets:
             if not isinstance(getattr(model, name).features_extractor, FlattenExtractor):
-                raise UnsupportedNetwork("features_extractor: only flat observations can be stacked")
+                raise Unsupported("features_extractor: only flat observations can be stacked")
 
 
 def member_normal(like: th.Tensor, generators: Sequence[th.Generator], std: float = 1.0) -> th.Tensor:

@@ -17,8 +17,8 @@ from torch.nn import functional as F
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Identity, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Sigmoid)
 
 
-class UnsupportedNetwork(ValueError):
-    """A network the stacked engine cannot stack (a module other than Linear, LayerNorm, activations)."""
+class Unsupported(ValueError):
+    """A setting the stacked engine cannot stack (e.g. a layer other than Linear, LayerNorm, activations)."""
 
 
 def _stack_into(tensors: Sequence[nn.Parameter]) -> nn.Parameter:
@@ -50,7 +50,7 @@ class StackedLayerNorm(nn.Module):
         super().__init__()
         first = layers[0]
         if len(first.normalized_shape) != 1 or not first.elementwise_affine:
-            raise UnsupportedNetwork("LayerNorm: only over the last axis, with affine parameters")
+            raise Unsupported("LayerNorm: only over the last axis, with affine parameters")
         self.normalized_shape, self.eps = first.normalized_shape, first.eps
         self.weight = _stack_into([layer.weight for layer in layers])  # [E, d]
         self.bias = _stack_into([layer.bias for layer in layers]) if first.bias is not None else None
@@ -67,12 +67,12 @@ def stack_sequential(nets: Sequence[nn.Module]) -> nn.Sequential:
     elementwise activations); the members' parameters become views of it."""
     flat = [list(net) if isinstance(net, nn.Sequential) else [net] for net in nets]
     if len({len(modules) for modules in flat}) != 1:
-        raise UnsupportedNetwork("the members' networks differ in depth")
+        raise Unsupported("the members' networks differ in depth")
     stacked: list[nn.Module] = []
     for parts in zip(*flat, strict=True):
         first = parts[0]
         if any(type(part) is not type(first) for part in parts):
-            raise UnsupportedNetwork("the members' networks differ in their layers")
+            raise Unsupported("the members' networks differ in their layers")
         if isinstance(first, nn.Sequential):
             stacked.append(stack_sequential(parts))
         elif isinstance(first, nn.Linear):
@@ -82,5 +82,5 @@ def stack_sequential(nets: Sequence[nn.Module]) -> nn.Sequential:
         elif isinstance(first, ELEMENTWISE):
             stacked.append(first)
         else:
-            raise UnsupportedNetwork(f"{type(first).__name__} layers cannot be stacked")
+            raise Unsupported(f"{type(first).__name__} layers cannot be stacked")
     return nn.Sequential(*stacked)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch as th
 from stable_baselines3 import SAC
@@ -21,7 +21,7 @@ from study.stacked.common import (
     q_values,
     stack_critics,
 )
-from study.stacked.nets import UnsupportedNetwork, stack_sequential
+from study.stacked.nets import Unsupported, stack_sequential
 
 #: settings every member of a group must share: they shape the stacked update
 SHARED = ("gamma", "tau", "target_update_interval", "target_entropy", "use_sde", "_n_updates")
@@ -39,7 +39,7 @@ class StackedSAC:
         first = models[0]
         check_members(models, generators, SHARED, ("actor", "critic", "critic_target"))
         if first.use_sde:
-            raise UnsupportedNetwork("exploration.gsde: not stacked yet")
+            raise Unsupported("exploration.gsde: not stacked yet")
         self.models, self.generators = list(models), list(generators)
         self.gamma, self.tau = first.gamma, first.tau
         self.target_update_interval, self.target_entropy = first.target_update_interval, first.target_entropy
@@ -64,20 +64,38 @@ class StackedSAC:
         else:
             self.ent_coef_tensor = th.stack([model.ent_coef_tensor for model in models]).reshape(-1, 1, 1)
 
-    def action_log_prob(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """SB3's `Actor.action_log_prob` of each member: squashed Gaussian actions and their
-        log-probabilities ([E, batch, 1]), the Gaussian noise drawn from each member's stream."""
+    def _gaussian(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Each member's Gaussian mean, standard deviation and sample (its noise from its stream)."""
         latent_pi = self.latent_pi(obs)
         mean_actions = self.mu(latent_pi)
         log_std = th.clamp(self.log_std(latent_pi), LOG_STD_MIN, LOG_STD_MAX)
         std = th.ones_like(mean_actions) * log_std.exp()
-        gaussian_actions = mean_actions + member_normal(mean_actions[0], self.generators) * std
+        return mean_actions, std, mean_actions + member_normal(mean_actions[0], self.generators) * std
+
+    def action_log_prob(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """SB3's `Actor.action_log_prob` of each member: squashed Gaussian actions and their
+        log-probabilities ([E, batch, 1]), the Gaussian noise drawn from each member's stream."""
+        mean_actions, std, gaussian_actions = self._gaussian(obs)
         actions = th.tanh(gaussian_actions)
         var = std**2
         log_prob = -((gaussian_actions - mean_actions) ** 2) / (2 * var) - std.log() - math.log(math.sqrt(2 * math.pi))
         log_prob = log_prob.sum(dim=-1)
         log_prob -= th.sum(th.log(1 - actions**2 + 1e-6), dim=-1)
         return actions, log_prob.unsqueeze(-1)
+
+    def acting(self) -> Callable[[th.Tensor], th.Tensor]:
+        """The members' exploring actions in [-1, 1], [E, n, ·] → [E, n, actions] (SB3's
+        `policy._predict(obs, deterministic=False)`): the squashed mean of the perturbed actors
+        while parameter noise acts, of the actors with `explore_mean`, else squashed samples."""
+        policy = self.models[0].policy
+        if getattr(policy, "explore_mean", False):
+            latent_pi, mu = self.latent_pi, self.mu
+        elif getattr(policy, "explore_perturbed", False):
+            latent_pi = stack_sequential([model.policy.perturbed_actor.latent_pi for model in self.models])
+            mu = stack_sequential([model.policy.perturbed_actor.mu for model in self.models])
+        else:
+            return lambda obs: th.tanh(self._gaussian(obs)[2])
+        return lambda obs: th.tanh(mu(latent_pi(obs)))
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch."""

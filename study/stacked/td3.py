@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch as th
 from stable_baselines3 import TD3
@@ -47,6 +47,15 @@ class StackedTD3:
         self.critic_targets.requires_grad_(False)
         self.actor_optimizer = make_optimizer(first, self.actor.parameters())
         self.critic_optimizer = make_optimizer(first, self.critics.parameters())
+
+    def acting(self) -> Callable[[th.Tensor], th.Tensor]:
+        """The members' exploring actions in [-1, 1], [E, n, ·] → [E, n, actions] (SB3's
+        `policy._predict(obs, deterministic=False)`): the perturbed actors while parameter noise
+        acts, else the actors."""
+        policy = self.models[0].policy
+        if getattr(policy, "explore_perturbed", False):
+            return stack_sequential([model.policy.perturbed_actor.mu for model in self.models])
+        return self.actor
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch."""

@@ -1,0 +1,212 @@
+"""The stacked engine: a group collects what SB3 runs collect, determinism, failures, grouping, refusals."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from stable_baselines3.common.callbacks import CallbackList
+
+import study.stacked.group as group_module
+from study.config import RunSettings, RunSpec, StudyError, load_study
+from study.launch import plan_tasks
+from study.run import RunParts, build_run, run_result
+from study.stacked.group import Group, Member, run_group
+from study.stacked.nets import Unsupported
+
+SEEDS = (0, 1, 2)
+#: the batched forward of the stacked actors rounds differently from one network's matrix-vector
+#: product in the last bits of the action, and the env's dynamics carry that through an episode;
+#: everything the runs count (steps, episode ends, resamples, σ decisions, evaluations) must be equal
+RTOL = 1e-5
+STATE_TOL = 1e-4
+
+
+def specs(algo: str = "td3", gradient_steps: int = 0, **settings: Any) -> list[RunSpec]:
+    base: dict[str, Any] = {
+        "algo": algo,
+        "env": "Pendulum-v1",
+        "env_kwargs": {"max_episode_steps": 90},
+        "total_steps": 400,
+        "net_arch": [16, 16],
+        "eval": {"freq": 200, "episodes": 1},
+        "hyperparams": {"learning_starts": 100, "batch_size": 16, "gradient_steps": gradient_steps},
+    }
+    return [RunSpec(study="t", budget="full", seed=seed, settings=RunSettings(**base | settings)) for seed in SEEDS]
+
+
+def sb3_run(spec: RunSpec) -> tuple[Any, RunParts]:
+    """The SB3 engine's run of `spec`, and its parts (to read its model and replay buffer)."""
+    parts = build_run(spec)
+    parts.model.learn(spec.settings.total_steps, callback=CallbackList(parts.callbacks))
+    return run_result(spec, parts, None, pd.Timestamp.now(tz="UTC"), 1.0, None, 1), parts
+
+
+def stacked_group(runs: list[RunSpec]) -> Group:
+    group = Group([Member(spec, build_run(spec)) for spec in runs])
+    group.learn()
+    return group
+
+
+def assert_same_tables(a: Any, b: Any, exact: bool = False) -> None:
+    for name, table in a.tables().items():
+        pd.testing.assert_frame_equal(table, b.tables()[name], check_exact=exact, rtol=RTOL)
+
+
+EXPLORATION = {
+    "td3 parameter noise, k = 5, adaptive": ("td3", {"param_noise": {"interval": 5, "adapt_every": 20}}),
+    "td3 OU action noise": ("td3", {"action_noise": {"type": "ou", "sigma": 0.3}}),
+    "ddpg Gaussian action noise": ("ddpg", {"action_noise": {"type": "normal", "sigma": 0.2}}),
+    "sac own noise": ("sac", {}),
+    "sac parameter noise, episode": ("sac", {"param_noise": {"interval": "episode", "adapt_every": 20}}),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPLORATION))
+def test_with_training_off_a_group_collects_what_each_sb3_run_collects(case: str) -> None:
+    algo, exploration = EXPLORATION[case]
+    runs = specs(algo, exploration=exploration)
+    group = stacked_group(runs)
+    for member, spec in zip(group.members, runs, strict=True):
+        assert member.error is None, member.error
+        expected, parts = sb3_run(spec)
+        model = parts.model
+        got = run_result(spec, member.parts, None, pd.Timestamp.now(tz="UTC"), 1.0, None, 1)
+        # the same episodes, ends, warm-up, σ schedule and resample points; the same evaluations
+        assert_same_tables(expected, got)
+        pd.testing.assert_frame_equal(expected.evaluations, got.evaluations, check_exact=True)
+        assert list(expected.episodes["length"]) == list(got.episodes["length"])
+        if member.parts.noise is not None:
+            assert member.parts.noise.resamples == parts.noise.resamples > 4
+        buffer, reference = member.model.replay_buffer, model.replay_buffer
+        assert (buffer.pos, buffer.full) == (reference.pos, reference.full) == (400, False)
+        for name in ("observations", "next_observations", "actions", "rewards"):
+            np.testing.assert_allclose(getattr(buffer, name), getattr(reference, name), rtol=STATE_TOL, atol=STATE_TOL)
+        for name in ("dones", "timeouts"):
+            np.testing.assert_array_equal(getattr(buffer, name), getattr(reference, name))
+        assert member.model.num_timesteps == model.num_timesteps == 400
+        assert member.model._episode_num == model._episode_num == 4
+
+
+def test_a_group_trains_each_member_as_its_sb3_run_to_float_tolerance_at_first() -> None:
+    runs = specs("td3", gradient_steps=1, total_steps=150, exploration={"param_noise": {"interval": 5}})
+    group = stacked_group(runs)
+    for member, spec in zip(group.members, runs, strict=True):
+        model = sb3_run(spec)[1].model
+        assert member.model._n_updates == model._n_updates == 50
+        for got, expected in zip(member.model.policy.parameters(), model.policy.parameters(), strict=True):
+            np.testing.assert_allclose(got.detach().numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_same_group_twice_gives_identical_tables() -> None:
+    runs = specs("sac", gradient_steps=1, total_steps=200, exploration={"param_noise": {"interval": 5}})
+    first, second = run_group(runs, cpus=1), run_group(runs, cpus=1)
+    for a, b in zip(first, second, strict=True):
+        assert a.status == b.status == "done", a.error
+        assert a.meta["engine"] == "stacked" and a.meta["group"] == [spec.run_id for spec in runs]
+        assert_same_tables(a, b, exact=True)
+
+
+def test_a_member_that_raises_fails_alone_and_the_others_are_unchanged(monkeypatch) -> None:
+    runs = specs("td3", gradient_steps=1, total_steps=300, exploration={"action_noise": {"type": "normal"}})
+    alone = run_group([runs[0], runs[2]], cpus=1)
+
+    def build_breaking_seed_1(spec: RunSpec) -> Any:
+        parts = build_run(spec)
+        if spec.seed == 1:
+            env, step = parts.model.env.envs[0], parts.model.env.envs[0].step
+            calls = iter(range(10**6))
+
+            def step_then_raise(action: Any) -> Any:
+                if next(calls) == 150:
+                    raise RuntimeError("the simulator crashed")
+                return step(action)
+
+            env.step = step_then_raise
+        return parts
+
+    monkeypatch.setattr(group_module, "build_run", build_breaking_seed_1)
+    results = run_group(runs, cpus=1)
+    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert "the simulator crashed" in results[1].error and results[1].meta["steps"] == 0
+    for result, expected in zip([results[0], results[2]], alone, strict=True):
+        assert_same_tables(expected, result, exact=True)
+
+
+@pytest.mark.parametrize(
+    ("algo", "settings", "message"),
+    [
+        ("dqn", {"env": "CartPole-v1"}, "dqn has no stacked update"),
+        ("sac", {"exploration": {"gsde": {}}, "hyperparams": {"train_freq": "episode"}}, "train_freq"),
+    ],
+)
+def test_what_cannot_be_stacked_fails_every_member_with_the_reason(algo: str, settings: dict, message: str) -> None:
+    runs = specs(algo, **settings)
+    results = run_group(runs, cpus=1)
+    assert {r.status for r in results} == {"failed"}
+    assert all(message in r.error and Unsupported.__name__ in r.error for r in results)
+
+
+def test_the_launcher_groups_runs_that_differ_in_seed_and_exploration_scalars(write_study) -> None:
+    study = load_study(
+        write_study(
+            {"engine": "stacked", "seeds": 10, "grid": {"exploration.param_noise.interval": [5, 50]}},
+        )
+    )
+    other = load_study(write_study({"engine": "stacked", "exploration": {"action_noise": {"type": "normal"}}}))
+    sb3 = load_study(write_study({"seeds": 2}))
+    pending = study.runs + other.runs + sb3.runs
+    tasks = plan_tasks(pending, slots=2)
+    assert sorted(spec.run_id for task in tasks for spec in task) == sorted(spec.run_id for spec in pending)
+    assert sorted(len(task) for task in tasks) == [1, 1, 1, 10, 10]  # 20 alike runs: at most 16 in a group
+    for task in tasks:
+        assert len({(spec.settings.engine, spec.settings.exploration.param_noise is None) for spec in task}) == 1
+        assert len({spec.settings.exploration.action_noise.type for spec in task}) == 1
+    assert {len(task) for task in plan_tasks(study.runs, slots=8)} == {2, 3}  # split until every slot has work
+    small = load_study(write_study({"engine": "stacked", "seeds": 10, "resources": {"group_size": 4}}))
+    assert sorted(len(task) for task in plan_tasks(small.runs)) == [3, 3, 4]
+    assert small.runs[0].run_id == load_study(write_study({"engine": "stacked", "seeds": 10})).runs[0].run_id
+
+
+def test_the_engine_is_part_of_a_runs_identity_and_the_command_line_sets_it(write_study) -> None:
+    path = write_study()
+    sb3, stacked = load_study(path), load_study(path, engine="stacked")
+    assert stacked.runs[0].settings.engine == "stacked" and sb3.runs[0].settings.engine == "sb3"
+    assert stacked.runs[0].run_id != sb3.runs[0].run_id  # its numbers differ in the last bits
+    assert sb3.runs[0].run_id == load_study(write_study({"engine": "sb3"})).runs[0].run_id
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"algo": "dqn", "envs": ["CartPole-v1"], "exploration": {}}, "algo: dqn has no stacked update yet"),
+        (
+            {
+                "algo": "sac",
+                "exploration.param_noise": None,
+                "exploration.gsde": {},
+                "hyperparams.train_freq": "episode",
+            },
+            "exploration.gsde: not stacked yet",
+        ),
+        ({"hyperparams": {"train_freq": [1, "episode"]}}, "hyperparams.train_freq: in episodes"),
+        ({"checkpoint_every": 100}, "checkpoint_every: the stacked engine does not checkpoint"),
+    ],
+)
+def test_what_the_stacked_engine_cannot_run_is_refused_at_load(write_study, overrides: dict, message: str) -> None:
+    path = write_study({"engine": "stacked", **overrides})
+    with pytest.raises(StudyError, match=re.escape(message)) as err:
+        load_study(path)
+    assert str(path) in str(err.value)
+    run = subprocess.run(
+        [sys.executable, "-m", "study", "run", str(write_study(overrides, name="cli.yaml")), "--engine", "stacked"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2 and message in run.stderr + run.stdout
