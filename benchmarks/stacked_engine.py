@@ -1,10 +1,10 @@
 """Whole-run throughput of the stacked engine against the SB3 engine, one torch thread, side by side.
 
-For TD3 and SAC (64-64, batch 100, parameter noise k = 5, Pendulum-v1), one `engine: sb3` run and groups of
-E = 1, 2, 4, 8, 16, 32 `engine: stacked` runs train `--steps` environment steps each, every
-measurement in its own fresh process, one after another. Printed per E: environment steps per
-second of all members, its ratio over the SB3 run's, and the peak memory each member adds
-((peak RSS of the group − peak RSS of E = 1) / (E − 1)).
+For TD3 and SAC (64-64, batch 100, parameter noise k = 5, Pendulum-v1) and each E = 1, 2, 4, 8,
+16, 32: one `engine: sb3` run, then a group of E `engine: stacked` runs, each training `--steps`
+environment steps per run in its own fresh process, one right after the other so that both see
+the same load. Printed per E: environment steps per second of all members, the SB3 run's, their
+ratio, and the peak memory each member adds ((peak RSS of the group − peak RSS of E = 1) / (E − 1)).
 
     python benchmarks/stacked_engine.py [--members 1,2,4,8,16,32] [--steps 3000] [--algos td3,sac]
 """
@@ -73,16 +73,16 @@ def main() -> None:
             command = [sys.executable, __file__, "--steps", str(args.steps), "--one", algo, str(members)]
             return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
-        sb3 = run(0)
-        print(f"{algo} 64-64, {ENVS[algo]}: SB3 engine {sb3['steps_per_s']:.0f} steps/s")
-        print("  E   steps/s   × SB3   MB per member")
+        print(f"{algo} 64-64, {ENVS[algo]}")
+        print("  E   stacked steps/s   SB3 steps/s   ratio   MB per member")
         base = None
         for members in map(int, args.members.split(",")):
-            got = run(members)
+            sb3, got = run(0), run(members)
             base = base or got
             per_member = (got["rss_mb"] - base["rss_mb"]) / (members - 1) if members > 1 else float("nan")
             ratio = got["steps_per_s"] / sb3["steps_per_s"]
-            print(f"{members:>3} {got['steps_per_s']:>9.0f} {ratio:>7.2f} {per_member:>14.1f}", flush=True)
+            speeds = f"{got['steps_per_s']:>17.0f} {sb3['steps_per_s']:>13.0f}"
+            print(f"{members:>3} {speeds} {ratio:>7.2f} {per_member:>15.1f}", flush=True)
 
 
 if __name__ == "__main__":

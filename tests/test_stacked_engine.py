@@ -114,11 +114,11 @@ def test_the_same_group_twice_gives_identical_tables() -> None:
 
 def test_a_member_that_raises_fails_alone_and_the_others_are_unchanged(monkeypatch) -> None:
     runs = specs("td3", gradient_steps=1, total_steps=300, exploration={"action_noise": {"type": "normal"}})
-    alone = run_group([runs[0], runs[2]], cpus=1)
+    alone = run_group(runs[1:], cpus=1)
 
-    def build_breaking_seed_1(spec: RunSpec) -> Any:
+    def build_breaking_seed_0(spec: RunSpec) -> Any:
         parts = build_run(spec)
-        if spec.seed == 1:
+        if spec.seed == 0:
             env, step = parts.model.env.envs[0], parts.model.env.envs[0].step
             calls = iter(range(10**6))
 
@@ -130,11 +130,11 @@ def test_a_member_that_raises_fails_alone_and_the_others_are_unchanged(monkeypat
             env.step = step_then_raise
         return parts
 
-    monkeypatch.setattr(group_module, "build_run", build_breaking_seed_1)
+    monkeypatch.setattr(group_module, "build_run", build_breaking_seed_0)
     results = run_group(runs, cpus=1)
-    assert [r.status for r in results] == ["done", "failed", "done"]
-    assert "the simulator crashed" in results[1].error and results[1].meta["steps"] == 0
-    for result, expected in zip([results[0], results[2]], alone, strict=True):
+    assert [r.status for r in results] == ["failed", "done", "done"]
+    assert "the simulator crashed" in results[0].error and results[0].meta["steps"] == 0
+    for result, expected in zip(results[1:], alone, strict=True):
         assert_same_tables(expected, result, exact=True)
 
 

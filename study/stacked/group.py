@@ -97,6 +97,8 @@ class Group:
                 raise ValueError(f"{name}: the members of a stacked group must share it")
         if len({member.spec.settings.total_steps for member in members}) != 1:
             raise ValueError("total_steps: the members of a stacked group must share it")
+        if len({(type(m.model.action_noise), type(m.parts.noise)) for m in members}) != 1:
+            raise ValueError("exploration: the members of a stacked group must share their kinds of noise")
         if first.train_freq.unit != TrainFrequencyUnit.STEP:
             raise Unsupported("hyperparams.train_freq: episodes end at different steps in each member")
         if first.use_sde:
@@ -120,6 +122,11 @@ class Group:
     def active(self) -> list[Member]:
         return [member for member in self.members if member.active]
 
+    @property
+    def lead(self) -> OffPolicyAlgorithm:
+        """An active member's model: its step count and progress are every active member's."""
+        return self.active[0].model
+
     def learn(self) -> None:
         """SB3's `learn()` of every member, to its `total_steps`."""
         for member in self.members:
@@ -127,13 +134,13 @@ class Group:
             _, member.callback = member.model._setup_learn(total, member.callback)
             member.callback.on_training_start(locals(), globals())
         self.acting = self.learner.acting()
-        first = self.models[0]
-        while self.active and first.num_timesteps < first._total_timesteps:
+        while self.active and self.lead.num_timesteps < self.lead._total_timesteps:
             collected = self.collect_rollouts()
             if not self.active:
                 break
-            if first.num_timesteps > 0 and first.num_timesteps > first.learning_starts:
-                gradient_steps = first.gradient_steps if first.gradient_steps >= 0 else collected
+            lead = self.lead
+            if lead.num_timesteps > 0 and lead.num_timesteps > lead.learning_starts:
+                gradient_steps = lead.gradient_steps if lead.gradient_steps >= 0 else collected
                 if gradient_steps > 0:
                     self.train(gradient_steps)
         for member in self.active:
@@ -142,9 +149,8 @@ class Group:
     def train(self, gradient_steps: int) -> None:
         """One SB3 `train(gradient_steps, batch_size)` of every member."""
         rngs = [member.rng for member in self.members]
-        batch_size = self.models[0].batch_size
-        batches = (self.buffer.sample(batch_size, rngs) for _ in range(gradient_steps))
-        self.learner.train(batches, self.models[0]._current_progress_remaining)
+        batches = (self.buffer.sample(self.lead.batch_size, rngs) for _ in range(gradient_steps))
+        self.learner.train(batches, self.lead._current_progress_remaining)
 
     def collect_rollouts(self) -> int:
         """SB3's `collect_rollouts()` of every active member: `train_freq` steps each; the steps collected."""
@@ -161,8 +167,8 @@ class Group:
 
     def sample_actions(self) -> tuple[np.ndarray, np.ndarray]:
         """SB3's `_sample_action()` of every member: ([E, 1, ·] actions for the envs, for the buffers)."""
-        first, members = self.models[0], self.members
-        if first.num_timesteps < first.learning_starts:
+        lead, members = self.lead, self.members
+        if lead.num_timesteps < lead.learning_starts:
             unscaled = np.stack(
                 [[m.model.action_space.sample()] if m.active else self._warmup_filler() for m in members]
             )
@@ -172,8 +178,8 @@ class Group:
                 actions = self.acting(obs.float()).cpu().numpy()
             unscaled = self.policy.unscale_action(actions)  # `predict` returns actions in the env's bounds
         scaled = self.policy.scale_action(unscaled)
-        if first.action_noise is not None:
-            draw = ACTION_NOISE[type(first.action_noise)]
+        if lead.action_noise is not None:
+            draw = ACTION_NOISE[type(lead.action_noise)]
             noise = np.stack(
                 [draw(m.model.action_noise, m.rng) if m.active else np.zeros_like(scaled[0, 0]) for m in members]
             )
