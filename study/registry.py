@@ -73,8 +73,14 @@ ALGORITHMS: dict[str, Algorithm] = {
         noisy_policy="study.policies:NoisyDQNPolicy",
         discrete=True,
         prioritized=True,
+        stacked="study.stacked.dqn:StackedDQN",
     ),
-    "qrdqn": Algorithm("study.dqn:QRDQN", "study.policies:ParamNoiseQRDQNPolicy", discrete=True),
+    "qrdqn": Algorithm(
+        "study.dqn:QRDQN",
+        "study.policies:ParamNoiseQRDQNPolicy",
+        discrete=True,
+        stacked="study.stacked.dqn:StackedQRDQN",
+    ),
 }
 
 #: σ₀, δ and the ε-greedy rate on top, for settings left out (None), by action space (DESIGN.md §3)

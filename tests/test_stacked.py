@@ -14,7 +14,9 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from torch import nn
 
-from study.policies import ParamNoiseSACPolicy, ParamNoiseTD3Policy
+from study.dqn import DQN, QRDQN
+from study.policies import ParamNoiseDQNPolicy, ParamNoiseQRDQNPolicy, ParamNoiseSACPolicy, ParamNoiseTD3Policy
+from study.stacked.dqn import StackedDQN, StackedQRDQN
 from study.stacked.common import StackedBatch
 from study.stacked.nets import StackedLinear, Unsupported, stack_sequential
 from study.stacked.sac import StackedSAC
@@ -144,3 +146,67 @@ def test_the_stacked_update_is_each_members_sb3_update(case: str) -> None:
                 expected = expected_state[key]
                 scale = ATOL * float(expected.abs().max())  # float tolerance relative to the tensor's scale
                 th.testing.assert_close(state[key][i].reshape(expected.shape), expected, rtol=RTOL, atol=scale)
+
+
+def q_model(algo: type[DQN | QRDQN], seed: int, layer_norm: bool, **kwargs: Any) -> DQN | QRDQN:
+    policy = ParamNoiseQRDQNPolicy if algo is QRDQN else ParamNoiseDQNPolicy
+    extra = {"n_quantiles": 5} if algo is QRDQN else {}
+    built = algo(
+        policy, gym.make("CartPole-v1"), seed=seed, learning_rate=lambda progress: 1e-3 * progress,
+        batch_size=BATCH, buffer_size=500, learning_starts=0,
+        policy_kwargs={"net_arch": [32, 32], "layer_norm": layer_norm, **extra}, **kwargs,
+    )  # fmt: skip
+    built.set_logger(Logger(folder=None, output_formats=[]))
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        obs, next_obs = rng.normal(size=(2, 1, 4)).astype(np.float32)
+        done = rng.random() < 0.1
+        built.replay_buffer.add(
+            obs, next_obs, rng.integers(0, 2, (1, 1)), rng.normal(size=1), np.array([done]), [{}]
+        )  # fmt: skip
+    return built
+
+
+Q_CASES = {
+    "dqn, gradient norm clipped": (DQN, StackedDQN, False, {"max_grad_norm": 0.05}),
+    "dqn-layernorm": (DQN, StackedDQN, True, {}),
+    "qrdqn, gradient norm clipped": (QRDQN, StackedQRDQN, False, {"max_grad_norm": 0.05}),
+}
+
+
+@pytest.mark.parametrize("case", Q_CASES)
+def test_the_stacked_q_update_is_each_members_update(case: str) -> None:
+    algo, engine, layer_norm, kwargs = Q_CASES[case]
+    seeds = [3, 11, 42][:E]
+    reference = [q_model(algo, seed, layer_norm, **kwargs) for seed in seeds]
+    members = [q_model(algo, seed, layer_norm, **kwargs) for seed in seeds]
+    stacked = engine(members, [th.Generator() for _ in seeds])
+    for call, progress in enumerate((1.0, 0.5)):
+        drawn = []
+        for i, ref in enumerate(reference):
+            np.random.seed(10 * i + call)
+            buffer = ref.replay_buffer
+            drawn.append([type(buffer).sample(buffer, BATCH) for _ in range(STEPS)])
+            buffer.sample = replay(drawn[i])
+            ref._current_progress_remaining = progress
+            ref.train(gradient_steps=STEPS, batch_size=BATCH)
+        fields = StackedBatch._fields[:5]
+        batches = [
+            StackedBatch(*(th.stack([getattr(d[step], f) for d in drawn]) for f in fields)) for step in range(STEPS)
+        ]
+        stacked.train(batches, progress)
+
+    assert stacked.optimizer.param_groups[0]["lr"] == reference[0].policy.optimizer.param_groups[0]["lr"] == 5e-4
+    net = stacked.net_name
+    stacked_params = {param.data[i].data_ptr(): (param, i) for param in stacked.net.parameters() for i in range(E)}
+    for ref, member in zip(reference, members, strict=True):
+        assert member._n_updates == ref._n_updates == 2 * STEPS
+        pairs = zip(getattr(ref, net).parameters(), getattr(member, net).parameters(), strict=True)
+        for expected, got in pairs:
+            th.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+            param, i = stacked_params[got.data_ptr()]
+            state, expected_state = stacked.optimizer.state[param], ref.policy.optimizer.state[expected]
+            assert int(state["step"]) == int(expected_state["step"]) == 2 * STEPS
+            for key in ("exp_avg", "exp_avg_sq"):
+                scale = ATOL * float(expected_state[key].abs().max())
+                th.testing.assert_close(state[key][i], expected_state[key], rtol=RTOL, atol=scale)

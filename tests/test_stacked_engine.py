@@ -93,6 +93,39 @@ def test_with_training_off_a_group_collects_what_each_sb3_run_collects(case: str
         assert member.model._episode_num == model._episode_num == 4
 
 
+Q_EXPLORATION = {
+    "dqn ε-greedy": ("dqn", {}),
+    "qrdqn ε-greedy": ("qrdqn", {}),
+    "dqn parameter noise": ("dqn", {"param_noise": {"interval": "episode", "adapt_every": 20}}),
+}
+
+
+@pytest.mark.parametrize("case", list(Q_EXPLORATION))
+def test_a_dqn_group_trains_each_member_as_its_sb3_run(case: str) -> None:
+    """Greedy actions do not see the last bits, so the chain's runs are equal through training."""
+    algo, exploration = Q_EXPLORATION[case]
+    settings = RunSettings(
+        algo=algo,
+        env="study/Chain-v0",
+        env_kwargs={"n": 10},
+        total_steps=1200,
+        net_arch=[16, 16],
+        eval={"freq": "episode", "episodes": 1},
+        hyperparams={"learning_starts": 200, "batch_size": 16, "train_freq": 4, "target_update_interval": 100},
+        exploration=exploration,
+    )
+    runs = [RunSpec(study="t", budget="full", seed=seed, settings=settings) for seed in SEEDS]
+    group = stacked_group(runs)
+    for member, spec in zip(group.members, runs, strict=True):
+        expected, parts = sb3_run(spec)
+        got = run_result(spec, member.parts, None, pd.Timestamp.now(tz="UTC"), 1.0, None, 1)
+        pd.testing.assert_frame_equal(expected.episodes, got.episodes, check_exact=True)
+        pd.testing.assert_frame_equal(expected.evaluations, got.evaluations, check_exact=True)
+        pd.testing.assert_frame_equal(expected.adaptations, got.adaptations, rtol=1e-3)  # KL of two near nets
+        assert member.model._n_updates == parts.model._n_updates == 250
+        assert member.model.exploration_rate == parts.model.exploration_rate
+
+
 def test_a_group_trains_each_member_as_its_sb3_run_to_float_tolerance_at_first() -> None:
     runs = specs("td3", gradient_steps=1, total_steps=150, exploration={"param_noise": {"interval": 5}})
     group = stacked_group(runs)
@@ -141,7 +174,8 @@ def test_a_member_that_raises_fails_alone_and_the_others_are_unchanged(monkeypat
 @pytest.mark.parametrize(
     ("algo", "settings", "message"),
     [
-        ("dqn", {"env": "CartPole-v1"}, "dqn has no stacked update"),
+        ("dqn", {"env": "CartPole-v1", "exploration": {"noisy_net": {}}}, "NoisyLinear layers cannot be stacked"),
+        ("dqn", {"env": "CartPole-v1", "replay": {"type": "rank"}}, "RankReplayBuffer is not stacked"),
         ("sac", {"exploration": {"gsde": {}}, "hyperparams": {"train_freq": "episode"}}, "train_freq"),
     ],
 )
@@ -184,7 +218,11 @@ def test_the_engine_is_part_of_a_runs_identity_and_the_command_line_sets_it(writ
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"algo": "dqn", "envs": ["CartPole-v1"], "exploration": {}}, "algo: dqn has no stacked update yet"),
+        (
+            {"algo": "dqn", "envs": ["CartPole-v1"], "exploration.param_noise": None, "exploration.noisy_net": {}},
+            "exploration.noisy_net: not stacked yet",
+        ),
+        ({"algo": "dqn", "envs": ["CartPole-v1"], "replay": {"type": "proportional"}}, "replay.type: not stacked yet"),
         (
             {
                 "algo": "sac",

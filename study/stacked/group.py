@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.noise import ActionNoise, NormalActionNoise, OrnsteinUhlenbeckActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -112,11 +113,13 @@ class Group:
         self.learner = resolve(algo.stacked)(models, [member.generator for member in members])
         self.buffer = StackedReplayBuffer([model.replay_buffer for model in models])
         self.policy = first.policy
-        n, action_shape = len(members), first.action_space.shape
+        self.box = isinstance(first.action_space, spaces.Box)
+        self._filler = np.zeros((1, *first.action_space.shape), dtype=first.action_space.dtype)
+        n = len(members)
         self._obs = np.zeros((n, *first.observation_space.shape), dtype=first.observation_space.dtype)
         self._next_obs = np.zeros_like(self._obs)
         self._rewards, self._dones, self._timeouts = np.zeros(n), np.zeros(n), np.zeros(n)
-        self._buffer_actions = np.zeros((n, 1, *action_shape), dtype=np.float32)
+        self._buffer_actions = np.zeros((n, 1, first.replay_buffer.action_dim), dtype=np.float32)
 
     @property
     def active(self) -> list[Member]:
@@ -169,30 +172,36 @@ class Group:
         """SB3's `_sample_action()` of every member: ([E, 1, ·] actions for the envs, for the buffers)."""
         lead, members = self.lead, self.members
         if lead.num_timesteps < lead.learning_starts:
-            unscaled = np.stack(
-                [[m.model.action_space.sample()] if m.active else self._warmup_filler() for m in members]
-            )
+            unscaled = np.stack([[m.model.action_space.sample()] if m.active else self._filler for m in members])
         else:
             obs = th.as_tensor(np.stack([member.model._last_obs for member in members]), device=self.policy.device)
             with th.no_grad():
                 actions = self.acting(obs.float()).cpu().numpy()
+            if not self.box:
+                chosen = self._epsilon_greedy(actions)
+                return chosen, chosen
             unscaled = self.policy.unscale_action(actions)  # `predict` returns actions in the env's bounds
+        if not self.box:
+            return unscaled, unscaled
         scaled = self.policy.scale_action(unscaled)
         if lead.action_noise is not None:
             draw = ACTION_NOISE[type(lead.action_noise)]
-            noise = np.stack(
-                [draw(m.model.action_noise, m.rng) if m.active else np.zeros_like(scaled[0, 0]) for m in members]
-            )
+            noise = np.stack([draw(m.model.action_noise, m.rng) if m.active else self._filler[0] for m in members])
             scaled = np.clip(scaled + noise[:, None], -1, 1)
         return self.policy.unscale_action(scaled), scaled
 
-    def _warmup_filler(self) -> list[np.ndarray]:
-        return [np.zeros(self.models[0].action_space.shape, dtype=self.models[0].action_space.dtype)]
+    def _epsilon_greedy(self, greedy: np.ndarray) -> np.ndarray:
+        """DQN's `predict`: each active member acts at random with its ε, drawn from its stream."""
+        actions = greedy.copy()
+        for i, member in enumerate(self.members):
+            if member.active and member.rng.rand() < member.model.exploration_rate:
+                actions[i, 0] = member.model.action_space.sample()
+        return actions
 
     def step(self) -> None:
         """One environment step of every active member, then one stacked buffer write."""
         actions, buffer_actions = self.sample_actions()
-        self._buffer_actions[:] = buffer_actions
+        self._buffer_actions[:] = buffer_actions.reshape(self._buffer_actions.shape)
         for i, member in enumerate(self.members):
             if member.active:
                 try:
