@@ -16,8 +16,8 @@ from torch import nn
 
 from study.dqn import DQN, QRDQN
 from study.policies import ParamNoiseDQNPolicy, ParamNoiseQRDQNPolicy, ParamNoiseSACPolicy, ParamNoiseTD3Policy
-from study.stacked.dqn import StackedDQN, StackedQRDQN
 from study.stacked.common import StackedBatch
+from study.stacked.dqn import StackedDQN, StackedQRDQN
 from study.stacked.nets import StackedLinear, Unsupported, stack_sequential
 from study.stacked.sac import StackedSAC
 from study.stacked.td3 import StackedTD3
