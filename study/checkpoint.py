@@ -34,7 +34,7 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _sim_states(venv: VecEnv) -> list[dict[str, Any]]:
+def sim_states(venv: VecEnv) -> list[dict[str, Any]]:
     """What pickling a sub-env may lose: its random stream (envs that pickle by their
     constructor arguments come back freshly seeded) and MuJoCo's integration state."""
     import mujoco
@@ -51,7 +51,7 @@ def _sim_states(venv: VecEnv) -> list[dict[str, Any]]:
     return states
 
 
-def _set_sim_states(venv: VecEnv, states: list[dict[str, Any]]) -> None:
+def set_sim_states(venv: VecEnv, states: list[dict[str, Any]]) -> None:
     import mujoco
 
     for env, state in zip(venv.envs, states, strict=True):
@@ -106,6 +106,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         th.cuda.set_rng_state_all(state["cuda"])
 
 
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Replace the checkpoint at `path` with `state`, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as fh:
+        cloudpickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`; None if there is none or it is of an earlier format."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        state = pickle.load(fh)
+    return state if state.get("version") == RESUME_VERSION else None
+
+
 class Checkpointer(BaseCallback):
     """Every `every` steps, between training phases, saves the whole state of the run.
 
@@ -148,17 +168,11 @@ class Checkpointer(BaseCallback):
             "sde": _sde_state(model),
             "replay_buffer": model.replay_buffer,
             "env": model.get_env(),
-            "sims": _sim_states(model.get_env()),
+            "sims": sim_states(model.get_env()),
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "rng": _rng_state(),
         }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{CHECKPOINT}.{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as fh:
-            cloudpickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_checkpoint(self.path, state)
         self._saved_at = model.num_timesteps
 
     def restore(self, model: BaseAlgorithm) -> bool:
@@ -166,17 +180,14 @@ class Checkpointer(BaseCallback):
 
         A checkpoint of an earlier format is not used: the run starts over.
         """
-        if not self.path.is_file():
-            return False
-        with open(self.path, "rb") as fh:
-            state = pickle.load(fh)
-        if state.get("version") != RESUME_VERSION:
+        state = read_checkpoint(self.path)
+        if state is None:
             self.clear()
             return False
         model.set_env(state["env"], force_reset=False)
         load_algorithm_state(model, state["algorithm"])
         model.replay_buffer = state["replay_buffer"]
-        _set_sim_states(model.get_env(), state["sims"])
+        set_sim_states(model.get_env(), state["sims"])
         for name, part in self.parts.items():
             part.load_state_dict(state["parts"][name])
         _set_rng_state(state["rng"])

@@ -428,9 +428,6 @@ class TuneSettings(_Strict):
         return self
 
 
-NO_STACKED_CHECKPOINTS = "checkpoint_every: the stacked engine does not checkpoint its groups yet (engine: sb3 does)"
-
-
 class StudyFile(_SharedSettings):
     """The schema of a study YAML file (after the chosen budget is applied)."""
 
@@ -489,12 +486,6 @@ class StudyFile(_SharedSettings):
                 raise ValueError(f"env_overrides.{env}: not one of envs{did_you_mean(env, self.envs)}")
         return self
 
-    @model_validator(mode="after")
-    def _engine_checkpoints(self) -> StudyFile:
-        if self.checkpoint_every is not None and self.engine == "stacked":
-            raise ValueError(NO_STACKED_CHECKPOINTS)
-        return self
-
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
@@ -508,12 +499,6 @@ class RunSpec(_Strict):
     factors: dict[str, str] = {}
     settings: RunSettings
     checkpoint_every: PositiveInt | None = None  # steps; does not change the results
-
-    @model_validator(mode="after")
-    def _engine_checkpoints(self) -> RunSpec:
-        if self.checkpoint_every is not None and self.settings.engine == "stacked":
-            raise ValueError(NO_STACKED_CHECKPOINTS)
-        return self
 
     @property
     def env(self) -> str:

@@ -268,10 +268,10 @@ def _run_task(spec: RunSpec, checkpoint: str) -> RunResult:
     return execute(spec, checkpoint_dir=Path(checkpoint))
 
 
-def _run_group_task(specs: list[RunSpec]) -> list[RunResult]:
+def _run_group_task(specs: list[RunSpec], checkpoints: list[str]) -> list[RunResult]:
     from study.stacked.group import run_group  # training code: imported by the workers only
 
-    return run_group(specs)
+    return run_group(specs, checkpoint_dirs=[Path(folder) for folder in checkpoints])
 
 
 #: a stacked group's size when `resources.group_size` is not set (16 members: 5× one SB3 run on a CPU)
@@ -341,11 +341,11 @@ def _fan_out(
     for specs in plan_tasks(pending, slots):
         resources = specs[0].settings.resources
         options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": max_retries}
+        where = [str(checkpoint_dir(results.resolve(), spec)) for spec in specs]
         if specs[0].settings.engine == "stacked":
-            ref = group_task.options(name=GROUP_TASK_NAME, **options).remote(specs)
+            ref = group_task.options(name=GROUP_TASK_NAME, **options).remote(specs, where)
         else:
-            where = str(checkpoint_dir(results.resolve(), specs[0]))
-            ref = run_task.options(name=TASK_NAME, **options).remote(specs[0], where)
+            ref = run_task.options(name=TASK_NAME, **options).remote(specs[0], where[0])
         refs[ref] = specs
     clock = time.monotonic()
 

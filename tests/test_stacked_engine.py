@@ -233,7 +233,6 @@ def test_the_engine_is_part_of_a_runs_identity_and_the_command_line_sets_it(writ
             "exploration.gsde: not stacked yet",
         ),
         ({"hyperparams": {"train_freq": [1, "episode"]}}, "hyperparams.train_freq: in episodes"),
-        ({"checkpoint_every": 100}, "checkpoint_every: the stacked engine does not checkpoint"),
     ],
 )
 def test_what_the_stacked_engine_cannot_run_is_refused_at_load(write_study, overrides: dict, message: str) -> None:
@@ -248,3 +247,46 @@ def test_what_the_stacked_engine_cannot_run_is_refused_at_load(write_study, over
         check=False,
     )
     assert run.returncode == 2 and message in run.stderr + run.stdout
+
+
+RESUME_CASES = {
+    "td3, OU noise": ("td3", {"action_noise": {"type": "ou", "sigma": 0.3}}, {}),
+    "sac, parameter noise k = 5": ("sac", {"param_noise": {"interval": 5, "adapt_every": 20}}, {}),
+    "dqn, ε-greedy, target interval 70": ("dqn", {}, {"env": "study/Chain-v0", "env_kwargs": {"n": 8}}),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_a_resumed_group_equals_an_uninterrupted_one(case: str, tmp_path, monkeypatch) -> None:
+    algo, exploration, env = RESUME_CASES[case]
+    hyperparams = {"learning_starts": 100, "batch_size": 16, "gradient_steps": 1}
+    if algo == "dqn":
+        hyperparams |= {"target_update_interval": 70, "train_freq": 3}
+    runs = [
+        spec.model_copy(update={"checkpoint_every": 120})
+        for spec in specs(algo, exploration=exploration, total_steps=400, hyperparams=hyperparams, **env)
+    ]
+    folders = [tmp_path / spec.run_id for spec in runs]
+    uninterrupted = run_group(runs, cpus=1)
+
+    saved = []
+    original = Group.save_checkpoints
+
+    def save_then_crash_the_second_time(self: Group) -> None:
+        original(self)
+        saved.append(self.lead.num_timesteps)
+        if len(saved) == 2:
+            raise RuntimeError("the machine went down")
+
+    monkeypatch.setattr(Group, "save_checkpoints", save_then_crash_the_second_time)
+    crashed = run_group(runs, cpus=1, checkpoint_dirs=folders)
+    assert {r.status for r in crashed} == {"failed"} and all(
+        (folder / "checkpoint.pkl").is_file() for folder in folders
+    )
+    monkeypatch.setattr(Group, "save_checkpoints", original)
+    resumed = run_group(runs, cpus=1, checkpoint_dirs=folders)
+    for a, b in zip(uninterrupted, resumed, strict=True):
+        assert b.status == "done", b.error
+        assert b.meta["resumed_at"] == saved[-1] > 0
+        assert_same_tables(a, b, exact=True)
+    assert not any(folder.exists() for folder in folders)  # a finished run leaves no checkpoint

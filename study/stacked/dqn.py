@@ -45,6 +45,7 @@ class _StackedQ:
         self.target = stack_sequential([self._head(model, "_target") for model in models])
         self.target.requires_grad_(False)
         self.optimizer = make_optimizer(first, self.net.parameters())
+        self.optimizers = [self.optimizer]
 
     shared: tuple[str, ...] = ()
 

@@ -8,10 +8,12 @@ writes and updates done once for all; only the env steps and the callbacks stay 
 
 from __future__ import annotations
 
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,12 +24,14 @@ from stable_baselines3.common.noise import ActionNoise, NormalActionNoise, Ornst
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import TrainFrequencyUnit
 
+from study.checkpoint import read_checkpoint
 from study.config import RunSpec
 from study.registry import ALGORITHMS, resolve
 from study.result import RunResult
 from study.run import RunParts, build_run, run_result
 from study.stacked.buffer import StackedReplayBuffer
 from study.stacked.nets import Unsupported
+from study.stacked.resume import checkpoint_path, checkpoint_step, restore_members, save_member
 
 #: settings every member must share: they time the lockstep loop
 LOCKSTEP = ("learning_starts", "batch_size", "gradient_steps", "train_freq", "num_timesteps")
@@ -59,8 +63,9 @@ ACTION_NOISE: dict[type[ActionNoise], Callable[[Any, np.random.RandomState], np.
 class Member:
     """One run of a group: its parts, its random streams, and whether it still trains."""
 
-    def __init__(self, spec: RunSpec, parts: RunParts) -> None:
+    def __init__(self, spec: RunSpec, parts: RunParts, checkpoints: Path | None = None) -> None:
         self.spec, self.parts, self.model = spec, parts, parts.model
+        self.checkpoints = checkpoints  # the run's checkpoint folder, if it checkpoints
         # the global streams as `build_run` left them: from here on they are this run's own
         self.rng = np.random.RandomState()
         self.rng.set_state(np.random.get_state())
@@ -69,6 +74,14 @@ class Member:
         self.callback: BaseCallback = CallbackList(parts.callbacks)
         self.active = True
         self.error: str | None = None
+        self.resumed_at: int | None = None
+        self.resume_noise: ActionNoise | None = None  # the action noise's state at the checkpoint
+
+    def stateful(self) -> dict[str, Any]:
+        """The callbacks whose state a checkpoint keeps, by name (as the SB3 engine names them)."""
+        return {
+            f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(self.parts.callbacks) if hasattr(cb, "state_dict")
+        }
 
     def fail(self) -> None:
         """Record the exception being handled as this run's failure; the others go on."""
@@ -130,13 +143,18 @@ class Group:
         """An active member's model: its step count and progress are every active member's."""
         return self.active[0].model
 
-    def learn(self) -> None:
-        """SB3's `learn()` of every member, to its `total_steps`."""
+    def learn(self, checkpoint_every: int | None = None) -> None:
+        """SB3's `learn()` of every member, to its `total_steps`; with `checkpoint_every`, each
+        member with a checkpoint folder saves its checkpoint there that often (between rollouts)."""
         for member in self.members:
-            total = member.spec.settings.total_steps - member.model.num_timesteps
-            _, member.callback = member.model._setup_learn(total, member.callback)
+            model = member.model
+            total = member.spec.settings.total_steps - model.num_timesteps
+            _, member.callback = model._setup_learn(total, member.callback, member.resumed_at is None)
             member.callback.on_training_start(locals(), globals())
+            if member.resume_noise is not None:  # `_setup_learn` reset it
+                vars(model.action_noise).update(vars(member.resume_noise))
         self.acting = self.learner.acting()
+        self.checkpoint_every, self.saved_at = checkpoint_every, self.lead.num_timesteps
         while self.active and self.lead.num_timesteps < self.lead._total_timesteps:
             collected = self.collect_rollouts()
             if not self.active:
@@ -149,6 +167,14 @@ class Group:
         for member in self.active:
             member.stop()
 
+    def save_checkpoints(self) -> None:
+        """Every active member's checkpoint, in its checkpoint folder (at a rollout's start,
+        where the SB3 engine's checkpointer saves)."""
+        for i, member in enumerate(self.members):
+            if member.active and member.checkpoints is not None:
+                save_member(self, i, member.checkpoints)
+        self.saved_at = self.lead.num_timesteps
+
     def train(self, gradient_steps: int) -> None:
         """One SB3 `train(gradient_steps, batch_size)` of every member."""
         rngs = [member.rng for member in self.members]
@@ -159,6 +185,9 @@ class Group:
         """SB3's `collect_rollouts()` of every active member: `train_freq` steps each; the steps collected."""
         for member in self.active:
             member.model.policy.set_training_mode(False)
+        if self.checkpoint_every and self.lead.num_timesteps - self.saved_at >= self.checkpoint_every:
+            self.save_checkpoints()
+        for member in self.active:
             member.callback.on_rollout_start()
         collected = 0
         while collected < self.models[0].train_freq.frequency and self.active:
@@ -244,26 +273,48 @@ class Group:
                 model.action_noise.reset()
 
 
-def run_group(specs: Sequence[RunSpec], cpus: int | None = None) -> list[RunResult]:
-    """Train the runs of `specs` as one stacked group; one RunResult per run, in order.
+def run_group(
+    specs: Sequence[RunSpec], cpus: int | None = None, checkpoint_dirs: Sequence[Path] | None = None
+) -> list[RunResult]:
+    """Train the runs of `specs` as stacked groups; one RunResult per run, in order.
 
-    A run whose env, callbacks or evaluation raise is recorded as failed and the others go on;
-    a failure of the group's shared computation fails the runs still training.
+    With `checkpoint_dirs` (one per run) and the runs' `checkpoint_every`, each run saves its
+    checkpoints in its folder and continues from the last one it finds; runs that stopped at
+    different steps train as one group per step, one after another. A run whose env, callbacks
+    or evaluation raise is recorded as failed and the others go on; a failure of the group's
+    shared computation fails the runs still training.
     """
     cpus = cpus or specs[0].settings.resources.cpus
     th.set_num_threads(cpus)
+    folders = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(specs)
+    by_step: dict[int, list[int]] = {}
+    for i, folder in enumerate(folders):
+        by_step.setdefault(checkpoint_step(folder) if specs[i].checkpoint_every else 0, []).append(i)
+    results: dict[int, RunResult] = {}
+    for indices in by_step.values():
+        outcome = _run_one_group([specs[i] for i in indices], [folders[i] for i in indices], cpus)
+        results |= dict(zip(indices, outcome, strict=True))
+    return [results[i] for i in range(len(specs))]
+
+
+def _run_one_group(specs: list[RunSpec], folders: list[Path | None], cpus: int) -> list[RunResult]:
+    """Train runs that continue from one step (0, or their checkpoints') as one group."""
     started = datetime.now(UTC)
     clock = time.perf_counter()
     members: list[Member] = []
     failures: dict[int, str] = {}
-    for i, spec in enumerate(specs):
+    for i, (spec, folder) in enumerate(zip(specs, folders, strict=True)):
         try:
-            members.append(Member(spec, build_run(spec)))
+            members.append(Member(spec, build_run(spec), folder if spec.checkpoint_every else None))
         except Exception:
             failures[i] = traceback.format_exc()
     try:
         if members:
-            Group(members).learn()
+            group = Group(members)
+            states = [read_checkpoint(checkpoint_path(m.checkpoints)) if m.checkpoints else None for m in members]
+            if any(states):
+                restore_members(group, states)
+            group.learn(specs[0].checkpoint_every)
     except Exception:
         for member in members:
             if member.active:
@@ -271,12 +322,17 @@ def run_group(specs: Sequence[RunSpec], cpus: int | None = None) -> list[RunResu
     finally:
         for member in members:
             member.parts.close()
+            if member.error is None and member.checkpoints is not None:
+                shutil.rmtree(member.checkpoints, ignore_errors=True)
     wall = time.perf_counter() - clock
     by_id = {member.spec.run_id: member for member in members}
-    group = [spec.run_id for spec in specs]
+    group_ids = [spec.run_id for spec in specs]
     results = []
     for i, spec in enumerate(specs):
         member = by_id.get(spec.run_id)
         parts, error = (member.parts, member.error) if member is not None else (None, failures[i])
-        results.append(run_result(spec, parts, error, started, wall, None, cpus, engine="stacked", group=group))
+        resumed_at = member.resumed_at if member is not None else None
+        results.append(
+            run_result(spec, parts, error, started, wall, resumed_at, cpus, engine="stacked", group=group_ids)
+        )
     return results

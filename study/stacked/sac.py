@@ -63,6 +63,7 @@ class StackedSAC:
             self.ent_coef_tensor = None
         else:
             self.ent_coef_tensor = th.stack([model.ent_coef_tensor for model in models]).reshape(-1, 1, 1)
+        self.optimizers = [self.actor_optimizer, self.critic_optimizer, *filter(None, [self.ent_coef_optimizer])]
 
     def _gaussian(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Each member's Gaussian mean, standard deviation and sample (its noise from its stream)."""

@@ -47,6 +47,7 @@ class StackedTD3:
         self.critic_targets.requires_grad_(False)
         self.actor_optimizer = make_optimizer(first, self.actor.parameters())
         self.critic_optimizer = make_optimizer(first, self.critics.parameters())
+        self.optimizers = [self.actor_optimizer, self.critic_optimizer]
 
     def acting(self) -> Callable[[th.Tensor], th.Tensor]:
         """The members' exploring actions in [-1, 1], [E, n, ·] → [E, n, actions] (SB3's

@@ -1,0 +1,112 @@
+"""Checkpoints of the members of a stacked group: one file per run, in its own checkpoint folder.
+
+Each member's file holds what the SB3 engine's checkpoint holds for its run (algorithm state,
+replay buffer, envs, callbacks) with its own random streams and its slice of the stacked
+optimizers' state (Adam is elementwise, so a member's moments are its slice). A run therefore
+resumes in any group whose members stopped at the same step.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch as th
+from stable_baselines3.common.save_util import recursive_getattr
+
+from study.checkpoint import (
+    CHECKPOINT,
+    RESUME_VERSION,
+    algorithm_state,
+    read_checkpoint,
+    set_sim_states,
+    sim_states,
+    write_checkpoint,
+)
+
+if TYPE_CHECKING:
+    from study.stacked.group import Group, Member
+
+BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def checkpoint_path(folder: Path) -> Path:
+    return Path(folder) / CHECKPOINT
+
+
+def checkpoint_step(folder: Path | None) -> int:
+    """The step a member's checkpoint was taken at (0: none, start from scratch)."""
+    state = read_checkpoint(checkpoint_path(folder)) if folder is not None else None
+    return 0 if state is None else state["algorithm"]["attributes"]["num_timesteps"]
+
+
+def _optimizer_slice(optimizer: th.optim.Optimizer, i: int) -> list[dict[str, Any]]:
+    """Member i's part of a stacked optimizer's state, parameter by parameter."""
+    return [
+        {key: value[i].clone() if key != "step" else value.clone() for key, value in optimizer.state[p].items()}
+        for group in optimizer.param_groups
+        for p in group["params"]
+    ]
+
+
+def _load_optimizer_slices(optimizer: th.optim.Optimizer, slices: list[list[dict[str, Any]]]) -> None:
+    """Stack the members' slices back into a stacked optimizer's state."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for j, p in enumerate(params):
+        if not slices[0][j]:
+            continue
+        optimizer.state[p] = {
+            key: slices[0][j][key].clone() if key == "step" else th.stack([s[j][key] for s in slices])
+            for key in slices[0][j]
+        }
+
+
+def save_member(group: Group, i: int, folder: Path) -> None:
+    """Write member i's checkpoint (between rollouts, after training)."""
+    member = group.members[i]
+    model = member.model
+    state = {
+        "version": RESUME_VERSION,
+        "engine": "stacked",
+        "algorithm": algorithm_state(model),
+        "replay_buffer": model.replay_buffer,
+        "env": model.get_env(),
+        "sims": sim_states(model.get_env()),
+        "parts": {name: part.state_dict() for name, part in member.stateful().items()},
+        "rng": {"numpy": member.rng.get_state(), "torch": member.generator.get_state()},
+        "optimizers": [_optimizer_slice(optimizer, i) for optimizer in group.learner.optimizers],
+    }
+    write_checkpoint(checkpoint_path(folder), state)
+
+
+def restore_members(group: Group, states: list[dict[str, Any]]) -> None:
+    """Put each member's checkpoint back into a freshly built group (before `learn`)."""
+    for member, state in zip(group.members, states, strict=True):
+        _restore_member(member, state)
+    group.buffer.pos, group.buffer.full = group.models[0].replay_buffer.pos, group.models[0].replay_buffer.full
+    for k, optimizer in enumerate(group.learner.optimizers):
+        _load_optimizer_slices(optimizer, [state["optimizers"][k] for state in states])
+    group.learner.n_updates = group.models[0]._n_updates
+
+
+def _restore_member(member: Member, state: dict[str, Any]) -> None:
+    model = member.model
+    model.set_env(state["env"], force_reset=False)
+    algorithm = state["algorithm"]
+    vars(model).update(algorithm["attributes"])
+    member.resume_noise = copy.deepcopy(algorithm["attributes"].get("action_noise"))
+    model.set_parameters(algorithm["parameters"], exact_match=True)  # in place: the views stay views
+    for name, value in algorithm["variables"].items():
+        if value is not None:
+            recursive_getattr(model, name).data.copy_(value.data)
+    saved, buffer = state["replay_buffer"], model.replay_buffer
+    for name in BUFFER_FIELDS:
+        getattr(buffer, name)[...] = getattr(saved, name)
+    buffer.pos, buffer.full = saved.pos, saved.full
+    set_sim_states(model.get_env(), state["sims"])
+    for name, part in member.stateful().items():
+        part.load_state_dict(state["parts"][name])
+    member.rng.set_state(state["rng"]["numpy"])
+    member.generator.set_state(state["rng"]["torch"])
+    member.resumed_at = model.num_timesteps
