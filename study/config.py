@@ -305,7 +305,8 @@ def stacked_engine_problem(settings: _SharedSettings) -> str | None:
     for key, present in unsupported.items():
         if present:
             return f"{key}: not stacked yet"
-    if settings.hyperparams.sb3_kwargs().get("train_freq", (1, "step"))[1] == "episode":
+    train_freq = settings.hyperparams.sb3_kwargs().get("train_freq")
+    if isinstance(train_freq, tuple | list) and train_freq[1] == "episode":
         return "hyperparams.train_freq: in episodes, the members' rollouts would end at different steps"
     return None
 

@@ -213,6 +213,9 @@ def test_the_engine_is_part_of_a_runs_identity_and_the_command_line_sets_it(writ
     assert stacked.runs[0].settings.engine == "stacked" and sb3.runs[0].settings.engine == "sb3"
     assert stacked.runs[0].run_id != sb3.runs[0].run_id  # its numbers differ in the last bits
     assert sb3.runs[0].run_id == load_study(write_study({"engine": "sb3"})).runs[0].run_id
+    assert (
+        load_study(path, engine="stacked", overlay={"hyperparams.train_freq": 4}).runs[0].settings.engine == "stacked"
+    )
 
 
 @pytest.mark.parametrize(

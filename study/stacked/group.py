@@ -151,6 +151,8 @@ class Group:
             total = member.spec.settings.total_steps - model.num_timesteps
             _, member.callback = model._setup_learn(total, member.callback, member.resumed_at is None)
             member.callback.on_training_start(locals(), globals())
+            # SB3 switches it at every rollout and update; no layer the engine stacks behaves differently
+            model.policy.set_training_mode(False)
             if member.resume_noise is not None:  # `_setup_learn` reset it
                 vars(model.action_noise).update(vars(member.resume_noise))
         self.acting = self.learner.acting()
@@ -183,8 +185,6 @@ class Group:
 
     def collect_rollouts(self) -> int:
         """SB3's `collect_rollouts()` of every active member: `train_freq` steps each; the steps collected."""
-        for member in self.active:
-            member.model.policy.set_training_mode(False)
         if self.checkpoint_every and self.lead.num_timesteps - self.saved_at >= self.checkpoint_every:
             self.save_checkpoints()
         for member in self.active:
