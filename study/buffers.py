@@ -154,10 +154,14 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         weights = self.to_torch(weights.astype(np.float32).reshape(-1, 1), copy=False)  # a new array already
         return PrioritizedReplayBufferSamples(*data, weights=weights, indices=idx)
 
-    def sample_indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices drawn with P(i) ∝ p_i^α, and their probabilities."""
+    def sample_indices(
+        self, batch_size: int, rng: np.random.RandomState | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Indices drawn with P(i) ∝ p_i^α, and their probabilities (drawn from `rng`, else the
+        global numpy stream)."""
         total = self.tree.total
-        bounds = (np.arange(batch_size) + np.random.uniform(size=batch_size)) * (total / batch_size)
+        uniform = (rng or np.random).uniform(size=batch_size)
+        bounds = (np.arange(batch_size) + uniform) * (total / batch_size)
         idx = self.tree.find(bounds, self.size())
         return idx, self.tree[idx] / total
 
@@ -204,11 +208,14 @@ class RankReplayBuffer(PrioritizedReplayBuffer):
         self._new.clear()
         self._samples += 1
 
-    def sample_indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample_indices(
+        self, batch_size: int, rng: np.random.RandomState | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._refresh_order()
         size = self.size()
         total = self._cdf[size - 1]
-        bounds = (np.arange(batch_size) + np.random.uniform(size=batch_size)) * (total / batch_size)
+        uniform = (rng or np.random).uniform(size=batch_size)
+        bounds = (np.arange(batch_size) + uniform) * (total / batch_size)
         ranks = np.minimum(np.searchsorted(self._cdf[:size], bounds, side="right"), size - 1)
         return self._order[ranks], (ranks + 1.0) ** -self.alpha / total
 

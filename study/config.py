@@ -298,7 +298,6 @@ def stacked_engine_problem(settings: _SharedSettings) -> str | None:
     unsupported = {
         "exploration.gsde": exploration.gsde is not None,
         "exploration.noisy_net": exploration.noisy_net is not None,
-        "replay.type": settings.replay.type != "uniform",
         "features_extractor": settings.features_extractor != "flatten",
         "env_wrapper": settings.env_wrapper != "none",
     }

@@ -287,8 +287,9 @@ MEMBER_SETTINGS = {
 
 def plan_tasks(pending: list[RunSpec], slots: int = 1) -> list[list[RunSpec]]:
     """The Ray tasks for the pending runs: each `engine: sb3` run alone; `engine: stacked` runs
-    that differ only in seed and `MEMBER_SETTINGS` in groups of at most `resources.group_size`,
-    split further while there are fewer tasks than `slots` to run them."""
+    that differ only in seed and `MEMBER_SETTINGS` in even groups of at most
+    `resources.group_size`, split further while there are fewer tasks than `slots` to run them
+    or the groups do not fill the slots evenly."""
     tasks: list[list[RunSpec]] = []
     alike: dict[str, list[RunSpec]] = {}
     for spec in pending:
@@ -297,15 +298,16 @@ def plan_tasks(pending: list[RunSpec], slots: int = 1) -> list[list[RunSpec]]:
             continue
         shared = spec.settings.model_dump_json(exclude=MEMBER_SETTINGS | {"resources": {"group_size"}})
         alike.setdefault(f"{spec.study}/{spec.budget}/{shared}", []).append(spec)
-    groups = []
-    for runs in alike.values():
-        size = runs[0].settings.resources.group_size or GROUP_SIZE
-        n = -(-len(runs) // size)
-        groups += [runs[i::n] for i in range(n)]
-    while len(tasks) + len(groups) < slots and any(len(group) > 1 for group in groups):
-        largest = max(groups, key=len)
-        groups.remove(largest)
-        groups += [largest[::2], largest[1::2]]
+    runs_by_key = list(alike.values())
+    counts = [-(-len(runs) // (runs[0].settings.resources.group_size or GROUP_SIZE)) for runs in runs_by_key]
+    # more, smaller groups while some worker would idle or wait on a last lone group
+    while runs_by_key and (len(tasks) + sum(counts) < slots or sum(counts) % slots):
+        sizes = [len(runs) / n for runs, n in zip(runs_by_key, counts, strict=True)]
+        largest = max(range(len(sizes)), key=sizes.__getitem__)
+        if sizes[largest] <= 1:
+            break
+        counts[largest] += 1
+    groups = [runs[i::n] for runs, n in zip(runs_by_key, counts, strict=True) for i in range(n)]
     return tasks + groups
 
 

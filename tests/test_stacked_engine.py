@@ -97,14 +97,17 @@ Q_EXPLORATION = {
     "dqn ε-greedy": ("dqn", {}),
     "qrdqn ε-greedy": ("qrdqn", {}),
     "dqn parameter noise": ("dqn", {"param_noise": {"interval": "episode", "adapt_every": 20}}),
+    "dqn proportional replay": ("dqn", {}, {"type": "proportional"}),
+    "dqn rank-based replay": ("dqn", {}, {"type": "rank"}),
 }
 
 
 @pytest.mark.parametrize("case", list(Q_EXPLORATION))
 def test_a_dqn_group_trains_each_member_as_its_sb3_run(case: str) -> None:
     """Greedy actions do not see the last bits, so the chain's runs are equal through training."""
-    algo, exploration = Q_EXPLORATION[case]
+    algo, exploration, *replay = Q_EXPLORATION[case]
     settings = RunSettings(
+        replay=replay[0] if replay else {"type": "uniform"},
         algo=algo,
         env="study/Chain-v0",
         env_kwargs={"n": 10},
@@ -175,7 +178,6 @@ def test_a_member_that_raises_fails_alone_and_the_others_are_unchanged(monkeypat
     ("algo", "settings", "message"),
     [
         ("dqn", {"env": "CartPole-v1", "exploration": {"noisy_net": {}}}, "NoisyLinear layers cannot be stacked"),
-        ("dqn", {"env": "CartPole-v1", "replay": {"type": "rank"}}, "RankReplayBuffer is not stacked"),
         ("sac", {"exploration": {"gsde": {}}, "hyperparams": {"train_freq": "episode"}}, "train_freq"),
     ],
 )
@@ -197,11 +199,14 @@ def test_the_launcher_groups_runs_that_differ_in_seed_and_exploration_scalars(wr
     pending = study.runs + other.runs + sb3.runs
     tasks = plan_tasks(pending, slots=2)
     assert sorted(spec.run_id for task in tasks for spec in task) == sorted(spec.run_id for spec in pending)
-    assert sorted(len(task) for task in tasks) == [1, 1, 1, 10, 10]  # 20 alike runs: at most 16 in a group
+    # 20 alike runs: at most 16 in a group, and as many groups as fill the 2 slots evenly
+    assert sorted(len(task) for task in tasks) == [1, 1, 1, 6, 7, 7]
     for task in tasks:
         assert len({(spec.settings.engine, spec.settings.exploration.param_noise is None) for spec in task}) == 1
         assert len({spec.settings.exploration.action_noise.type for spec in task}) == 1
     assert {len(task) for task in plan_tasks(study.runs, slots=8)} == {2, 3}  # split until every slot has work
+    reduced = load_study("ablations/sampling_interval.yaml", budget="reduced", engine="stacked")
+    assert [len(task) for task in plan_tasks(reduced.runs, slots=2)] == [10, 10, 10, 10]
     small = load_study(write_study({"engine": "stacked", "seeds": 10, "resources": {"group_size": 4}}))
     assert sorted(len(task) for task in plan_tasks(small.runs)) == [3, 3, 4]
     assert small.runs[0].run_id == load_study(write_study({"engine": "stacked", "seeds": 10})).runs[0].run_id
@@ -225,7 +230,6 @@ def test_the_engine_is_part_of_a_runs_identity_and_the_command_line_sets_it(writ
             {"algo": "dqn", "envs": ["CartPole-v1"], "exploration.param_noise": None, "exploration.noisy_net": {}},
             "exploration.noisy_net: not stacked yet",
         ),
-        ({"algo": "dqn", "envs": ["CartPole-v1"], "replay": {"type": "proportional"}}, "replay.type: not stacked yet"),
         (
             {
                 "algo": "sac",
@@ -256,6 +260,11 @@ RESUME_CASES = {
     "td3, OU noise": ("td3", {"action_noise": {"type": "ou", "sigma": 0.3}}, {}),
     "sac, parameter noise k = 5": ("sac", {"param_noise": {"interval": 5, "adapt_every": 20}}, {}),
     "dqn, ε-greedy, target interval 70": ("dqn", {}, {"env": "study/Chain-v0", "env_kwargs": {"n": 8}}),
+    "dqn, proportional replay": (
+        "dqn",
+        {},
+        {"env": "study/Chain-v0", "env_kwargs": {"n": 8}, "replay": {"type": "proportional"}},
+    ),
 }
 
 

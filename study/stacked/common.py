@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -23,6 +24,8 @@ class StackedBatch(NamedTuple):
     dones: th.Tensor
     rewards: th.Tensor
     discounts: th.Tensor | None = None  # n-step replay: γⁿ per transition
+    weights: th.Tensor | None = None  # prioritized replay: importance-sampling weights, [E, batch, 1]
+    indices: np.ndarray | None = None  # prioritized replay: where the transitions are, [E, batch]
 
     def preprocessed(self) -> StackedBatch:
         """SB3's `preprocess_obs` of flat Box observations: as float32."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.utils import update_learning_rate
 from torch import nn
@@ -46,6 +47,8 @@ class _StackedQ:
         self.target.requires_grad_(False)
         self.optimizer = make_optimizer(first, self.net.parameters())
         self.optimizers = [self.optimizer]
+        #: prioritized replay: writes each member's |TD error| back as its priorities
+        self.update_priorities: Callable[[np.ndarray, np.ndarray], None] | None = None
 
     shared: tuple[str, ...] = ()
 
@@ -56,8 +59,8 @@ class _StackedQ:
         """Q(s, ·) of each member, [E, batch, actions]."""
         raise NotImplementedError
 
-    def loss(self, batch: StackedBatch) -> th.Tensor:
-        """Each member's loss, [E]."""
+    def loss(self, batch: StackedBatch) -> tuple[th.Tensor, th.Tensor | None]:
+        """Each member's loss, [E], and with prioritized replay the TD errors, [E, batch, 1]."""
         raise NotImplementedError
 
     def acting(self) -> Callable[[th.Tensor], th.Tensor]:
@@ -74,12 +77,14 @@ class _StackedQ:
         update_learning_rate(self.optimizer, self.lr_schedule(progress_remaining))
         gradient_steps = 0
         for batch in batches:
-            loss = self.loss(batch.preprocessed())
+            loss, td_errors = self.loss(batch.preprocessed())
             self.optimizer.zero_grad()
             loss.sum().backward()
             if self.max_grad_norm is not None:
                 clip_grad_norms(list(self.net.parameters()), self.max_grad_norm)
             self.optimizer.step()
+            if batch.indices is not None and self.update_priorities is not None:
+                self.update_priorities(batch.indices, td_errors.cpu().numpy().reshape(batch.indices.shape))
             gradient_steps += 1
         self.n_updates += gradient_steps
         for model in self.models:
@@ -87,21 +92,24 @@ class _StackedQ:
 
 
 class StackedDQN(_StackedQ):
-    """E DQN models (uniform replay, no noisy layers) trained as one; their Q-networks become
-    views of the stacked ones."""
+    """E DQN models (no noisy layers) trained as one, as `study.dqn.DQN.train` (prioritized
+    replay's weighted loss included); their Q-networks become views of the stacked ones."""
 
     net_name = "q_net"
 
     def q_values(self, net: nn.Module, obs: th.Tensor) -> th.Tensor:
         return net(obs)
 
-    def loss(self, batch: StackedBatch) -> th.Tensor:
+    def loss(self, batch: StackedBatch) -> tuple[th.Tensor, th.Tensor | None]:
         discounts = batch.discounts if batch.discounts is not None else self.gamma
         with th.no_grad():
             next_q_values = self.q_values(self.target, batch.next_observations).max(dim=-1)[0].unsqueeze(-1)
             target_q_values = batch.rewards + (1 - batch.dones) * discounts * next_q_values
         current_q_values = th.gather(self.q_values(self.net, batch.observations), -1, batch.actions.long())
-        return F.smooth_l1_loss(current_q_values, target_q_values, reduction="none").mean(dim=(1, 2))
+        elementwise = F.smooth_l1_loss(current_q_values, target_q_values, reduction="none")
+        if batch.weights is None:
+            return elementwise.mean(dim=(1, 2)), None
+        return (batch.weights * elementwise).mean(dim=(1, 2)), (target_q_values - current_q_values).detach()
 
 
 class StackedQRDQN(_StackedQ):
@@ -122,7 +130,7 @@ class StackedQRDQN(_StackedQ):
     def q_values(self, net: nn.Module, obs: th.Tensor) -> th.Tensor:
         return self.quantiles(net, obs).mean(dim=2)
 
-    def loss(self, batch: StackedBatch) -> th.Tensor:
+    def loss(self, batch: StackedBatch) -> tuple[th.Tensor, th.Tensor | None]:
         members, batch_size = batch.observations.shape[:2]
         discounts = batch.discounts if batch.discounts is not None else self.gamma
         with th.no_grad():
@@ -134,7 +142,7 @@ class StackedQRDQN(_StackedQ):
         current_quantiles = self.quantiles(self.net, batch.observations)
         actions = batch.actions[..., None].long().expand(members, batch_size, self.n_quantiles, 1)
         current_quantiles = th.gather(current_quantiles, dim=3, index=actions).squeeze(dim=3)
-        return quantile_huber_loss(current_quantiles, target_quantiles)
+        return quantile_huber_loss(current_quantiles, target_quantiles), None
 
 
 def quantile_huber_loss(current: th.Tensor, target: th.Tensor) -> th.Tensor:

@@ -125,6 +125,8 @@ class Group:
         self.models = models
         self.learner = resolve(algo.stacked)(models, [member.generator for member in members])
         self.buffer = StackedReplayBuffer([model.replay_buffer for model in models])
+        if self.buffer.prioritized:
+            self.learner.update_priorities = self.buffer.update_priorities
         self.policy = first.policy
         self.box = isinstance(first.action_space, spaces.Box)
         self._filler = np.zeros((1, *first.action_space.shape), dtype=first.action_space.dtype)
@@ -180,6 +182,9 @@ class Group:
     def train(self, gradient_steps: int) -> None:
         """One SB3 `train(gradient_steps, batch_size)` of every member."""
         rngs = [member.rng for member in self.members]
+        if self.buffer.prioritized:  # `study.dqn.DQN.train` anneals β from β₀ to 1 over training
+            for buffer in self.buffer.buffers:
+                buffer.beta = buffer.beta0 + (1.0 - buffer.beta0) * (1.0 - self.lead._current_progress_remaining)
         batches = (self.buffer.sample(self.lead.batch_size, rngs) for _ in range(gradient_steps))
         self.learner.train(batches, self.lead._current_progress_remaining)
 

@@ -24,11 +24,10 @@ from study.checkpoint import (
     sim_states,
     write_checkpoint,
 )
+from study.stacked.buffer import FIELDS
 
 if TYPE_CHECKING:
     from study.stacked.group import Group, Member
-
-BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
 def checkpoint_path(folder: Path) -> Path:
@@ -100,10 +99,12 @@ def _restore_member(member: Member, state: dict[str, Any]) -> None:
     for name, value in algorithm["variables"].items():
         if value is not None:
             recursive_getattr(model, name).data.copy_(value.data)
-    saved, buffer = state["replay_buffer"], model.replay_buffer
-    for name in BUFFER_FIELDS:
-        getattr(buffer, name)[...] = getattr(saved, name)
-    buffer.pos, buffer.full = saved.pos, saved.full
+    buffer = model.replay_buffer
+    for name, value in vars(state["replay_buffer"]).items():  # the arrays in place, the rest (priorities) as saved
+        if name in FIELDS:
+            getattr(buffer, name)[...] = value
+        else:
+            setattr(buffer, name, value)
     set_sim_states(model.get_env(), state["sims"])
     for name, part in member.stateful().items():
         part.load_state_dict(state["parts"][name])
