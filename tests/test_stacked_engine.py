@@ -13,6 +13,7 @@ import pytest
 from stable_baselines3.common.callbacks import CallbackList
 
 import study.stacked.group as group_module
+from study.analysis.engines import compare_engines
 from study.config import RunSettings, RunSpec, StudyError, load_study
 from study.launch import plan_tasks
 from study.run import RunParts, build_run, run_result
@@ -302,3 +303,21 @@ def test_a_resumed_group_equals_an_uninterrupted_one(case: str, tmp_path, monkey
         assert b.meta["resumed_at"] == saved[-1] > 0
         assert_same_tables(a, b, exact=True)
     assert not any(folder.exists() for folder in folders)  # a finished run leaves no checkpoint
+
+
+def test_the_engine_comparison_tests_one_distribution_per_env_and_metric() -> None:
+    def runs(engine: str, returns: list[float]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"env": "E", "engine": engine, "seed": [0, 1, 2], "final_return": returns, "c_train": [1.0, 2.0, 3.0]}
+        )
+
+    metrics = pd.concat([runs("sb3", [1.0, 2.0, 3.0]), runs("stacked", [10.0, 11.0, 12.5])])
+    table = compare_engines(metrics).set_index("metric")
+    assert list(table.index) == ["final_return", "c_train"]  # final_sigma: not recorded, left out
+    # 3 against 3 with no overlap: the exact two-sided p of both tests is 2 / C(6, 3) = 0.1
+    assert table.loc["final_return", "Mann-Whitney p"] == pytest.approx(0.1)
+    assert table.loc["final_return", "KS p"] == pytest.approx(0.1)
+    assert table.loc["final_return", "median |same-seed difference|"] == 9.0
+    assert table.loc["c_train", "Mann-Whitney p"] == table.loc["c_train", "KS p"] == 1.0
+    assert table.loc["c_train", "median |same-seed difference|"] == 0.0
+    assert table.loc["final_return", "median stacked"] == 11.0
