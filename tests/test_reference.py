@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from study.analysis.engines import compare_engines
 from study.analysis.metrics import run_metrics
 from study.checkpoint import EXACT_RESUME_ALGOS, RESUME_VERSION
 from study.config import load_study
@@ -52,6 +53,17 @@ def test_reference_mountaincar_noise_types_loads_complete() -> None:
     assert (REFERENCE / "noise_types_mountaincar" / "report-reduced" / "report.md").is_file()
 
 
+def test_reference_engines_study_shows_one_distribution_per_engine() -> None:
+    study = load_study(ROOT / "ablations" / "engines.yaml")
+    results = load_results(study, REFERENCE)
+    assert len(results.runs) == len(study.runs) == 40
+    metrics = run_metrics(results)
+    assert (metrics.groupby(["env", "engine"], observed=True).size() == 10).all()
+    table = compare_engines(metrics)
+    assert len(table) == 6 and (table["Mann-Whitney p"] > 0.1).all() and (table["KS p"] > 0.1).all()
+    assert (REFERENCE / "engines" / "report" / "sigma.png").is_file()
+
+
 def test_no_reference_run_was_resumed_by_an_engine_not_proven_exact() -> None:
     resumed = []
     for folder in sorted(p.parent for p in REFERENCE.glob("*/*/meta.json")):
@@ -67,7 +79,12 @@ def test_no_reference_run_was_resumed_by_an_engine_not_proven_exact() -> None:
 def test_every_reference_run_is_sealed_and_verifies() -> None:
     """Every committed run carries a manifest (sizes and checksums of its files) that verifies."""
     folders = sorted(meta.parent for meta in REFERENCE.glob("*/*/meta.json"))
-    assert {folder.parent.name for folder in folders} == {"sampling_interval", "chain", "noise_types_mountaincar"}
+    assert {folder.parent.name for folder in folders} == {
+        "sampling_interval",
+        "chain",
+        "noise_types_mountaincar",
+        "engines",
+    }
     for folder in folders:
         meta, problems = check_folder(folder)
         assert not problems, f"{folder.name}: {problems}"
