@@ -214,7 +214,7 @@ class Hyperparams(_Strict):
 class Resources(_Strict):
     cpus: PositiveInt = 1
     gpus: NonNegativeFloat = 0
-    group_size: PositiveInt | None = None  # engine: stacked: at most this many runs per group (default 16)
+    group_size: PositiveInt | None = None  # engine: stacked: at most this many runs per group (default 32)
 
 
 class _SharedSettings(_Strict):

@@ -274,8 +274,9 @@ def _run_group_task(specs: list[RunSpec], checkpoints: list[str]) -> list[RunRes
     return run_group(specs, checkpoint_dirs=[Path(folder) for folder in checkpoints])
 
 
-#: a stacked group's size when `resources.group_size` is not set (16 members: 5× one SB3 run on a CPU)
-GROUP_SIZE = 16
+#: a stacked group's largest size when `resources.group_size` is not set (16–32 members: 5–7× one
+#: SB3 run per CPU core, benchmarks/stacked_engine.py)
+GROUP_SIZE = 32
 #: exploration settings the members of one stacked group may differ in (they leave every shape alone)
 MEMBER_SETTINGS = {
     "exploration": {

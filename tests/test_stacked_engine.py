@@ -200,14 +200,14 @@ def test_the_launcher_groups_runs_that_differ_in_seed_and_exploration_scalars(wr
     pending = study.runs + other.runs + sb3.runs
     tasks = plan_tasks(pending, slots=2)
     assert sorted(spec.run_id for task in tasks for spec in task) == sorted(spec.run_id for spec in pending)
-    # 20 alike runs: at most 16 in a group, and as many groups as fill the 2 slots evenly
-    assert sorted(len(task) for task in tasks) == [1, 1, 1, 6, 7, 7]
+    # 20 alike runs in one group, with the lone run of the other kind: two groups fill the 2 slots
+    assert sorted(len(task) for task in tasks) == [1, 1, 1, 20]
     for task in tasks:
         assert len({(spec.settings.engine, spec.settings.exploration.param_noise is None) for spec in task}) == 1
         assert len({spec.settings.exploration.action_noise.type for spec in task}) == 1
     assert {len(task) for task in plan_tasks(study.runs, slots=8)} == {2, 3}  # split until every slot has work
     reduced = load_study("ablations/sampling_interval.yaml", budget="reduced", engine="stacked")
-    assert [len(task) for task in plan_tasks(reduced.runs, slots=2)] == [10, 10, 10, 10]
+    assert [len(task) for task in plan_tasks(reduced.runs, slots=2)] == [20, 20]
     small = load_study(write_study({"engine": "stacked", "seeds": 10, "resources": {"group_size": 4}}))
     assert sorted(len(task) for task in plan_tasks(small.runs)) == [3, 3, 4]
     assert small.runs[0].run_id == load_study(write_study({"engine": "stacked", "seeds": 10})).runs[0].run_id

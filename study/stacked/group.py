@@ -69,8 +69,9 @@ class Member:
         # the global streams as `build_run` left them: from here on they are this run's own
         self.rng = np.random.RandomState()
         self.rng.set_state(np.random.get_state())
-        self.generator = th.Generator()
-        self.generator.set_state(th.get_rng_state())
+        device = parts.model.device  # SB3 draws on the model's device from that device's global stream
+        self.generator = th.Generator(device=device)
+        self.generator.set_state(th.cuda.get_rng_state(device) if device.type == "cuda" else th.get_rng_state())
         self.callback: BaseCallback = CallbackList(parts.callbacks)
         self.active = True
         self.error: str | None = None
