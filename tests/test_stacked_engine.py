@@ -15,10 +15,11 @@ from stable_baselines3.common.callbacks import CallbackList
 import study.stacked.group as group_module
 from study.analysis.engines import compare_engines
 from study.config import RunSettings, RunSpec, StudyError, load_study
-from study.launch import plan_tasks
+from study.launch import plan_tasks, run_study
 from study.run import RunParts, build_run, run_result
 from study.stacked.group import Group, Member, run_group
 from study.stacked.nets import Unsupported
+from study.store import load_results
 
 SEEDS = (0, 1, 2)
 #: the batched forward of the stacked actors rounds differently from one network's matrix-vector
@@ -321,3 +322,14 @@ def test_the_engine_comparison_tests_one_distribution_per_env_and_metric() -> No
     assert table.loc["c_train", "Mann-Whitney p"] == table.loc["c_train", "KS p"] == 1.0
     assert table.loc["c_train", "median |same-seed difference|"] == 0.0
     assert table.loc["final_return", "median stacked"] == 11.0
+
+
+def test_a_stacked_study_runs_through_the_launcher_and_stores_each_run(write_study, tmp_path) -> None:
+    study = load_study(write_study({"seeds": 3, "checkpoint_every": 150}), engine="stacked")
+    summary = run_study(study, tmp_path / "results", workers=2)
+    assert len(summary.done) == 3 and not summary.failed and not summary.lost
+    groups = {tuple(result.meta["group"]) for result in summary.done}
+    assert sorted(len(group) for group in groups) == [1, 2]  # 3 runs on 2 workers: two groups
+    loaded = load_results(study, tmp_path / "results")
+    assert len(loaded.runs) == 3 and set(loaded.evaluations["run_id"]) == {spec.run_id for spec in study.runs}
+    assert not list((tmp_path / "results").glob("**/checkpoint.pkl"))  # finished runs keep no checkpoint
