@@ -16,7 +16,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.save_util import recursive_getattr, recursive_setattr
+from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.vec_env import VecEnv
 
 CHECKPOINT = "checkpoint.pkl"
@@ -79,8 +79,31 @@ def load_algorithm_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
     vars(model).update(state["attributes"])
     model.set_parameters(state["parameters"], exact_match=True)
     for name, value in state["variables"].items():
-        if value is not None:  # in place, so that optimizers keep their reference
-            recursive_setattr(model, f"{name}.data", value.data)
+        if value is not None:  # in place, so that optimizers (and stacked views) keep their reference
+            recursive_getattr(model, name).data.copy_(value.data)
+
+
+def run_state(model: BaseAlgorithm, parts: dict[str, Stateful]) -> dict[str, Any]:
+    """What a checkpoint of a run holds under either engine: the algorithm's state, its replay
+    buffer, its env (with its simulator state) and the state of its other `parts` (callbacks)."""
+    return {
+        "version": RESUME_VERSION,
+        "algorithm": algorithm_state(model),
+        "replay_buffer": model.replay_buffer,
+        "env": model.get_env(),
+        "sims": sim_states(model.get_env()),
+        "parts": {name: part.state_dict() for name, part in parts.items()},
+    }
+
+
+def load_run_state(model: BaseAlgorithm, state: dict[str, Any], parts: dict[str, Stateful]) -> None:
+    """Put `run_state` back into a freshly built run, all but the replay buffer (each engine
+    keeps it its own way)."""
+    model.set_env(state["env"], force_reset=False)
+    load_algorithm_state(model, state["algorithm"])
+    set_sim_states(model.get_env(), state["sims"])
+    for name, part in parts.items():
+        part.load_state_dict(state["parts"][name])
 
 
 def _sde_state(model: BaseAlgorithm) -> dict[str, Any] | None:
@@ -162,16 +185,7 @@ class Checkpointer(BaseCallback):
 
     def save(self) -> None:
         model = self.model
-        state = {
-            "version": RESUME_VERSION,
-            "algorithm": algorithm_state(model),
-            "sde": _sde_state(model),
-            "replay_buffer": model.replay_buffer,
-            "env": model.get_env(),
-            "sims": sim_states(model.get_env()),
-            "parts": {name: part.state_dict() for name, part in self.parts.items()},
-            "rng": _rng_state(),
-        }
+        state = run_state(model, self.parts) | {"sde": _sde_state(model), "rng": _rng_state()}
         write_checkpoint(self.path, state)
         self._saved_at = model.num_timesteps
 
@@ -184,12 +198,8 @@ class Checkpointer(BaseCallback):
         if state is None:
             self.clear()
             return False
-        model.set_env(state["env"], force_reset=False)
-        load_algorithm_state(model, state["algorithm"])
+        load_run_state(model, state, self.parts)
         model.replay_buffer = state["replay_buffer"]
-        set_sim_states(model.get_env(), state["sims"])
-        for name, part in self.parts.items():
-            part.load_state_dict(state["parts"][name])
         _set_rng_state(state["rng"])
         self._resume = {
             "action_noise": copy.deepcopy(state["algorithm"]["attributes"].get("action_noise")),

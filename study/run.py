@@ -40,6 +40,10 @@ class RunParts:
     noise: ParamNoiseCallback | NoisyNetCallback | None
     envs: list[gym.Env]
 
+    def stateful(self) -> dict[str, Any]:
+        """The callbacks whose state a checkpoint keeps, by name."""
+        return {f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(self.callbacks) if hasattr(cb, "state_dict")}
+
     def close(self) -> None:
         for env in self.envs:
             env.close()
@@ -123,8 +127,7 @@ def execute(
         model, callbacks = parts.model, list(parts.callbacks)
         checkpointer = None
         if checkpoint_dir is not None and spec.checkpoint_every:
-            named = {f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")}
-            checkpointer = Checkpointer(checkpoint_dir, spec.checkpoint_every, named)
+            checkpointer = Checkpointer(checkpoint_dir, spec.checkpoint_every, parts.stateful())
             resumed_at = model.num_timesteps if checkpointer.restore(model) else None
             callbacks.insert(0, checkpointer)
         model.learn(

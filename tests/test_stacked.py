@@ -79,6 +79,29 @@ def replay(batches: list) -> Callable[..., object]:
     return lambda batch_size, env=None: next(given)
 
 
+def train_side_by_side(reference: list, stacked: Any, streams: list | None = None) -> None:
+    """Two `train()` calls of each reference model and of the stacked members, on the same batches
+    (and, with `streams`, each member's torch stream); the learning rate follows the schedule."""
+    for call, progress in enumerate((1.0, 0.5)):
+        drawn = []
+        for i, ref in enumerate(reference):
+            np.random.seed(10 * i + call)
+            buffer = ref.replay_buffer
+            drawn.append([type(buffer).sample(buffer, BATCH) for _ in range(STEPS)])
+            buffer.sample = replay(drawn[i])
+            ref._current_progress_remaining = progress
+            if streams is not None:
+                th.set_rng_state(streams[i])
+            ref.train(gradient_steps=STEPS, batch_size=BATCH)
+            if streams is not None:
+                streams[i] = th.get_rng_state()
+        fields = StackedBatch._fields[:5]
+        batches = [
+            StackedBatch(*(th.stack([getattr(d[step], f) for d in drawn]) for f in fields)) for step in range(STEPS)
+        ]
+        stacked.train(batches, progress)
+
+
 CASES = {
     "td3": (TD3, StackedTD3, False, {}),
     "td3-layernorm": (TD3, StackedTD3, True, {}),
@@ -99,22 +122,7 @@ def test_the_stacked_update_is_each_members_sb3_update(case: str) -> None:
         assert all(th.equal(a, b) for a, b in zip(ref.policy.parameters(), member.policy.parameters(), strict=True))
     streams = [th.Generator().manual_seed(100 + i).get_state() for i in range(E)]  # each member's torch RNG
     stacked = engine(members, [th.Generator().manual_seed(100 + i) for i in range(E)])
-    for call, progress in enumerate((1.0, 0.5)):  # two train() calls: the learning rate follows the schedule
-        drawn = []
-        for i, ref in enumerate(reference):
-            np.random.seed(10 * i + call)
-            buffer = ref.replay_buffer
-            drawn.append([type(buffer).sample(buffer, BATCH) for _ in range(STEPS)])
-            buffer.sample = replay(drawn[i])
-            ref._current_progress_remaining = progress
-            th.set_rng_state(streams[i])
-            ref.train(gradient_steps=STEPS, batch_size=BATCH)
-            streams[i] = th.get_rng_state()
-        fields = StackedBatch._fields[:5]
-        batches = [
-            StackedBatch(*(th.stack([getattr(d[step], f) for d in drawn]) for f in fields)) for step in range(STEPS)
-        ]
-        stacked.train(batches, progress)
+    train_side_by_side(reference, stacked, streams)
 
     assert stacked.actor_optimizer.param_groups[0]["lr"] == reference[0].actor.optimizer.param_groups[0]["lr"] == 5e-4
     optimizers = [stacked.actor_optimizer, stacked.critic_optimizer, getattr(stacked, "ent_coef_optimizer", None)]
@@ -181,20 +189,7 @@ def test_the_stacked_q_update_is_each_members_update(case: str) -> None:
     reference = [q_model(algo, seed, layer_norm, **kwargs) for seed in seeds]
     members = [q_model(algo, seed, layer_norm, **kwargs) for seed in seeds]
     stacked = engine(members, [th.Generator() for _ in seeds])
-    for call, progress in enumerate((1.0, 0.5)):
-        drawn = []
-        for i, ref in enumerate(reference):
-            np.random.seed(10 * i + call)
-            buffer = ref.replay_buffer
-            drawn.append([type(buffer).sample(buffer, BATCH) for _ in range(STEPS)])
-            buffer.sample = replay(drawn[i])
-            ref._current_progress_remaining = progress
-            ref.train(gradient_steps=STEPS, batch_size=BATCH)
-        fields = StackedBatch._fields[:5]
-        batches = [
-            StackedBatch(*(th.stack([getattr(d[step], f) for d in drawn]) for f in fields)) for step in range(STEPS)
-        ]
-        stacked.train(batches, progress)
+    train_side_by_side(reference, stacked)
 
     assert stacked.optimizer.param_groups[0]["lr"] == reference[0].policy.optimizer.param_groups[0]["lr"] == 5e-4
     net = stacked.net_name

@@ -24,14 +24,13 @@ from stable_baselines3.common.noise import ActionNoise, NormalActionNoise, Ornst
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import TrainFrequencyUnit
 
-from study.checkpoint import read_checkpoint
 from study.config import RunSpec
 from study.registry import ALGORITHMS, resolve
 from study.result import RunResult
 from study.run import RunParts, build_run, run_result
 from study.stacked.buffer import StackedReplayBuffer
 from study.stacked.nets import Unsupported
-from study.stacked.resume import checkpoint_path, checkpoint_step, restore_members, save_member
+from study.stacked.resume import checkpoint_step, read_member_checkpoint, restore_members, save_member
 
 #: settings every member must share: they time the lockstep loop
 LOCKSTEP = ("learning_starts", "batch_size", "gradient_steps", "train_freq", "num_timesteps")
@@ -77,12 +76,6 @@ class Member:
         self.error: str | None = None
         self.resumed_at: int | None = None
         self.resume_noise: ActionNoise | None = None  # the action noise's state at the checkpoint
-
-    def stateful(self) -> dict[str, Any]:
-        """The callbacks whose state a checkpoint keeps, by name (as the SB3 engine names them)."""
-        return {
-            f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(self.parts.callbacks) if hasattr(cb, "state_dict")
-        }
 
     def fail(self) -> None:
         """Record the exception being handled as this run's failure; the others go on."""
@@ -212,10 +205,8 @@ class Group:
             obs = th.as_tensor(np.stack([member.model._last_obs for member in members]), device=self.policy.device)
             with th.no_grad():
                 actions = self.acting(obs.float()).cpu().numpy()
-            if not self.box:
-                chosen = self._epsilon_greedy(actions)
-                return chosen, chosen
-            unscaled = self.policy.unscale_action(actions)  # `predict` returns actions in the env's bounds
+            # `predict` returns continuous actions in the env's bounds; DQN's adds ε-greedy
+            unscaled = self.policy.unscale_action(actions) if self.box else self._epsilon_greedy(actions)
         if not self.box:
             return unscaled, unscaled
         scaled = self.policy.scale_action(unscaled)
@@ -293,33 +284,38 @@ def run_group(
     cpus = cpus or specs[0].settings.resources.cpus
     th.set_num_threads(cpus)
     folders = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(specs)
+    folders = [folder if spec.checkpoint_every else None for spec, folder in zip(specs, folders, strict=True)]
+    states = [read_member_checkpoint(folder) for folder in folders]
     by_step: dict[int, list[int]] = {}
-    for i, folder in enumerate(folders):
-        by_step.setdefault(checkpoint_step(folder) if specs[i].checkpoint_every else 0, []).append(i)
+    for i, state in enumerate(states):
+        by_step.setdefault(checkpoint_step(state), []).append(i)
     results: dict[int, RunResult] = {}
     for indices in by_step.values():
-        outcome = _run_one_group([specs[i] for i in indices], [folders[i] for i in indices], cpus)
+        outcome = _run_one_group(*([seq[i] for i in indices] for seq in (specs, folders, states)), cpus)
         results |= dict(zip(indices, outcome, strict=True))
     return [results[i] for i in range(len(specs))]
 
 
-def _run_one_group(specs: list[RunSpec], folders: list[Path | None], cpus: int) -> list[RunResult]:
-    """Train runs that continue from one step (0, or their checkpoints') as one group."""
+def _run_one_group(
+    specs: list[RunSpec], folders: list[Path | None], states: list[dict[str, Any] | None], cpus: int
+) -> list[RunResult]:
+    """Train runs that continue from one step (0, or their checkpoints `states`) as one group."""
     started = datetime.now(UTC)
     clock = time.perf_counter()
     members: list[Member] = []
+    kept: list[dict[str, Any] | None] = []
     failures: dict[int, str] = {}
     for i, (spec, folder) in enumerate(zip(specs, folders, strict=True)):
         try:
-            members.append(Member(spec, build_run(spec), folder if spec.checkpoint_every else None))
+            members.append(Member(spec, build_run(spec), folder))
+            kept.append(states[i])
         except Exception:
             failures[i] = traceback.format_exc()
     try:
         if members:
             group = Group(members)
-            states = [read_checkpoint(checkpoint_path(m.checkpoints)) if m.checkpoints else None for m in members]
-            if any(states):
-                restore_members(group, states)
+            if any(kept):
+                restore_members(group, kept)
             group.learn(specs[0].checkpoint_every)
     except Exception:
         for member in members:

@@ -13,17 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch as th
-from stable_baselines3.common.save_util import recursive_getattr
 
-from study.checkpoint import (
-    CHECKPOINT,
-    RESUME_VERSION,
-    algorithm_state,
-    read_checkpoint,
-    set_sim_states,
-    sim_states,
-    write_checkpoint,
-)
+from study.checkpoint import CHECKPOINT, load_run_state, read_checkpoint, run_state, write_checkpoint
 from study.stacked.buffer import FIELDS
 
 if TYPE_CHECKING:
@@ -34,9 +25,13 @@ def checkpoint_path(folder: Path) -> Path:
     return Path(folder) / CHECKPOINT
 
 
-def checkpoint_step(folder: Path | None) -> int:
-    """The step a member's checkpoint was taken at (0: none, start from scratch)."""
-    state = read_checkpoint(checkpoint_path(folder)) if folder is not None else None
+def read_member_checkpoint(folder: Path | None) -> dict[str, Any] | None:
+    """A member's last checkpoint in `folder`, or None (start from scratch)."""
+    return read_checkpoint(checkpoint_path(folder)) if folder is not None else None
+
+
+def checkpoint_step(state: dict[str, Any] | None) -> int:
+    """The step a member's checkpoint was taken at (0: none)."""
     return 0 if state is None else state["algorithm"]["attributes"]["num_timesteps"]
 
 
@@ -65,14 +60,8 @@ def save_member(group: Group, i: int, folder: Path) -> None:
     """Write member i's checkpoint (between rollouts, after training)."""
     member = group.members[i]
     model = member.model
-    state = {
-        "version": RESUME_VERSION,
+    state = run_state(model, member.parts.stateful()) | {
         "engine": "stacked",
-        "algorithm": algorithm_state(model),
-        "replay_buffer": model.replay_buffer,
-        "env": model.get_env(),
-        "sims": sim_states(model.get_env()),
-        "parts": {name: part.state_dict() for name, part in member.stateful().items()},
         "rng": {"numpy": member.rng.get_state(), "torch": member.generator.get_state()},
         "optimizers": [_optimizer_slice(optimizer, i) for optimizer in group.learner.optimizers],
     }
@@ -91,23 +80,14 @@ def restore_members(group: Group, states: list[dict[str, Any]]) -> None:
 
 def _restore_member(member: Member, state: dict[str, Any]) -> None:
     model = member.model
-    model.set_env(state["env"], force_reset=False)
-    algorithm = state["algorithm"]
-    vars(model).update(algorithm["attributes"])
-    member.resume_noise = copy.deepcopy(algorithm["attributes"].get("action_noise"))
-    model.set_parameters(algorithm["parameters"], exact_match=True)  # in place: the views stay views
-    for name, value in algorithm["variables"].items():
-        if value is not None:
-            recursive_getattr(model, name).data.copy_(value.data)
+    load_run_state(model, state, member.parts.stateful())  # parameters in place: the views stay views
+    member.resume_noise = copy.deepcopy(state["algorithm"]["attributes"].get("action_noise"))
     buffer = model.replay_buffer
     for name, value in vars(state["replay_buffer"]).items():  # the arrays in place, the rest (priorities) as saved
         if name in FIELDS:
             getattr(buffer, name)[...] = value
         else:
             setattr(buffer, name, value)
-    set_sim_states(model.get_env(), state["sims"])
-    for name, part in member.stateful().items():
-        part.load_state_dict(state["parts"][name])
     member.rng.set_state(state["rng"]["numpy"])
     member.generator.set_state(state["rng"]["torch"])
     member.resumed_at = model.num_timesteps
