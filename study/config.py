@@ -296,7 +296,6 @@ def stacked_engine_problem(settings: _SharedSettings) -> str | None:
         return f"algo: {settings.algo} has no stacked update yet (stacked: {stacked})"
     exploration = settings.exploration
     unsupported = {
-        "exploration.gsde": exploration.gsde is not None,
         "exploration.noisy_net": exploration.noisy_net is not None,
         "features_extractor": settings.features_extractor != "flatten",
         "env_wrapper": settings.env_wrapper != "none",
@@ -304,9 +303,6 @@ def stacked_engine_problem(settings: _SharedSettings) -> str | None:
     for key, present in unsupported.items():
         if present:
             return f"{key}: not stacked yet"
-    train_freq = settings.hyperparams.sb3_kwargs().get("train_freq")
-    if isinstance(train_freq, tuple | list) and train_freq[1] == "episode":
-        return "hyperparams.train_freq: in episodes, the members' rollouts would end at different steps"
     return None
 
 

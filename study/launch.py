@@ -282,6 +282,7 @@ MEMBER_SETTINGS = {
     "exploration": {
         "param_noise": {"interval", "adaptive", "initial_sigma", "target_distance", "adapt_every", "alpha"},
         "action_noise": {"sigma", "theta"},
+        "gsde": {"interval", "log_std_init"},
     }
 }
 

@@ -19,6 +19,7 @@ from study.policies import ParamNoiseDQNPolicy, ParamNoiseQRDQNPolicy, ParamNois
 from study.stacked.common import StackedBatch
 from study.stacked.dqn import StackedDQN, StackedQRDQN
 from study.stacked.nets import StackedLinear, Unsupported, stack_sequential
+from study.stacked.optim import StackedAdam
 from study.stacked.sac import StackedSAC
 from study.stacked.td3 import StackedTD3
 
@@ -50,6 +51,7 @@ def test_networks_with_other_layers_are_refused() -> None:
 
 def model(algo: type[OffPolicyAlgorithm], seed: int, layer_norm: bool, **kwargs: Any) -> OffPolicyAlgorithm:
     env = gym.make("Pendulum-v1")
+    policy_kwargs = {"net_arch": [32, 32], "layer_norm": layer_norm, **kwargs.pop("policy_kwargs", {})}
     built = algo(
         ParamNoiseSACPolicy if algo is SAC else ParamNoiseTD3Policy,
         env,
@@ -58,7 +60,7 @@ def model(algo: type[OffPolicyAlgorithm], seed: int, layer_norm: bool, **kwargs:
         batch_size=BATCH,
         buffer_size=500,
         learning_starts=0,
-        policy_kwargs={"net_arch": [32, 32], "layer_norm": layer_norm},
+        policy_kwargs=policy_kwargs,
         **kwargs,
     )
     built.set_logger(Logger(folder=None, output_formats=[]))
@@ -79,26 +81,34 @@ def replay(batches: list) -> Callable[..., object]:
     return lambda batch_size, env=None: next(given)
 
 
-def train_side_by_side(reference: list, stacked: Any, streams: list | None = None) -> None:
+def train_side_by_side(
+    reference: list, stacked: Any, streams: list | None = None, steps: list[int] | None = None
+) -> None:
     """Two `train()` calls of each reference model and of the stacked members, on the same batches
-    (and, with `streams`, each member's torch stream); the learning rate follows the schedule."""
+    (and, with `streams`, each member's torch stream); the learning rate follows the schedule.
+    With `steps`, member i takes steps[i] gradient steps per call (masked in the stacked update)."""
+    steps = steps or [STEPS] * len(reference)
     for call, progress in enumerate((1.0, 0.5)):
         drawn = []
         for i, ref in enumerate(reference):
             np.random.seed(10 * i + call)
             buffer = ref.replay_buffer
-            drawn.append([type(buffer).sample(buffer, BATCH) for _ in range(STEPS)])
+            drawn.append([type(buffer).sample(buffer, BATCH) for _ in range(steps[i])])
+            drawn[i] += drawn[i][-1:] * (max(steps) - steps[i])  # placeholders where the member does not step
             buffer.sample = replay(drawn[i])
             ref._current_progress_remaining = progress
             if streams is not None:
                 th.set_rng_state(streams[i])
-            ref.train(gradient_steps=STEPS, batch_size=BATCH)
+            ref.train(gradient_steps=steps[i], batch_size=BATCH)
             if streams is not None:
                 streams[i] = th.get_rng_state()
         fields = StackedBatch._fields[:5]
         batches = [
-            StackedBatch(*(th.stack([getattr(d[step], f) for d in drawn]) for f in fields)) for step in range(STEPS)
+            StackedBatch(*(th.stack([getattr(d[step], f) for d in drawn]) for f in fields))
+            for step in range(max(steps))
         ]
+        if len(set(steps)) > 1:
+            batches = [batch._replace(mask=th.tensor(steps) > step) for step, batch in enumerate(batches)]
         stacked.train(batches, progress)
 
 
@@ -109,11 +119,21 @@ CASES = {
     "sac-auto-entropy": (SAC, StackedSAC, False, {"target_update_interval": 2}),
     "sac-layernorm": (SAC, StackedSAC, True, {}),
     "sac-fixed-entropy": (SAC, StackedSAC, False, {"ent_coef": 0.1}),
+    "sac-gsde": (SAC, StackedSAC, False, {"use_sde": True}),
+    "sac-gsde-layernorm-expln": (
+        SAC,
+        StackedSAC,
+        True,
+        {"use_sde": True, "policy_kwargs": {"use_expln": True, "clip_mean": 0.0}},
+    ),
 }
+#: gradient steps per call of each member where members take different numbers (episodic rollouts)
+UNEVEN = [STEPS, STEPS - 2, STEPS - 3]
 
 
+@pytest.mark.parametrize("uneven", [False, True], ids=["lockstep", "uneven"])
 @pytest.mark.parametrize("case", CASES)
-def test_the_stacked_update_is_each_members_sb3_update(case: str) -> None:
+def test_the_stacked_update_is_each_members_sb3_update(case: str, uneven: bool) -> None:
     algo, engine, layer_norm, kwargs = CASES[case]
     seeds = [3, 11, 42][:E]
     reference = [model(algo, seed, layer_norm, **kwargs) for seed in seeds]
@@ -122,12 +142,13 @@ def test_the_stacked_update_is_each_members_sb3_update(case: str) -> None:
         assert all(th.equal(a, b) for a, b in zip(ref.policy.parameters(), member.policy.parameters(), strict=True))
     streams = [th.Generator().manual_seed(100 + i).get_state() for i in range(E)]  # each member's torch RNG
     stacked = engine(members, [th.Generator().manual_seed(100 + i) for i in range(E)])
-    train_side_by_side(reference, stacked, streams)
+    steps = UNEVEN if uneven else [STEPS] * E
+    train_side_by_side(reference, stacked, streams, steps)
 
     assert stacked.actor_optimizer.param_groups[0]["lr"] == reference[0].actor.optimizer.param_groups[0]["lr"] == 5e-4
     optimizers = [stacked.actor_optimizer, stacked.critic_optimizer, getattr(stacked, "ent_coef_optimizer", None)]
     for i, (ref, member) in enumerate(zip(reference, members, strict=True)):
-        assert member._n_updates == ref._n_updates == 2 * STEPS
+        assert member._n_updates == ref._n_updates == 2 * steps[i]
         named = zip(ref.policy.named_parameters(), member.policy.named_parameters(), strict=True)
         for (name, expected), (_, got) in named:
             th.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL, msg=name)
@@ -149,7 +170,7 @@ def test_the_stacked_update_is_each_members_sb3_update(case: str) -> None:
         for ref_optimizer, ref_param, member_param in pairs:
             optimizer, stacked_param = stacked_params[member_param.data_ptr()]
             state, expected_state = optimizer.state[stacked_param], ref_optimizer.state[ref_param]
-            assert int(state["step"]) == int(expected_state["step"])
+            assert int(state["step"].expand(E)[i]) == int(expected_state["step"])
             for key in ("exp_avg", "exp_avg_sq"):
                 expected = expected_state[key]
                 scale = ATOL * float(expected.abs().max())  # float tolerance relative to the tensor's scale
@@ -182,26 +203,54 @@ Q_CASES = {
 }
 
 
+@pytest.mark.parametrize("uneven", [False, True], ids=["lockstep", "uneven"])
 @pytest.mark.parametrize("case", Q_CASES)
-def test_the_stacked_q_update_is_each_members_update(case: str) -> None:
+def test_the_stacked_q_update_is_each_members_update(case: str, uneven: bool) -> None:
     algo, engine, layer_norm, kwargs = Q_CASES[case]
     seeds = [3, 11, 42][:E]
     reference = [q_model(algo, seed, layer_norm, **kwargs) for seed in seeds]
     members = [q_model(algo, seed, layer_norm, **kwargs) for seed in seeds]
     stacked = engine(members, [th.Generator() for _ in seeds])
-    train_side_by_side(reference, stacked)
+    steps = UNEVEN if uneven else [STEPS] * E
+    train_side_by_side(reference, stacked, steps=steps)
 
     assert stacked.optimizer.param_groups[0]["lr"] == reference[0].policy.optimizer.param_groups[0]["lr"] == 5e-4
     net = stacked.net_name
     stacked_params = {param.data[i].data_ptr(): (param, i) for param in stacked.net.parameters() for i in range(E)}
-    for ref, member in zip(reference, members, strict=True):
-        assert member._n_updates == ref._n_updates == 2 * STEPS
+    for ref, member, taken in zip(reference, members, steps, strict=True):
+        assert member._n_updates == ref._n_updates == 2 * taken
         pairs = zip(getattr(ref, net).parameters(), getattr(member, net).parameters(), strict=True)
         for expected, got in pairs:
             th.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
             param, i = stacked_params[got.data_ptr()]
             state, expected_state = stacked.optimizer.state[param], ref.policy.optimizer.state[expected]
-            assert int(state["step"]) == int(expected_state["step"]) == 2 * STEPS
+            assert int(state["step"].expand(E)[i]) == int(expected_state["step"]) == 2 * taken
             for key in ("exp_avg", "exp_avg_sq"):
                 scale = ATOL * float(expected_state[key].abs().max())
                 th.testing.assert_close(state[key][i], expected_state[key], rtol=RTOL, atol=scale)
+
+
+def test_stacked_adam_steps_each_member_as_its_own_adam_and_leaves_masked_members_alone() -> None:
+    th.manual_seed(0)
+    initial = [th.randn(E, 4, 3), th.randn(E, 4)]
+    reference = [[nn.Parameter(p[i].clone()) for p in initial] for i in range(E)]
+    optimizers = [th.optim.Adam(params, lr=1e-2) for params in reference]
+    stacked = [nn.Parameter(p.clone()) for p in initial]
+    optimizer = StackedAdam(stacked, E, lr=1e-2)
+    masks = [None, None, th.tensor([True, False, True]), None, th.tensor([False, True, True])]
+    for call, mask in enumerate(masks):
+        grads = [th.randn_like(p) for p in initial]
+        for i in range(E):
+            if mask is None or mask[i]:
+                for param, grad in zip(reference[i], grads, strict=True):
+                    param.grad = grad[i].clone()
+                optimizers[i].step()
+        for param, grad in zip(stacked, grads, strict=True):
+            param.grad = grad.clone()
+        optimizer.step(mask=mask)
+        for i in range(E):
+            for param, expected in zip(stacked, reference[i], strict=True):
+                if call < 2:  # in step: torch's own arithmetic, bit for bit
+                    assert th.equal(param[i], expected)
+                th.testing.assert_close(param[i], expected, rtol=1e-6, atol=1e-7)
+    assert optimizer.state[stacked[0]]["step"].tolist() == [4, 4, 5]

@@ -1,4 +1,4 @@
-"""E replay buffers written in lockstep: one array per field, each member's SB3 buffer a view of its slice.
+"""E replay buffers as one array per field, each member's SB3 buffer a view of its slice.
 
 Uniform buffers are sampled here for all members at once; prioritized buffers keep their own
 priorities (sum-tree or rank order) per member and draw their indices from the member's stream.
@@ -23,9 +23,10 @@ FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "t
 class StackedReplayBuffer:
     """The members' replay buffers (SB3's uniform one, or prioritized) as [E, size, 1, ·] arrays.
 
-    Every member adds one transition per step, so all share one write position. The members'
-    buffers keep working (parameter-noise adaptation, priorities and checkpoints read them):
-    their arrays become views of their slices, and their `pos`/`full` follow each write.
+    Each member writes its own transitions at its own position (members that stepped together
+    share one). The members' buffers keep working (parameter-noise adaptation, priorities and
+    checkpoints read them): their arrays become views of their slices, and their `pos`/`full`
+    follow each write.
     """
 
     def __init__(self, buffers: Sequence[ReplayBuffer]) -> None:
@@ -39,22 +40,25 @@ class StackedReplayBuffer:
                 raise ValueError("replay: the members of a stacked group must share their replay buffer's kind")
             if buffer.optimize_memory_usage or not buffer.handle_timeout_termination or buffer.n_envs != 1:
                 raise Unsupported("replay: only SB3's default uniform buffer of one environment is stacked")
-            if (buffer.buffer_size, buffer.pos, buffer.full) != (first.buffer_size, first.pos, first.full):
-                raise ValueError("the members' replay buffers must have one size and position")
+            if buffer.buffer_size != first.buffer_size:
+                raise ValueError("the members' replay buffers must have one size")
         self.buffers = list(buffers)
-        self.buffer_size, self.pos, self.full = first.buffer_size, first.pos, first.full
+        self.buffer_size = first.buffer_size
+        self.pos = np.array([buffer.pos for buffer in buffers])
+        self.full = np.array([buffer.full for buffer in buffers])
         self.device = first.device
         for name in FIELDS:
             own = getattr(first, name)
             stacked = np.zeros((len(buffers), *own.shape), dtype=own.dtype)  # pages are touched as they fill
             setattr(self, name, stacked)
             for i, buffer in enumerate(buffers):
-                if self.size():
+                if buffer.pos or buffer.full:
                     stacked[i] = getattr(buffer, name)
                 setattr(buffer, name, stacked[i])
 
-    def size(self) -> int:
-        return self.buffer_size if self.full else self.pos
+    def size(self) -> np.ndarray:
+        """Each member's number of stored transitions, [E]."""
+        return np.where(self.full, self.buffer_size, self.pos)
 
     def add(
         self,
@@ -64,44 +68,52 @@ class StackedReplayBuffer:
         rewards: np.ndarray,
         dones: np.ndarray,
         timeouts: np.ndarray,
+        mask: np.ndarray | None = None,
     ) -> None:
-        """One transition per member ([E, ·] each), as each member's `ReplayBuffer.add`."""
-        pos = self.pos
-        self.observations[:, pos, 0] = obs
-        self.next_observations[:, pos, 0] = next_obs
-        self.actions[:, pos, 0] = actions.reshape(len(self.buffers), -1)
-        self.rewards[:, pos, 0] = rewards
-        self.dones[:, pos, 0] = dones
-        self.timeouts[:, pos, 0] = timeouts
-        self.pos += 1
-        if self.pos == self.buffer_size:
-            self.full, self.pos = True, 0
-        for buffer in self.buffers:
-            buffer.pos, buffer.full = self.pos, self.full
+        """One transition of each member in `mask` ([E] bool; all without it) from the [E, ·]
+        arrays, as each member's `ReplayBuffer.add`."""
+        rows = np.arange(len(self.buffers)) if mask is None else np.flatnonzero(mask)
+        pos = self.pos[rows]
+        self.observations[rows, pos, 0] = obs[rows]
+        self.next_observations[rows, pos, 0] = next_obs[rows]
+        self.actions[rows, pos, 0] = actions.reshape(len(self.buffers), -1)[rows]
+        self.rewards[rows, pos, 0] = rewards[rows]
+        self.dones[rows, pos, 0] = dones[rows]
+        self.timeouts[rows, pos, 0] = timeouts[rows]
+        self.pos[rows] += 1
+        wrapped = rows[self.pos[rows] == self.buffer_size]
+        self.full[wrapped], self.pos[wrapped] = True, 0
+        for row, written in zip(rows, pos, strict=True):
+            buffer = self.buffers[row]
+            buffer.pos, buffer.full = int(self.pos[row]), bool(self.full[row])
             if self.prioritized:
-                buffer._set_new(np.array([pos]))  # a new transition's priority: the largest so far
+                buffer._set_new(np.array([written]))  # a new transition's priority: the largest so far
 
-    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
-        """Each member's `update_priorities` with its [batch] slice of `indices` and `td_errors`."""
-        for buffer, idx, errors in zip(self.buffers, indices, td_errors, strict=True):
-            buffer.update_priorities(idx, errors)
+    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray, mask: th.Tensor | None = None) -> None:
+        """`update_priorities` of each member in `mask` (all without it) with its [batch] slice
+        of `indices` and `td_errors`."""
+        taken = [True] * len(self.buffers) if mask is None else mask.tolist()
+        for buffer, idx, errors, take in zip(self.buffers, indices, td_errors, taken, strict=True):
+            if take:
+                buffer.update_priorities(idx, errors)
 
-    def sample(self, batch_size: int, rngs: Sequence[np.random.RandomState]) -> StackedBatch:
+    def sample(
+        self, batch_size: int, rngs: Sequence[np.random.RandomState], mask: np.ndarray | None = None
+    ) -> StackedBatch:
         """Each member's `sample(batch_size)`, its indices drawn from its stream as the buffer
-        draws them from the global one."""
-        if self.prioritized:
-            drawn = [buffer.sample_indices(batch_size, rng) for buffer, rng in zip(self.buffers, rngs, strict=True)]
-            batch_inds = np.stack([idx for idx, _ in drawn])
-            weights = np.stack(
-                [
-                    (probabilities / buffer.min_probability()) ** -buffer.beta
-                    for buffer, (_, probabilities) in zip(self.buffers, drawn, strict=True)
-                ]
-            )
-        else:
-            upper = self.size()
-            batch_inds = np.stack([rng.randint(0, upper, size=batch_size) for rng in rngs])
-        for rng in rngs:
+        draws them from the global one; the members `mask` leaves out draw nothing (and get
+        their first transition, weighted 1)."""
+        taken = np.ones(len(self.buffers), dtype=bool) if mask is None else mask
+        batch_inds = np.zeros((len(self.buffers), batch_size), dtype=np.int64)
+        weights = np.ones((len(self.buffers), batch_size))
+        sizes = self.size()
+        for i in np.flatnonzero(taken):
+            buffer, rng = self.buffers[i], rngs[i]
+            if self.prioritized:
+                batch_inds[i], probabilities = buffer.sample_indices(batch_size, rng)
+                weights[i] = (probabilities / buffer.min_probability()) ** -buffer.beta
+            else:
+                batch_inds[i] = rng.randint(0, sizes[i], size=batch_size)
             rng.randint(0, 1, size=batch_size)  # SB3's env indices: with one env, nothing is drawn
         members = np.arange(len(rngs))[:, None]
         dones = self.dones[members, batch_inds, 0] * (1 - self.timeouts[members, batch_inds, 0])
@@ -113,6 +125,8 @@ class StackedReplayBuffer:
             self.rewards[members, batch_inds, 0][..., None],
         )
         batch = StackedBatch(*(th.tensor(array, device=self.device) for array in data))
+        if mask is not None:
+            batch = batch._replace(mask=th.as_tensor(mask, device=self.device))
         if self.prioritized:
             weights = th.tensor(weights.astype(np.float32)[..., None], device=self.device)
             batch = batch._replace(weights=weights, indices=batch_inds)

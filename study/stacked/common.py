@@ -13,6 +13,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import nn
 
 from study.stacked.nets import Unsupported, stack_sequential
+from study.stacked.optim import StackedAdam
 
 
 class StackedBatch(NamedTuple):
@@ -26,6 +27,7 @@ class StackedBatch(NamedTuple):
     discounts: th.Tensor | None = None  # n-step replay: γⁿ per transition
     weights: th.Tensor | None = None  # prioritized replay: importance-sampling weights, [E, batch, 1]
     indices: np.ndarray | None = None  # prioritized replay: where the transitions are, [E, batch]
+    mask: th.Tensor | None = None  # the members taking this gradient step, [E] bool (None: all)
 
     def preprocessed(self) -> StackedBatch:
         """SB3's `preprocess_obs` of flat Box observations: as float32."""
@@ -51,9 +53,18 @@ def check_members(
                 raise Unsupported("features_extractor: only flat observations can be stacked")
 
 
-def member_normal(like: th.Tensor, generators: Sequence[th.Generator], std: float = 1.0) -> th.Tensor:
-    """[E, *like.shape]: member e's `like.clone().normal_(0, std)`, drawn from its own stream."""
-    return th.stack([th.empty_like(like).normal_(0, std, generator=generator) for generator in generators])
+def member_normal(
+    like: th.Tensor, generators: Sequence[th.Generator], std: float = 1.0, mask: th.Tensor | None = None
+) -> th.Tensor:
+    """[E, *like.shape]: member e's `like.clone().normal_(0, std)`, drawn from its own stream
+    (zeros, drawing nothing, for the members `mask` leaves out)."""
+    taken = [True] * len(generators) if mask is None else mask.tolist()
+    return th.stack(
+        [
+            th.empty_like(like).normal_(0, std, generator=generator) if take else th.zeros_like(like)
+            for generator, take in zip(generators, taken, strict=True)
+        ]
+    )
 
 
 def mse(prediction: th.Tensor, target: th.Tensor) -> th.Tensor:
@@ -61,12 +72,17 @@ def mse(prediction: th.Tensor, target: th.Tensor) -> th.Tensor:
     return (prediction - target).pow(2).mean(dim=(1, 2))
 
 
-def polyak(params: Iterable[th.Tensor], targets: Iterable[th.Tensor], tau: float) -> None:
-    """SB3's `polyak_update` on stacked tensors (elementwise, so the same per member)."""
+def polyak(
+    params: Iterable[th.Tensor], targets: Iterable[th.Tensor], tau: float, mask: th.Tensor | None = None
+) -> None:
+    """SB3's `polyak_update` on stacked tensors (elementwise, so the same per member), of the
+    members `mask` ([E] bool) selects, or of all."""
     with th.no_grad():
         for param, target in zip(params, targets, strict=True):
-            target.data.mul_(1 - tau)
-            th.add(target.data, param.data, alpha=tau, out=target.data)
+            updated = th.add(target.data * (1 - tau), param.data, alpha=tau)
+            if mask is not None:
+                updated = th.where(mask.view(-1, *([1] * (target.ndim - 1))), updated, target.data)
+            target.data.copy_(updated)
 
 
 def q_values(critics: nn.ModuleList, obs: th.Tensor, actions: th.Tensor) -> list[th.Tensor]:
@@ -83,7 +99,10 @@ def stack_critics(models: Sequence[OffPolicyAlgorithm], name: str) -> nn.ModuleL
     )
 
 
-def make_optimizer(model: OffPolicyAlgorithm, params: Iterable[th.Tensor]) -> th.optim.Optimizer:
-    """The optimizer SB3 gives the model's networks, over stacked parameters, at the initial learning rate."""
+def make_optimizer(model: OffPolicyAlgorithm, params: Iterable[nn.Parameter], members: int) -> StackedAdam:
+    """The optimizer SB3 gives the model's networks (Adam), over stacked parameters, at the initial
+    learning rate."""
     policy = model.policy
-    return policy.optimizer_class(params, lr=model.lr_schedule(1), **policy.optimizer_kwargs)
+    if policy.optimizer_class is not th.optim.Adam:
+        raise Unsupported(f"optimizer_class: {policy.optimizer_class.__name__} is not stacked (Adam is)")
+    return StackedAdam(params, members, lr=model.lr_schedule(1), **policy.optimizer_kwargs)

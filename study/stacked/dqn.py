@@ -6,16 +6,16 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch as th
-from stable_baselines3.common.utils import update_learning_rate
 from torch import nn
 from torch.nn import functional as F
 
 from study.dqn import DQN, QRDQN
 from study.stacked.common import StackedBatch, check_members, make_optimizer
 from study.stacked.nets import stack_sequential
+from study.stacked.optim import set_learning_rates
 
 #: settings every member of a group must share: they shape the stacked update
-SHARED = ("gamma", "max_grad_norm", "_n_updates")
+SHARED = ("gamma", "max_grad_norm")
 
 
 def clip_grad_norms(params: Sequence[nn.Parameter], max_norm: float) -> None:
@@ -41,14 +41,14 @@ class _StackedQ:
         self.models = list(models)
         self.gamma, self.max_grad_norm = first.gamma, first.max_grad_norm
         self.lr_schedule = first.lr_schedule
-        self.n_updates = first._n_updates
+        self.n_updates = th.tensor([model._n_updates for model in models])
         self.net = stack_sequential([self._head(model) for model in models])
         self.target = stack_sequential([self._head(model, "_target") for model in models])
         self.target.requires_grad_(False)
-        self.optimizer = make_optimizer(first, self.net.parameters())
+        self.optimizer = make_optimizer(first, self.net.parameters(), len(models))
         self.optimizers = [self.optimizer]
-        #: prioritized replay: writes each member's |TD error| back as its priorities
-        self.update_priorities: Callable[[np.ndarray, np.ndarray], None] | None = None
+        #: prioritized replay: writes the TD errors of the members in the mask back as their priorities
+        self.update_priorities: Callable[[np.ndarray, np.ndarray, th.Tensor | None], None] | None = None
 
     shared: tuple[str, ...] = ()
 
@@ -72,23 +72,23 @@ class _StackedQ:
             net = stack_sequential([getattr(model.policy.perturbed_net, self.net_name) for model in self.models])
         return lambda obs: self.q_values(net, obs).argmax(dim=-1)
 
-    def train(self, batches: Iterable[StackedBatch], progress_remaining: float) -> None:
-        """One `train()` call of every member: a gradient step per batch."""
-        update_learning_rate(self.optimizer, self.lr_schedule(progress_remaining))
-        gradient_steps = 0
+    def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
+        """One `train()` call of every member: a gradient step per batch (of the members in its
+        mask); `progress_remaining` is all members' or each one's."""
+        set_learning_rates(self.optimizers, self.lr_schedule, progress_remaining)
         for batch in batches:
             loss, td_errors = self.loss(batch.preprocessed())
             self.optimizer.zero_grad()
             loss.sum().backward()
             if self.max_grad_norm is not None:
                 clip_grad_norms(list(self.net.parameters()), self.max_grad_norm)
-            self.optimizer.step()
+            self.optimizer.step(mask=batch.mask)
             if batch.indices is not None and self.update_priorities is not None:
-                self.update_priorities(batch.indices, td_errors.cpu().numpy().reshape(batch.indices.shape))
-            gradient_steps += 1
-        self.n_updates += gradient_steps
-        for model in self.models:
-            model._n_updates = self.n_updates
+                errors = td_errors.cpu().numpy().reshape(batch.indices.shape)
+                self.update_priorities(batch.indices, errors, batch.mask)
+            self.n_updates += 1 if batch.mask is None else batch.mask.long().cpu()
+        for model, n_updates in zip(self.models, self.n_updates.tolist(), strict=True):
+            model._n_updates = n_updates
 
 
 class StackedDQN(_StackedQ):

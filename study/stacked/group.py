@@ -1,4 +1,4 @@
-"""A group of runs that differ only in seed (and exploration scalars) trained in lockstep in one process.
+"""A group of runs that differ only in seed (and exploration scalars) trained together in one process.
 
 Each member is one SB3 run, built as the SB3 engine builds it (`study.run.build_run`): its own
 model, envs, callbacks and random streams. The loop below is SB3's `OffPolicyAlgorithm.learn()`
@@ -22,7 +22,7 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.noise import ActionNoise, NormalActionNoise, OrnsteinUhlenbeckActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.type_aliases import TrainFrequencyUnit
+from stable_baselines3.common.utils import should_collect_more_steps
 
 from study.config import RunSpec
 from study.registry import ALGORITHMS, resolve
@@ -30,10 +30,10 @@ from study.result import RunResult
 from study.run import RunParts, build_run, run_result
 from study.stacked.buffer import StackedReplayBuffer
 from study.stacked.nets import Unsupported
-from study.stacked.resume import checkpoint_step, read_member_checkpoint, restore_members, save_member
+from study.stacked.resume import read_member_checkpoint, restore_members, save_member
 
-#: settings every member must share: they time the lockstep loop
-LOCKSTEP = ("learning_starts", "batch_size", "gradient_steps", "train_freq", "num_timesteps")
+#: settings every member must share: they time the loop and shape the stacked batches
+LOCKSTEP = ("learning_starts", "batch_size", "gradient_steps", "train_freq", "use_sde", "use_sde_at_warmup")
 
 
 def normal_noise(noise: NormalActionNoise, rng: np.random.RandomState) -> np.ndarray:
@@ -73,6 +73,8 @@ class Member:
         self.generator.set_state(th.cuda.get_rng_state(device) if device.type == "cuda" else th.get_rng_state())
         self.callback: BaseCallback = CallbackList(parts.callbacks)
         self.active = True
+        self.steps = self.episodes = 0  # collected in the current rollout
+        self.saved_at = 0  # the step of its last checkpoint
         self.error: str | None = None
         self.resumed_at: int | None = None
         self.resume_noise: ActionNoise | None = None  # the action noise's state at the checkpoint
@@ -91,7 +93,12 @@ class Member:
 
 
 class Group:
-    """E members trained in lockstep: SB3's off-policy loop over stacked actors, buffers and updates."""
+    """E members trained together: SB3's off-policy loop over stacked actors, buffers and updates.
+
+    Each member keeps its own step count and rollouts: members whose rollouts end at different
+    steps (episodes as `train_freq`) or that continue from different checkpoints wait for one
+    another between rollouts, and the update steps each member as many times as its own run would.
+    """
 
     def __init__(self, members: Sequence[Member]) -> None:
         self.members = list(members)
@@ -103,14 +110,8 @@ class Group:
         for name in LOCKSTEP:
             if any(getattr(model, name) != getattr(first, name) for model in models):
                 raise ValueError(f"{name}: the members of a stacked group must share it")
-        if len({member.spec.settings.total_steps for member in members}) != 1:
-            raise ValueError("total_steps: the members of a stacked group must share it")
         if len({(type(m.model.action_noise), type(m.parts.noise)) for m in members}) != 1:
             raise ValueError("exploration: the members of a stacked group must share their kinds of noise")
-        if first.train_freq.unit != TrainFrequencyUnit.STEP:
-            raise Unsupported("hyperparams.train_freq: episodes end at different steps in each member")
-        if first.use_sde:
-            raise Unsupported("exploration.gsde: not stacked yet")
         for model in models:
             if model.env.num_envs != 1 or model.get_vec_normalize_env() is not None:
                 raise Unsupported("env: one environment per run, without VecNormalize")
@@ -123,21 +124,23 @@ class Group:
             self.learner.update_priorities = self.buffer.update_priorities
         self.policy = first.policy
         self.box = isinstance(first.action_space, spaces.Box)
+        self.use_sde = bool(getattr(first, "use_sde", False))
         self._filler = np.zeros((1, *first.action_space.shape), dtype=first.action_space.dtype)
         n = len(members)
         self._obs = np.zeros((n, *first.observation_space.shape), dtype=first.observation_space.dtype)
         self._next_obs = np.zeros_like(self._obs)
         self._rewards, self._dones, self._timeouts = np.zeros(n), np.zeros(n), np.zeros(n)
+        self._stored = np.zeros(n, dtype=bool)  # the members whose transition of this step is stored
         self._buffer_actions = np.zeros((n, 1, first.replay_buffer.action_dim), dtype=np.float32)
 
     @property
     def active(self) -> list[Member]:
         return [member for member in self.members if member.active]
 
-    @property
-    def lead(self) -> OffPolicyAlgorithm:
-        """An active member's model: its step count and progress are every active member's."""
-        return self.active[0].model
+    def mask(self, members: Sequence[Member]) -> np.ndarray:
+        """[E] bool: which of the group's members are among `members`."""
+        chosen = {id(member) for member in members}
+        return np.array([id(member) in chosen for member in self.members])
 
     def learn(self, checkpoint_every: int | None = None) -> None:
         """SB3's `learn()` of every member, to its `total_steps`; with `checkpoint_every`, each
@@ -151,96 +154,143 @@ class Group:
             model.policy.set_training_mode(False)
             if member.resume_noise is not None:  # `_setup_learn` reset it
                 vars(model.action_noise).update(vars(member.resume_noise))
+            member.saved_at = model.num_timesteps
         self.acting = self.learner.acting()
-        self.checkpoint_every, self.saved_at = checkpoint_every, self.lead.num_timesteps
-        while self.active and self.lead.num_timesteps < self.lead._total_timesteps:
-            collected = self.collect_rollouts()
-            if not self.active:
+        self.checkpoint_every = checkpoint_every
+        while True:
+            for member in self.active:
+                if member.model.num_timesteps >= member.model._total_timesteps:
+                    member.stop()
+            rolling = self.active
+            if not rolling:
                 break
-            lead = self.lead
-            if lead.num_timesteps > 0 and lead.num_timesteps > lead.learning_starts:
-                gradient_steps = lead.gradient_steps if lead.gradient_steps >= 0 else collected
-                if gradient_steps > 0:
-                    self.train(gradient_steps)
-        for member in self.active:
-            member.stop()
+            self.collect_rollouts(rolling)
+            self.train()
 
-    def save_checkpoints(self) -> None:
-        """Every active member's checkpoint, in its checkpoint folder (at a rollout's start,
-        where the SB3 engine's checkpointer saves)."""
+    def train(self) -> None:
+        """One SB3 `train(gradient_steps, batch_size)` of every member still training whose run
+        trains after this rollout (past `learning_starts`), as many gradient steps as its run takes."""
+        counts = np.zeros(len(self.members), dtype=int)
         for i, member in enumerate(self.members):
-            if member.active and member.checkpoints is not None:
-                save_member(self, i, member.checkpoints)
-        self.saved_at = self.lead.num_timesteps
-
-    def train(self, gradient_steps: int) -> None:
-        """One SB3 `train(gradient_steps, batch_size)` of every member."""
+            model = member.model
+            if member.active and model.num_timesteps > 0 and model.num_timesteps > model.learning_starts:
+                counts[i] = model.gradient_steps if model.gradient_steps >= 0 else member.steps
+        if counts.max() == 0:
+            return
         rngs = [member.rng for member in self.members]
         if self.buffer.prioritized:  # `study.dqn.DQN.train` anneals β from β₀ to 1 over training
-            for buffer in self.buffer.buffers:
-                buffer.beta = buffer.beta0 + (1.0 - buffer.beta0) * (1.0 - self.lead._current_progress_remaining)
-        batches = (self.buffer.sample(self.lead.batch_size, rngs) for _ in range(gradient_steps))
-        self.learner.train(batches, self.lead._current_progress_remaining)
+            for buffer, model in zip(self.buffer.buffers, self.models, strict=True):
+                buffer.beta = buffer.beta0 + (1.0 - buffer.beta0) * (1.0 - model._current_progress_remaining)
+        batch_size = self.models[0].batch_size
+        lockstep = bool((counts == counts[0]).all())
+        batches = (
+            self.buffer.sample(batch_size, rngs, None if lockstep else counts > step) for step in range(counts.max())
+        )
+        self.learner.train(batches, [model._current_progress_remaining for model in self.models])
 
-    def collect_rollouts(self) -> int:
-        """SB3's `collect_rollouts()` of every active member: `train_freq` steps each; the steps collected."""
-        if self.checkpoint_every and self.lead.num_timesteps - self.saved_at >= self.checkpoint_every:
-            self.save_checkpoints()
-        for member in self.active:
+    def collect_rollouts(self, rolling: Sequence[Member]) -> None:
+        """SB3's `collect_rollouts()` of each member in `rolling`: `train_freq` steps or episodes each."""
+        for i, member in enumerate(self.members):
+            due = self.checkpoint_every and member.model.num_timesteps - member.saved_at >= self.checkpoint_every
+            if member in rolling and member.checkpoints is not None and due:
+                self.save_checkpoint(i)
+        if self.use_sde:
+            self._reset_noise(rolling)
+        for member in rolling:
+            member.steps = member.episodes = 0
             member.callback.on_rollout_start()
-        collected = 0
-        while collected < self.models[0].train_freq.frequency and self.active:
-            self.step()
-            collected += 1
-        for member in self.active:
-            member.callback.on_rollout_end()
-        return collected
+        train_freq = self.models[0].train_freq
+        while True:
+            collecting = [m for m in rolling if m.active and should_collect_more_steps(train_freq, m.steps, m.episodes)]
+            if not collecting:
+                break
+            if self.use_sde:
+                self._reset_noise(
+                    [m for m in collecting if 0 < m.model.sde_sample_freq and m.steps % m.model.sde_sample_freq == 0]
+                )
+            self.step(collecting)
+        for member in rolling:
+            if member.active:
+                member.callback.on_rollout_end()
 
-    def sample_actions(self) -> tuple[np.ndarray, np.ndarray]:
-        """SB3's `_sample_action()` of every member: ([E, 1, ·] actions for the envs, for the buffers)."""
-        lead, members = self.lead, self.members
-        if lead.num_timesteps < lead.learning_starts:
-            unscaled = np.stack([[m.model.action_space.sample()] if m.active else self._filler for m in members])
-        else:
+    def save_checkpoint(self, i: int) -> None:
+        """Member i's checkpoint, in its checkpoint folder (at its rollout's start, where the SB3
+        engine's checkpointer saves)."""
+        member = self.members[i]
+        if member.checkpoints is not None:
+            save_member(self, i, member.checkpoints)
+            member.saved_at = member.model.num_timesteps
+
+    def _reset_noise(self, members: Sequence[Member]) -> None:
+        """gSDE's `actor.reset_noise()` of `members`: new exploration matrices from their streams."""
+        if members:
+            with th.no_grad():
+                self.learner.reset_noise(th.as_tensor(self.mask(members)))
+
+    def sample_actions(self, stepping: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SB3's `_sample_action()` of the members `stepping` ([E] bool) selects: ([E, 1, ·]
+        actions for the envs, for the buffers; the others' are placeholders)."""
+        members = self.members
+        warm = np.array([m.model.num_timesteps < m.model.learning_starts for m in members])
+        if self.use_sde and self.models[0].use_sde_at_warmup:
+            warm[:] = False
+        if (stepping & ~warm).any():
             obs = th.as_tensor(np.stack([member.model._last_obs for member in members]), device=self.policy.device)
             with th.no_grad():
                 actions = self.acting(obs.float()).cpu().numpy()
             # `predict` returns continuous actions in the env's bounds; DQN's adds ε-greedy
-            unscaled = self.policy.unscale_action(actions) if self.box else self._epsilon_greedy(actions)
+            unscaled = (
+                self.policy.unscale_action(actions) if self.box else self._epsilon_greedy(actions, stepping & ~warm)
+            )
+        else:
+            unscaled = np.stack([self._filler] * len(members))
+        for i in np.flatnonzero(stepping & warm):
+            unscaled[i] = [members[i].model.action_space.sample()]
         if not self.box:
             return unscaled, unscaled
         scaled = self.policy.scale_action(unscaled)
-        if lead.action_noise is not None:
-            draw = ACTION_NOISE[type(lead.action_noise)]
-            noise = np.stack([draw(m.model.action_noise, m.rng) if m.active else self._filler[0] for m in members])
+        if self.models[0].action_noise is not None:
+            draw = ACTION_NOISE[type(self.models[0].action_noise)]
+            noise = np.stack(
+                [
+                    draw(m.model.action_noise, m.rng) if take else self._filler[0]
+                    for m, take in zip(members, stepping, strict=True)
+                ]
+            )
             scaled = np.clip(scaled + noise[:, None], -1, 1)
         return self.policy.unscale_action(scaled), scaled
 
-    def _epsilon_greedy(self, greedy: np.ndarray) -> np.ndarray:
-        """DQN's `predict`: each active member acts at random with its ε, drawn from its stream."""
+    def _epsilon_greedy(self, greedy: np.ndarray, acting: np.ndarray) -> np.ndarray:
+        """DQN's `predict`: each member `acting` selects acts at random with its ε, drawn from its stream."""
         actions = greedy.copy()
-        for i, member in enumerate(self.members):
-            if member.active and member.rng.rand() < member.model.exploration_rate:
+        for i in np.flatnonzero(acting):
+            member = self.members[i]
+            if member.rng.rand() < member.model.exploration_rate:
                 actions[i, 0] = member.model.action_space.sample()
         return actions
 
-    def step(self) -> None:
-        """One environment step of every active member, then one stacked buffer write."""
-        actions, buffer_actions = self.sample_actions()
+    def step(self, stepping: Sequence[Member]) -> None:
+        """One environment step of each member in `stepping`, then one stacked buffer write."""
+        mask = self.mask(stepping)
+        actions, buffer_actions = self.sample_actions(mask)
         self._buffer_actions[:] = buffer_actions.reshape(self._buffer_actions.shape)
-        for i, member in enumerate(self.members):
-            if member.active:
-                try:
-                    self._step_member(i, member, actions[i], buffer_actions[i])
-                except Exception:
-                    member.fail()
-        self.buffer.add(self._obs, self._next_obs, self._buffer_actions, self._rewards, self._dones, self._timeouts)
+        self._stored[:] = False
+        for i in np.flatnonzero(mask):
+            member = self.members[i]
+            try:
+                self._step_member(i, member, actions[i], buffer_actions[i])
+            except Exception:
+                member.fail()
+        self.buffer.add(
+            self._obs, self._next_obs, self._buffer_actions, self._rewards, self._dones, self._timeouts, self._stored
+        )
 
     def _step_member(self, i: int, member: Member, actions: np.ndarray, buffer_actions: np.ndarray) -> None:
         """The per-run part of one step of SB3's `collect_rollouts()`: env step, callbacks, bookkeeping."""
         model = member.model
         new_obs, rewards, dones, infos = model.env.step(actions)
         model.num_timesteps += 1
+        member.steps += 1
         member.callback.update_locals(
             {
                 "actions": actions,
@@ -261,10 +311,12 @@ class Group:
         self._next_obs[i] = new_obs[0] if terminal is None else terminal
         self._rewards[i], self._dones[i] = rewards[0], dones[0]
         self._timeouts[i] = infos[0].get("TimeLimit.truncated", False)
+        self._stored[i] = True
         model._last_obs = new_obs
         model._update_current_progress_remaining(model.num_timesteps, model._total_timesteps)
         model._on_step()
         if dones[0]:
+            member.episodes += 1
             model._episode_num += 1
             if model.action_noise is not None:
                 model.action_noise.reset()
@@ -273,33 +325,19 @@ class Group:
 def run_group(
     specs: Sequence[RunSpec], cpus: int | None = None, checkpoint_dirs: Sequence[Path] | None = None
 ) -> list[RunResult]:
-    """Train the runs of `specs` as stacked groups; one RunResult per run, in order.
+    """Train the runs of `specs` as one stacked group; one RunResult per run, in order.
 
     With `checkpoint_dirs` (one per run) and the runs' `checkpoint_every`, each run saves its
-    checkpoints in its folder and continues from the last one it finds; runs that stopped at
-    different steps train as one group per step, one after another. A run whose env, callbacks
-    or evaluation raise is recorded as failed and the others go on; a failure of the group's
-    shared computation fails the runs still training.
+    checkpoints in its folder and continues from the last one it finds (runs that stopped at
+    different steps continue together). A run whose env, callbacks or evaluation raise is
+    recorded as failed and the others go on; a failure of the group's shared computation fails
+    the runs still training.
     """
     cpus = cpus or specs[0].settings.resources.cpus
     th.set_num_threads(cpus)
     folders = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(specs)
     folders = [folder if spec.checkpoint_every else None for spec, folder in zip(specs, folders, strict=True)]
     states = [read_member_checkpoint(folder) for folder in folders]
-    by_step: dict[int, list[int]] = {}
-    for i, state in enumerate(states):
-        by_step.setdefault(checkpoint_step(state), []).append(i)
-    results: dict[int, RunResult] = {}
-    for indices in by_step.values():
-        outcome = _run_one_group(*([seq[i] for i in indices] for seq in (specs, folders, states)), cpus)
-        results |= dict(zip(indices, outcome, strict=True))
-    return [results[i] for i in range(len(specs))]
-
-
-def _run_one_group(
-    specs: list[RunSpec], folders: list[Path | None], states: list[dict[str, Any] | None], cpus: int
-) -> list[RunResult]:
-    """Train runs that continue from one step (0, or their checkpoints `states`) as one group."""
     started = datetime.now(UTC)
     clock = time.perf_counter()
     members: list[Member] = []

@@ -14,14 +14,14 @@ from torch import nn
 from torch.nn import functional as F
 
 #: modules without parameters that act elementwise, the same for every member
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Identity, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Sigmoid)
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Identity, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Sigmoid, nn.Hardtanh)
 
 
 class Unsupported(ValueError):
     """A setting the stacked engine cannot stack (e.g. a layer other than Linear, LayerNorm, activations)."""
 
 
-def _stack_into(tensors: Sequence[nn.Parameter]) -> nn.Parameter:
+def stack_parameters(tensors: Sequence[nn.Parameter]) -> nn.Parameter:
     """One parameter holding the given ones along a new first axis; each given one becomes a view of it."""
     stacked = nn.Parameter(th.stack([t.detach() for t in tensors]), requires_grad=tensors[0].requires_grad)
     for i, tensor in enumerate(tensors):
@@ -34,8 +34,8 @@ class StackedLinear(nn.Module):
 
     def __init__(self, layers: Sequence[nn.Linear]) -> None:
         super().__init__()
-        self.weight = _stack_into([layer.weight for layer in layers])  # [E, out, in]
-        self.bias = _stack_into([layer.bias for layer in layers]) if layers[0].bias is not None else None
+        self.weight = stack_parameters([layer.weight for layer in layers])  # [E, out, in]
+        self.bias = stack_parameters([layer.bias for layer in layers]) if layers[0].bias is not None else None
 
     def forward(self, x: th.Tensor) -> th.Tensor:
         if self.bias is None:
@@ -52,8 +52,8 @@ class StackedLayerNorm(nn.Module):
         if len(first.normalized_shape) != 1 or not first.elementwise_affine:
             raise Unsupported("LayerNorm: only over the last axis, with affine parameters")
         self.normalized_shape, self.eps = first.normalized_shape, first.eps
-        self.weight = _stack_into([layer.weight for layer in layers])  # [E, d]
-        self.bias = _stack_into([layer.bias for layer in layers]) if first.bias is not None else None
+        self.weight = stack_parameters([layer.weight for layer in layers])  # [E, d]
+        self.bias = stack_parameters([layer.bias for layer in layers]) if first.bias is not None else None
 
     def forward(self, x: th.Tensor) -> th.Tensor:
         normed = F.layer_norm(x, self.normalized_shape, eps=self.eps)
@@ -80,6 +80,8 @@ def stack_sequential(nets: Sequence[nn.Module]) -> nn.Sequential:
         elif isinstance(first, nn.LayerNorm):
             stacked.append(StackedLayerNorm(parts))
         elif isinstance(first, ELEMENTWISE):
+            if any(repr(part) != repr(first) for part in parts):
+                raise Unsupported(f"the members' {type(first).__name__} layers differ")
             stacked.append(first)
         else:
             raise Unsupported(f"{type(first).__name__} layers cannot be stacked")

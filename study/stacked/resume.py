@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch as th
 
 from study.checkpoint import CHECKPOINT, load_run_state, read_checkpoint, run_state, write_checkpoint
@@ -30,30 +31,28 @@ def read_member_checkpoint(folder: Path | None) -> dict[str, Any] | None:
     return read_checkpoint(checkpoint_path(folder)) if folder is not None else None
 
 
-def checkpoint_step(state: dict[str, Any] | None) -> int:
-    """The step a member's checkpoint was taken at (0: none)."""
-    return 0 if state is None else state["algorithm"]["attributes"]["num_timesteps"]
-
-
 def _optimizer_slice(optimizer: th.optim.Optimizer, i: int) -> list[dict[str, Any]]:
-    """Member i's part of a stacked optimizer's state, parameter by parameter."""
+    """Member i's part of a stacked optimizer's state (step count and moments), parameter by parameter."""
     return [
-        {key: value[i].clone() if key != "step" else value.clone() for key, value in optimizer.state[p].items()}
+        {key: (value[i] if value.ndim else value).clone() for key, value in optimizer.state[p].items()}
         for group in optimizer.param_groups
         for p in group["params"]
     ]
 
 
-def _load_optimizer_slices(optimizer: th.optim.Optimizer, slices: list[list[dict[str, Any]]]) -> None:
-    """Stack the members' slices back into a stacked optimizer's state."""
+def _load_optimizer_slices(optimizer: th.optim.Optimizer, slices: list[list[dict[str, Any]] | None]) -> None:
+    """Stack the members' slices back into a stacked optimizer's state (None: a member that
+    starts fresh, with no steps and zero moments)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for j, p in enumerate(params):
-        if not slices[0][j]:
+        given = [s[j] for s in slices if s is not None and s[j]]
+        if not given:
             continue
-        optimizer.state[p] = {
-            key: slices[0][j][key].clone() if key == "step" else th.stack([s[j][key] for s in slices])
-            for key in slices[0][j]
-        }
+        fresh = {key: th.zeros_like(value) for key, value in given[0].items()}
+        state = {key: th.stack([(s[j] if s is not None and s[j] else fresh)[key] for s in slices]) for key in fresh}
+        if bool((state["step"] == state["step"][0]).all()):
+            state["step"] = state["step"][0].clone()  # one count: the members step together
+        optimizer.state[p] = state
 
 
 def save_member(group: Group, i: int, folder: Path) -> None:
@@ -68,14 +67,18 @@ def save_member(group: Group, i: int, folder: Path) -> None:
     write_checkpoint(checkpoint_path(folder), state)
 
 
-def restore_members(group: Group, states: list[dict[str, Any]]) -> None:
-    """Put each member's checkpoint back into a freshly built group (before `learn`)."""
+def restore_members(group: Group, states: list[dict[str, Any] | None]) -> None:
+    """Put each member's checkpoint back into a freshly built group (before `learn`); a member
+    without one (None) starts from scratch."""
     for member, state in zip(group.members, states, strict=True):
-        _restore_member(member, state)
-    group.buffer.pos, group.buffer.full = group.models[0].replay_buffer.pos, group.models[0].replay_buffer.full
+        if state is not None:
+            _restore_member(member, state)
+    buffers = group.buffer.buffers
+    group.buffer.pos = np.array([buffer.pos for buffer in buffers])
+    group.buffer.full = np.array([buffer.full for buffer in buffers])
     for k, optimizer in enumerate(group.learner.optimizers):
-        _load_optimizer_slices(optimizer, [state["optimizers"][k] for state in states])
-    group.learner.n_updates = group.models[0]._n_updates
+        _load_optimizer_slices(optimizer, [state["optimizers"][k] if state else None for state in states])
+    group.learner.n_updates = th.tensor([model._n_updates for model in group.models])
 
 
 def _restore_member(member: Member, state: dict[str, Any]) -> None:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch as th
 from stable_baselines3 import TD3
-from stable_baselines3.common.utils import update_learning_rate
 
 from study.stacked.common import (
     StackedBatch,
@@ -19,9 +18,10 @@ from study.stacked.common import (
     stack_critics,
 )
 from study.stacked.nets import stack_sequential
+from study.stacked.optim import set_learning_rates
 
 #: settings every member of a group must share: they shape the stacked update
-SHARED = ("gamma", "tau", "policy_delay", "target_policy_noise", "target_noise_clip", "_n_updates")
+SHARED = ("gamma", "tau", "policy_delay", "target_policy_noise", "target_noise_clip")
 
 
 class StackedTD3:
@@ -39,14 +39,14 @@ class StackedTD3:
         self.gamma, self.tau, self.policy_delay = first.gamma, first.tau, first.policy_delay
         self.target_policy_noise, self.target_noise_clip = first.target_policy_noise, first.target_noise_clip
         self.lr_schedule = first.lr_schedule
-        self.n_updates = first._n_updates
+        self.n_updates = th.tensor([model._n_updates for model in models])
         self.actor = stack_sequential([model.actor.mu for model in models])
         self.actor_target = stack_sequential([model.actor_target.mu for model in models])
         self.critics, self.critic_targets = stack_critics(models, "critic"), stack_critics(models, "critic_target")
         self.actor_target.requires_grad_(False)
         self.critic_targets.requires_grad_(False)
-        self.actor_optimizer = make_optimizer(first, self.actor.parameters())
-        self.critic_optimizer = make_optimizer(first, self.critics.parameters())
+        self.actor_optimizer = make_optimizer(first, self.actor.parameters(), len(models))
+        self.critic_optimizer = make_optimizer(first, self.critics.parameters(), len(models))
         self.optimizers = [self.actor_optimizer, self.critic_optimizer]
 
     def acting(self) -> Callable[[th.Tensor], th.Tensor]:
@@ -58,17 +58,17 @@ class StackedTD3:
             return stack_sequential([model.policy.perturbed_actor.mu for model in self.models])
         return self.actor
 
-    def train(self, batches: Iterable[StackedBatch], progress_remaining: float) -> None:
-        """One SB3 `train()` call of every member: a gradient step per batch."""
-        lr = self.lr_schedule(progress_remaining)
-        update_learning_rate(self.actor_optimizer, lr)
-        update_learning_rate(self.critic_optimizer, lr)
+    def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
+        """One SB3 `train()` call of every member: a gradient step per batch (of the members in
+        its mask); `progress_remaining` is all members' or each one's."""
+        set_learning_rates(self.optimizers, self.lr_schedule, progress_remaining)
         for batch in batches:
             batch = batch.preprocessed()
-            self.n_updates += 1
+            mask = batch.mask
+            self.n_updates += 1 if mask is None else mask.long().cpu()
             discounts = batch.discounts if batch.discounts is not None else self.gamma
             with th.no_grad():
-                noise = member_normal(batch.actions[0], self.generators, self.target_policy_noise)
+                noise = member_normal(batch.actions[0], self.generators, self.target_policy_noise, mask)
                 noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
                 next_actions = (self.actor_target(batch.next_observations) + noise).clamp(-1, 1)
                 next_q_values = th.cat(q_values(self.critic_targets, batch.next_observations, next_actions), dim=-1)
@@ -79,16 +79,20 @@ class StackedTD3:
             critic_loss = sum(mse(current_q, target_q_values) for current_q in current_q_values)
             self.critic_optimizer.zero_grad()
             critic_loss.sum().backward()
-            self.critic_optimizer.step()
+            self.critic_optimizer.step(mask=mask)
 
-            if self.n_updates % self.policy_delay == 0:
+            delayed = self.n_updates % self.policy_delay == 0
+            if mask is not None:
+                delayed &= mask.cpu()
+            if delayed.any():
+                actor_mask = None if bool(delayed.all()) else delayed
                 q_input = th.cat([batch.observations, self.actor(batch.observations)], dim=-1)
                 actor_loss = -self.critics[0](q_input).mean(dim=(1, 2))
                 self.actor_optimizer.zero_grad()
                 actor_loss.sum().backward()
-                self.actor_optimizer.step()
+                self.actor_optimizer.step(mask=actor_mask)
 
-                polyak(self.critics.parameters(), self.critic_targets.parameters(), self.tau)
-                polyak(self.actor.parameters(), self.actor_target.parameters(), self.tau)
-        for model in self.models:
-            model._n_updates = self.n_updates
+                polyak(self.critics.parameters(), self.critic_targets.parameters(), self.tau, actor_mask)
+                polyak(self.actor.parameters(), self.actor_target.parameters(), self.tau, actor_mask)
+        for model, n_updates in zip(self.models, self.n_updates.tolist(), strict=True):
+            model._n_updates = n_updates
