@@ -1,4 +1,4 @@
-"""Environments that misbehave on purpose, for failure-isolation tests.
+"""Environments that misbehave on purpose, for failure-isolation and episode-timing tests.
 
 Runs name them as `faulty_envs:Diverging-v0`; workers find this module on PYTHONPATH.
 """
@@ -36,3 +36,15 @@ class SlowPendulum(PendulumEnv):
 
 gym.register("Diverging-v0", entry_point=DivergingPendulum, max_episode_steps=200)
 gym.register("Slow-v0", entry_point=SlowPendulum, max_episode_steps=200)
+
+
+class EndingPendulum(PendulumEnv):
+    """Ends each step with probability 1/40 (drawn from the env's own seeded stream), so that
+    runs of different seeds finish their episodes at different steps."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated or bool(self.np_random.random() < 1 / 40), truncated, info
+
+
+gym.register("Ending-v0", entry_point=EndingPendulum, max_episode_steps=200)

@@ -72,14 +72,17 @@ EXPLORATION = {
         {"param_noise": {"interval": 30, "adapt_every": 20}},
         {"train_freq": "episode"},
     ),
+    "sac own noise, rollouts of episodes that end at random": ("sac", {}, {"train_freq": "episode"}, "Ending-v0"),
 }
 
 
 @pytest.mark.parametrize("case", list(EXPLORATION))
 def test_with_training_off_a_group_collects_what_each_sb3_run_collects(case: str) -> None:
-    algo, exploration, *hyperparams = EXPLORATION[case]
+    algo, exploration, *more = EXPLORATION[case]
+    hyperparams = more[0] if more else {}
+    env = {"env": f"faulty_envs:{more[1]}", "env_kwargs": {}} if len(more) > 1 else {}
     base = {"learning_starts": 100, "batch_size": 16, "gradient_steps": 0}
-    runs = specs(algo, exploration=exploration, hyperparams=base | (hyperparams[0] if hyperparams else {}))
+    runs = specs(algo, exploration=exploration, hyperparams=base | hyperparams, **env)
     group = stacked_group(runs)
     for member, spec in zip(group.members, runs, strict=True):
         assert member.error is None, member.error
@@ -93,14 +96,15 @@ def test_with_training_off_a_group_collects_what_each_sb3_run_collects(case: str
         if member.parts.noise is not None:
             assert member.parts.noise.resamples == parts.noise.resamples > 4
         buffer, reference = member.model.replay_buffer, model.replay_buffer
-        steps = 450 if hyperparams else 400  # rollouts of an episode finish the episode they are in
+        steps = model.num_timesteps  # 400, or more where rollouts of an episode finish the episode they are in
+        assert steps == 400 or (hyperparams and steps > 400)
         assert (buffer.pos, buffer.full) == (reference.pos, reference.full) == (steps, False)
         for name in ("observations", "next_observations", "actions", "rewards"):
             np.testing.assert_allclose(getattr(buffer, name), getattr(reference, name), rtol=STATE_TOL, atol=STATE_TOL)
         for name in ("dones", "timeouts"):
             np.testing.assert_array_equal(getattr(buffer, name), getattr(reference, name))
-        assert member.model.num_timesteps == model.num_timesteps == steps
-        assert member.model._episode_num == model._episode_num == steps // 90
+        assert member.model.num_timesteps == steps
+        assert member.model._episode_num == model._episode_num >= 4
 
 
 Q_EXPLORATION = {

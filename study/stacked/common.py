@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -14,6 +14,10 @@ from torch import nn
 
 from study.stacked.nets import Unsupported, stack_sequential
 from study.stacked.optim import StackedAdam
+
+#: the members' exploring actions: observations [E, n, ·] and the members that act ([E] bool,
+#: the others' actions are placeholders and draw no noise) → actions [E, n, ·]
+Acting = Callable[[th.Tensor, th.Tensor], th.Tensor]
 
 
 class StackedBatch(NamedTuple):

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from study.dqn import DQN, QRDQN
-from study.stacked.common import StackedBatch, check_members, make_optimizer
+from study.stacked.common import Acting, StackedBatch, check_members, make_optimizer
 from study.stacked.nets import stack_sequential
 from study.stacked.optim import set_learning_rates
 
@@ -63,14 +63,14 @@ class _StackedQ:
         """Each member's loss, [E], and with prioritized replay the TD errors, [E, batch, 1]."""
         raise NotImplementedError
 
-    def acting(self) -> Callable[[th.Tensor], th.Tensor]:
+    def acting(self) -> Acting:
         """The members' greedy actions, [E, n, ·] → [E, n] (SB3's `policy._predict`): of the
         perturbed networks while parameter noise acts, else of the online networks."""
         policy = self.models[0].policy
         net = self.net
         if getattr(policy, "explore_perturbed", False):
             net = stack_sequential([getattr(model.policy.perturbed_net, self.net_name) for model in self.models])
-        return lambda obs: self.q_values(net, obs).argmax(dim=-1)
+        return lambda obs, acts: self.q_values(net, obs).argmax(dim=-1)
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One `train()` call of every member: a gradient step per batch (of the members in its

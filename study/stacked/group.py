@@ -234,14 +234,13 @@ class Group:
         warm = np.array([m.model.num_timesteps < m.model.learning_starts for m in members])
         if self.use_sde and self.models[0].use_sde_at_warmup:
             warm[:] = False
-        if (stepping & ~warm).any():
+        predicting = stepping & ~warm
+        if predicting.any():
             obs = th.as_tensor(np.stack([member.model._last_obs for member in members]), device=self.policy.device)
             with th.no_grad():
-                actions = self.acting(obs.float()).cpu().numpy()
+                actions = self.acting(obs.float(), th.as_tensor(predicting)).cpu().numpy()
             # `predict` returns continuous actions in the env's bounds; DQN's adds ε-greedy
-            unscaled = (
-                self.policy.unscale_action(actions) if self.box else self._epsilon_greedy(actions, stepping & ~warm)
-            )
+            unscaled = self.policy.unscale_action(actions) if self.box else self._epsilon_greedy(actions, predicting)
         else:
             unscaled = np.stack([self._filler] * len(members))
         for i in np.flatnonzero(stepping & warm):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch as th
 from stable_baselines3 import SAC
@@ -12,6 +12,7 @@ from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
 from torch import nn
 
 from study.stacked.common import (
+    Acting,
     StackedBatch,
     check_members,
     make_optimizer,
@@ -139,7 +140,7 @@ class StackedSAC:
             log_prob -= th.sum(th.log(1 - actions**2 + 1e-6), dim=-1)
         return actions, log_prob.unsqueeze(-1)
 
-    def acting(self) -> Callable[[th.Tensor], th.Tensor]:
+    def acting(self) -> Acting:
         """The members' exploring actions in [-1, 1], [E, n, ·] → [E, n, actions] (SB3's
         `policy._predict(obs, deterministic=False)`): the squashed mean of the perturbed actors
         while parameter noise acts, of the actors with `explore_mean`, gSDE's samples with the
@@ -152,14 +153,14 @@ class StackedSAC:
             mu = stack_sequential([model.policy.perturbed_actor.mu for model in self.models])
         elif self.use_sde:
 
-            def sde_actions(obs: th.Tensor) -> th.Tensor:
+            def sde_actions(obs: th.Tensor, acts: th.Tensor) -> th.Tensor:
                 latent = self.latent_pi(obs)
                 return th.tanh(self.mu(latent) + th.bmm(latent, self.exploration_mat.detach()))
 
             return sde_actions
         else:
-            return lambda obs: th.tanh(self._gaussian(obs, None)[2])
-        return lambda obs: th.tanh(mu(latent_pi(obs)))
+            return lambda obs, acts: th.tanh(self._gaussian(obs, acts)[2])
+        return lambda obs, acts: th.tanh(mu(latent_pi(obs)))
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch as th
 from stable_baselines3 import TD3
 
 from study.stacked.common import (
+    Acting,
     StackedBatch,
     check_members,
     make_optimizer,
@@ -49,14 +50,15 @@ class StackedTD3:
         self.critic_optimizer = make_optimizer(first, self.critics.parameters(), len(models))
         self.optimizers = [self.actor_optimizer, self.critic_optimizer]
 
-    def acting(self) -> Callable[[th.Tensor], th.Tensor]:
+    def acting(self) -> Acting:
         """The members' exploring actions in [-1, 1], [E, n, ·] → [E, n, actions] (SB3's
         `policy._predict(obs, deterministic=False)`): the perturbed actors while parameter noise
         acts, else the actors."""
         policy = self.models[0].policy
+        actor = self.actor
         if getattr(policy, "explore_perturbed", False):
-            return stack_sequential([model.policy.perturbed_actor.mu for model in self.models])
-        return self.actor
+            actor = stack_sequential([model.policy.perturbed_actor.mu for model in self.models])
+        return lambda obs, acts: actor(obs)
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in
