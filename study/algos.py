@@ -12,12 +12,20 @@ from torch import nn
 from study.buffers import REPLAY_BUFFERS
 from study.config import RunSettings
 from study.exploration.action_noise import make_action_noise
+from study.exploration.colored import ColoredSamplingCallback
 from study.exploration.noisy import NoisyNetCallback
-from study.exploration.param_noise import ParamNoiseCallback
+from study.exploration.param_noise import ParamNoiseCallback, derived_seed
 from study.features import FEATURES
 from study.registry import ALGORITHMS, resolve
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+#: the sequence length of colored noise where the env sets no episode limit
+DEFAULT_SEQ_LEN = 1000
+
+
+def episode_limit(env: gym.Env) -> int:
+    """The env's episode limit (its `max_episode_steps`), or DEFAULT_SEQ_LEN without one."""
+    return getattr(env.spec, "max_episode_steps", None) or DEFAULT_SEQ_LEN
 
 
 def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm, list[BaseCallback]]:
@@ -32,10 +40,19 @@ def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm
         "features_extractor_class": FEATURES[settings.features_extractor],
     }
     kwargs = settings.hyperparams.sb3_kwargs()
+    callbacks: list[BaseCallback] = []
     if not algo.discrete:
         policy_kwargs["explore_mean"] = exploration.mean_actions
-        noise = exploration.action_noise
-        kwargs["action_noise"] = make_action_noise(noise.type, env.action_space.shape[0], noise.sigma, noise.theta)
+        noise, dim = exploration.action_noise, env.action_space.shape[0]
+        seq_len = noise.seq_len or episode_limit(env)
+        seed_of = derived_seed(seed, "action-noise")
+        kwargs["action_noise"] = make_action_noise(
+            noise.type, dim, noise.sigma, noise.theta, noise.beta, seq_len, seed_of
+        )
+        sampling = exploration.sampling_noise
+        if sampling is not None:
+            seq_len, seed_of = sampling.seq_len or episode_limit(env), derived_seed(seed, "sampling-noise")
+            callbacks.append(ColoredSamplingCallback(sampling.beta, dim, seq_len, seed_of))
     if exploration.gsde is not None:
         interval = exploration.gsde.interval
         kwargs |= {"use_sde": True, "sde_sample_freq": -1 if interval == "episode" else interval}
@@ -60,7 +77,6 @@ def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm
         policy_kwargs=policy_kwargs,
         **kwargs,
     )
-    callbacks: list[BaseCallback] = []
     if exploration.param_noise is not None:
         callbacks.append(ParamNoiseCallback(**exploration.param_noise.model_dump(), seed=seed))
     if noisy is not None:

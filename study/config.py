@@ -91,11 +91,24 @@ class ParamNoiseSettings(_Strict):
 
 
 class ActionNoiseSettings(_Strict):
-    """Action-space noise, in the normalized [-1, 1] action space."""
+    """Action-space noise, in the normalized [-1, 1] action space: Gaussian ("normal"),
+    Ornstein–Uhlenbeck ("ou", with θ) or colored ("colored": 1/f^β over time, a new sequence of
+    `seq_len` steps, default the env's episode limit, at every episode start)."""
 
-    type: Literal["none", "normal", "ou"] = "none"
+    type: Literal["none", "normal", "ou", "colored"] = "none"
     sigma: NonNegativeFloat = 0.1
     theta: PositiveFloat = 0.15
+    beta: NonNegativeFloat = 1.0
+    seq_len: PositiveInt | None = None
+
+
+class SamplingNoiseSettings(_Strict):
+    """SAC's exploring samples with colored noise (1/f^β over time) in place of white Gaussian
+    noise, at the policy's own scale; a new sequence of `seq_len` steps (default the env's
+    episode limit) at every episode start."""
+
+    beta: NonNegativeFloat = 1.0
+    seq_len: PositiveInt | None = None
 
 
 class GSDESettings(_Strict):
@@ -132,15 +145,18 @@ class ExplorationSettings(_Strict):
     action_noise: ActionNoiseSettings = ActionNoiseSettings()
     gsde: GSDESettings | None = None
     noisy_net: NoisyNetSettings | None = None
+    sampling_noise: SamplingNoiseSettings | None = None  # SAC: colored samples of its own policy
     mean_actions: bool = False  # SAC: explore with the policy's mean, not by sampling it
 
     @model_validator(mode="after")
     def _one_structured_noise(self) -> ExplorationSettings:
-        chosen = [k for k in ("param_noise", "gsde", "noisy_net") if getattr(self, k) is not None]
+        chosen = [k for k in ("param_noise", "gsde", "noisy_net", "sampling_noise") if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(f"{' and '.join(chosen)}: choose one")
         if self.gsde is not None and self.mean_actions:
             raise ValueError("gsde and mean_actions: gSDE explores by sampling its policy")
+        if self.sampling_noise is not None and self.mean_actions:
+            raise ValueError("sampling_noise and mean_actions: with mean actions the policy is never sampled")
         return self
 
 
@@ -253,6 +269,8 @@ class _SharedSettings(_Strict):
         exploration = self.exploration
         if exploration.gsde is not None and "use_sde" not in algo.hyperparams():
             raise ValueError(f"exploration.gsde: {self.algo} has no gSDE (SAC has)")
+        if exploration.sampling_noise is not None and not algo.stochastic:
+            raise ValueError(f"exploration.sampling_noise: {self.algo} does not sample its policy (sac does)")
         if exploration.mean_actions and not algo.stochastic:
             raise ValueError(f"exploration.mean_actions: {self.algo} always explores with its deterministic policy")
         if exploration.mean_actions and exploration.param_noise is not None:

@@ -15,6 +15,7 @@ from stable_baselines3.td3.policies import Actor as TD3Actor
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
+from study.exploration.colored import ColoredNoiseProcess, colored_sample
 from study.exploration.distances import rms_action_distance, softmax_kl_distance
 from study.exploration.noisy import make_noisy, moved_generator, noise_off, noisy_layers
 
@@ -152,6 +153,16 @@ class ParamNoiseSACPolicy(ParamNoisePolicyMixin, SACPolicy):
         if self.layer_norm:
             actor.latent_pi = insert_layer_norm(actor.latent_pi, output_layer=False).to(self.device)
         return actor
+
+    #: colored noise in place of the white Gaussian sample of exploring actions (set by
+    #: `study.exploration.colored.ColoredSamplingCallback`)
+    colored_noise: ColoredNoiseProcess | None = None
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        if deterministic or self.explore_mean or self.explore_perturbed or self.colored_noise is None:
+            return super()._predict(observation, deterministic)
+        mean_actions, log_std, _ = self.actor.get_action_dist_params(observation)
+        return th.tanh(mean_actions + log_std.exp() * colored_sample(self.colored_noise, mean_actions))
 
     def mean_actions(self, actor: nn.Module, observation: PyTorchObs) -> th.Tensor:
         return actor(observation, deterministic=True)

@@ -33,6 +33,14 @@ SHORT_PENDULUM = {"env_kwargs": {"max_episode_steps": 50}}  # episodic training 
 CASES = {
     "td3-param-noise": ("td3", {"exploration.param_noise.interval": 7}),
     "td3-ou": ("td3", {"exploration.param_noise": None, "exploration.action_noise": {"type": "ou"}}),
+    "td3-colored-noise": (
+        "td3",
+        SHORT_PENDULUM | {"exploration.param_noise": None, "exploration.action_noise": {"type": "colored", "beta": 1}},
+    ),
+    "sac-colored-sampling": (
+        "sac",
+        SHORT_PENDULUM | {"exploration.param_noise": None, "exploration.sampling_noise": {"beta": 2}},
+    ),
     "td3-halfcheetah-follow-learner": (
         "td3",
         {"envs": ["HalfCheetah-v5"], "exploration.param_noise.follow_learner": True},

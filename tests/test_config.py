@@ -120,7 +120,7 @@ BAD = [
     ({"hyperparams.batch_size": 2000}, "hyperparams.batch_size: 2000 must be at most hyperparams.buffer_size 1000"),
     ({"algo": "sac", "exploration.mean_actions": True}, "exploration.mean_actions: sac would act with its unperturbed"),
     ({"algo": "ddpg", "hyperparams.policy_delay": 2}, "hyperparams.policy_delay: not a hyperparameter of ddpg"),
-    ({"exploration.action_noise.type": "pink"}, "exploration.action_noise.type: must be 'none', 'normal' or 'ou'"),
+    ({"exploration.action_noise.type": "pink"}, "exploration.action_noise.type: must be 'none', 'normal', 'ou' or 'colored'"),
     ({"env_overrides": {"Hopper-v5": {}}}, "env_overrides.Hopper-v5: not one of envs"),
 ]
 

@@ -72,6 +72,8 @@ EXPLORATION = {
         {"param_noise": {"interval": 30, "adapt_every": 20}},
         {"train_freq": "episode"},
     ),
+    "td3 pink action noise": ("td3", {"action_noise": {"type": "colored", "beta": 1.0, "sigma": 0.3}}),
+    "sac red sampling noise": ("sac", {"sampling_noise": {"beta": 2.0}}),
     "sac own noise, rollouts of episodes that end at random": ("sac", {}, {"train_freq": "episode"}, "Ending-v0"),
 }
 

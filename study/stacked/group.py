@@ -25,6 +25,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import should_collect_more_steps
 
 from study.config import RunSpec
+from study.exploration.colored import ColoredActionNoise
 from study.registry import ALGORITHMS, resolve
 from study.result import RunResult
 from study.run import RunParts, build_run, run_result
@@ -52,10 +53,11 @@ def ou_noise(noise: OrnsteinUhlenbeckActionNoise, rng: np.random.RandomState) ->
     return value.astype(noise._dtype)
 
 
-#: the action noises a member may use, drawn from its own stream
+#: the action noises a member may use, drawn from its own stream (colored noise has its own)
 ACTION_NOISE: dict[type[ActionNoise], Callable[[Any, np.random.RandomState], np.ndarray]] = {
     NormalActionNoise: normal_noise,
     OrnsteinUhlenbeckActionNoise: ou_noise,
+    ColoredActionNoise: lambda noise, rng: noise(),
 }
 
 

@@ -11,6 +11,7 @@ from stable_baselines3.common.distributions import TanhBijector
 from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
 from torch import nn
 
+from study.exploration.colored import colored_sample
 from study.stacked.common import (
     Acting,
     StackedBatch,
@@ -144,7 +145,7 @@ class StackedSAC:
         """The members' exploring actions in [-1, 1], [E, n, ·] → [E, n, actions] (SB3's
         `policy._predict(obs, deterministic=False)`): the squashed mean of the perturbed actors
         while parameter noise acts, of the actors with `explore_mean`, gSDE's samples with the
-        matrices of the last `reset_noise`, else squashed samples."""
+        matrices of the last `reset_noise`, samples with colored noise, else squashed samples."""
         policy = self.models[0].policy
         if getattr(policy, "explore_mean", False):
             latent_pi, mu = self.latent_pi, self.mu
@@ -158,9 +159,22 @@ class StackedSAC:
                 return th.tanh(self.mu(latent) + th.bmm(latent, self.exploration_mat.detach()))
 
             return sde_actions
+        elif getattr(policy, "colored_noise", None) is not None:
+            return self._colored_actions
         else:
             return lambda obs, acts: th.tanh(self._gaussian(obs, acts)[2])
         return lambda obs, acts: th.tanh(mu(latent_pi(obs)))
+
+    def _colored_actions(self, obs: th.Tensor, acts: th.Tensor) -> th.Tensor:
+        """`ParamNoiseSACPolicy._predict` with colored noise: each acting member's next step of its sequence."""
+        latent_pi = self.latent_pi(obs)
+        mean_actions = self.mu(latent_pi)
+        log_std = th.clamp(self.log_std(latent_pi), LOG_STD_MIN, LOG_STD_MAX)
+        noise = [
+            colored_sample(model.policy.colored_noise, mean_actions) if act else th.zeros_like(mean_actions[0, 0])
+            for model, act in zip(self.models, acts.tolist(), strict=True)
+        ]
+        return th.tanh(mean_actions + log_std.exp() * th.stack(noise)[:, None])
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in
