@@ -13,6 +13,7 @@ from study.buffers import REPLAY_BUFFERS
 from study.config import RunSettings
 from study.exploration.action_noise import make_action_noise
 from study.exploration.colored import ColoredSamplingCallback
+from study.exploration.ez_greedy import EzGreedyCallback
 from study.exploration.noisy import NoisyNetCallback
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
 from study.features import FEATURES
@@ -77,6 +78,10 @@ def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm
         policy_kwargs=policy_kwargs,
         **kwargs,
     )
+    if exploration.ez_greedy is not None:
+        ez = exploration.ez_greedy
+        n_actions = int(env.action_space.n)
+        callbacks.append(EzGreedyCallback(ez.mu, ez.max_duration, n_actions, derived_seed(seed, "ez-greedy")))
     if exploration.param_noise is not None:
         callbacks.append(ParamNoiseCallback(**exploration.param_noise.model_dump(), seed=seed))
     if noisy is not None:

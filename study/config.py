@@ -140,17 +140,27 @@ class NoisyNetSettings(_Strict):
         return self.sigma0 if self.sigma0 is not None else (0.5 if self.factorised else 0.017)
 
 
+class EzGreedySettings(_Strict):
+    """εz-greedy (Dabney et al. 2021): with probability ε (SB3's schedule) a random action
+    repeated for n ~ zeta(μ) steps (at most `max_duration`, never past the episode's end)."""
+
+    mu: float = Field(2.0, gt=1.0)
+    max_duration: PositiveInt = 10_000
+
+
 class ExplorationSettings(_Strict):
     param_noise: ParamNoiseSettings | None = None
     action_noise: ActionNoiseSettings = ActionNoiseSettings()
     gsde: GSDESettings | None = None
     noisy_net: NoisyNetSettings | None = None
     sampling_noise: SamplingNoiseSettings | None = None  # SAC: colored samples of its own policy
+    ez_greedy: EzGreedySettings | None = None  # DQN/QR-DQN: temporally extended ε-greedy
     mean_actions: bool = False  # SAC: explore with the policy's mean, not by sampling it
 
     @model_validator(mode="after")
     def _one_structured_noise(self) -> ExplorationSettings:
-        chosen = [k for k in ("param_noise", "gsde", "noisy_net", "sampling_noise") if getattr(self, k) is not None]
+        structured = ("param_noise", "gsde", "noisy_net", "sampling_noise", "ez_greedy")
+        chosen = [k for k in structured if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(f"{' and '.join(chosen)}: choose one")
         if self.gsde is not None and self.mean_actions:
@@ -269,6 +279,8 @@ class _SharedSettings(_Strict):
         exploration = self.exploration
         if exploration.gsde is not None and "use_sde" not in algo.hyperparams():
             raise ValueError(f"exploration.gsde: {self.algo} has no gSDE (SAC has)")
+        if exploration.ez_greedy is not None and not algo.discrete:
+            raise ValueError(f"exploration.ez_greedy: {self.algo} has continuous actions (dqn, qrdqn act ε-greedily)")
         if exploration.sampling_noise is not None and not algo.stochastic:
             raise ValueError(f"exploration.sampling_noise: {self.algo} does not sample its policy (sac does)")
         if exploration.mean_actions and not algo.stochastic:

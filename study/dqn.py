@@ -9,18 +9,34 @@ from stable_baselines3 import DQN as SB3DQN
 from torch.nn import functional as F
 
 from study.buffers import PrioritizedReplayBuffer
+from study.exploration.ez_greedy import EzGreedy
 
 
 class FixedExplorationMixin:
     """`fixed_exploration_rate`, when set, replaces the ε-greedy schedule for acting (the
-    schedule stays available as `exploration_schedule`, e.g. for parameter noise's δ)."""
+    schedule stays available as `exploration_schedule`, e.g. for parameter noise's δ);
+    `ez_greedy`, when set, acts εz-greedily at the current ε instead of ε-greedily."""
 
     fixed_exploration_rate: float | None = None
+    ez_greedy: EzGreedy | None = None
 
     def _on_step(self) -> None:
         super()._on_step()
         if self.fixed_exploration_rate is not None:
             self.exploration_rate = self.fixed_exploration_rate
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        if deterministic or self.ez_greedy is None:
+            return super().predict(observation, state, episode_start, deterministic)
+        greedy, state = self.policy.predict(observation, state, episode_start, deterministic)
+        actions = [self.ez_greedy.act(int(action), self.exploration_rate) for action in np.atleast_1d(greedy)]
+        return np.array(actions).reshape(greedy.shape), state
 
 
 class QRDQN(FixedExplorationMixin, SB3QRDQN):

@@ -61,6 +61,7 @@ CASES = {
             "hyperparams.ent_coef": "auto",
         },
     ),
+    "dqn-ez-greedy": ("dqn", CHAIN_DQN | EPSILON_GREEDY | {"exploration.ez_greedy": {"mu": 1.5}}),
     "dqn-epsilon-greedy-prioritized": ("dqn", CHAIN_DQN | EPSILON_GREEDY | {"replay": {"type": "proportional"}}),
     "dqn-param-noise-prioritized": (
         "dqn",

@@ -113,6 +113,8 @@ Q_EXPLORATION = {
     "dqn ε-greedy": ("dqn", {}),
     "qrdqn ε-greedy": ("qrdqn", {}),
     "dqn parameter noise": ("dqn", {"param_noise": {"interval": "episode", "adapt_every": 20}}),
+    "dqn εz-greedy": ("dqn", {"ez_greedy": {"mu": 1.5}}),
+    "qrdqn εz-greedy": ("qrdqn", {"ez_greedy": {"mu": 2.0}}),
     "dqn proportional replay": ("dqn", {}, {"replay": {"type": "proportional"}}),
     "dqn rank-based replay": ("dqn", {}, {"replay": {"type": "rank"}}),
     "dqn on CartPole, training at episode ends (the members' rollouts end at different steps)": (

@@ -262,12 +262,15 @@ class Group:
         return self.policy.unscale_action(scaled), scaled
 
     def _epsilon_greedy(self, greedy: np.ndarray, acting: np.ndarray) -> np.ndarray:
-        """DQN's `predict`: each member `acting` selects acts at random with its ε, drawn from its stream."""
+        """DQN's `predict`: each member `acting` selects acts at random with its ε, drawn from
+        its stream (εz-greedily, from the εz-greedy choice's own stream, where it has one)."""
         actions = greedy.copy()
         for i in np.flatnonzero(acting):
-            member = self.members[i]
-            if member.rng.rand() < member.model.exploration_rate:
-                actions[i, 0] = member.model.action_space.sample()
+            model = self.members[i].model
+            if model.ez_greedy is not None:
+                actions[i, 0] = model.ez_greedy.act(int(greedy[i, 0]), model.exploration_rate)
+            elif self.members[i].rng.rand() < model.exploration_rate:
+                actions[i, 0] = model.action_space.sample()
         return actions
 
     def step(self, stepping: Sequence[Member]) -> None:
