@@ -31,8 +31,24 @@ def switch_rate(actions: list[np.ndarray], space: spaces.Space) -> float:
     return float(np.mean(np.any(a[1:] != a[:-1], axis=1)))
 
 
+#: the longest stretch of an episode a trace keeps (its first steps)
+TRACE_STEPS = 300
+#: the fractions of training whose first evaluation episode is traced (1.0: the final evaluation)
+TRACE_POINTS = (0.1, 0.5, 1.0)
+
+
+def trace_rows(kind: str, point: float, step: int, actions: list[np.ndarray], sigma: float) -> list[dict[str, Any]]:
+    """One episode's actions (its first TRACE_STEPS) as rows of the traces table."""
+    return [
+        {"kind": kind, "point": point, "step": step, "t": t, "dim": dim, "action": float(value), "sigma": sigma}
+        for t, action in enumerate(actions[:TRACE_STEPS])
+        for dim, value in enumerate(np.asarray(action, dtype=float).ravel())
+    ]
+
+
 class EpisodeRecorder(BaseCallback):
-    """One row per training episode, on the actions actually sent to the environment.
+    """One row per training episode, on the actions actually sent to the environment, and the
+    trace of the first episode after warm-up (`trace`).
 
     :param sigma: reads the current parameter-noise σ (NaN columns without one)
     """
@@ -41,6 +57,7 @@ class EpisodeRecorder(BaseCallback):
         super().__init__()
         self.sigma = sigma
         self.rows: list[dict[str, float | int | bool]] = []
+        self.trace: list[dict[str, Any]] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -48,7 +65,8 @@ class EpisodeRecorder(BaseCallback):
         self._return = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k in ("rows", "_actions", "_return", "_start", "_sigma")}
+        kept = ("rows", "trace", "_actions", "_return", "_start", "_sigma")
+        return {k: v for k, v in vars(self).items() if k in kept}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         vars(self).update(state)
@@ -74,6 +92,8 @@ class EpisodeRecorder(BaseCallback):
                     "switch_rate": switch_rate(self._actions, self.model.action_space),
                 }
             )
+            if not self.trace and not self.rows[-1]["warmup"]:
+                self.trace = trace_rows("train", float("nan"), self._start, self._actions, self._sigma)
             self._reset()
         return True
 
@@ -106,6 +126,8 @@ class Evaluator(BaseCallback):
             raise ValueError(f"eval.stop_when_solved: {eval_env.spec.id} has no optimal_return")
         self.rows: list[dict[str, float | int | bool | None]] = []
         self.streak = 0
+        self.trace: list[dict[str, Any]] = []  # the first episode of the evaluations at TRACE_POINTS
+        self._last_episode: tuple[int, list[np.ndarray]] | None = None  # the latest evaluation's first
 
     def state_dict(self) -> dict[str, Any]:
         # between evaluations the env only needs its random stream for the next reset
@@ -114,11 +136,14 @@ class Evaluator(BaseCallback):
             "seed": self._seed,
             "streak": self.streak,
             "np_random": self.eval_env.unwrapped.np_random,
+            "trace": list(self.trace),
+            "last_episode": self._last_episode,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows, self._seed, self.streak = list(state["rows"]), state["seed"], state.get("streak", 0)
         self.eval_env.unwrapped.np_random = state["np_random"]
+        self.trace, self._last_episode = list(state.get("trace", [])), state.get("last_episode")
 
     def _on_step(self) -> bool:
         freq = self.settings.freq
@@ -133,12 +158,19 @@ class Evaluator(BaseCallback):
     def _on_training_end(self) -> None:
         if not self.rows or self.rows[-1]["step"] != self.num_timesteps:
             self.evaluate()
+        if self._last_episode is not None:  # the final evaluation, whenever training ended
+            self._trace(1.0, *self._last_episode)
+
+    def _trace(self, point: float, step: int, actions: list[np.ndarray]) -> None:
+        if not any(row["point"] == point for row in self.trace):
+            self.trace += trace_rows("eval", point, step, actions, float("nan"))
 
     def evaluate(self) -> dict[str, float | int]:
         """Run the evaluation episodes and record a row; a diverged policy raises instead."""
         if not all(th.isfinite(p).all() for p in self.model.policy.parameters()):
             raise FloatingPointError(f"non-finite policy parameters at step {self.num_timesteps}: the loss diverged")
         returns, lengths, continuity, jerk = [], [], [], []
+        first: list[np.ndarray] | None = None
         for _ in range(self.settings.episodes):
             obs, _ = self.eval_env.reset(seed=self._seed)
             self._seed = None
@@ -149,6 +181,7 @@ class Evaluator(BaseCallback):
                 actions.append(action)
                 total += float(reward)
                 done = terminated or truncated
+            first = actions if first is None else first
             c, j = episode_costs(actions, self.eval_env.action_space)
             returns.append(total)
             lengths.append(len(actions))
@@ -165,6 +198,10 @@ class Evaluator(BaseCallback):
             "gradient_steps": self.model._n_updates,
         }
         self.rows.append(row)
+        self._last_episode = (self.num_timesteps, first or [])
+        for point in TRACE_POINTS[:-1]:
+            if self.num_timesteps >= point * self.model._total_timesteps:
+                self._trace(point, *self._last_episode)
         self.logger.record("eval/mean_reward", row["return_mean"])
         return row
 

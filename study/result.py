@@ -33,6 +33,19 @@ EVALUATION_COLUMNS = {
     "gradient_steps": "int64",  # the gradient steps the evaluated policy has had (0: untrained)
 }
 ADAPTATION_COLUMNS = {"step": "int64", "sigma": "float64", "distance": "float64"}
+#: action traces, one row per step and action dimension: `kind` "train" (the first training
+#: episode after warm-up) or "eval" (the first episode of the evaluation at training fraction
+#: `point`); `step` is the run's step where the episode began, `t` the step within it, `sigma`
+#: the parameter-noise σ acting in it (NaN without one)
+TRACE_COLUMNS = {
+    "kind": "string",
+    "point": "float64",
+    "step": "int64",
+    "t": "int64",
+    "dim": "int64",
+    "action": "float64",
+    "sigma": "float64",
+}
 
 
 def table(data: list[dict[str, Any]] | dict[str, Any], columns: dict[str, str]) -> pd.DataFrame:
@@ -50,10 +63,16 @@ class RunResult:
     episodes: pd.DataFrame = field(default_factory=lambda: table([], EPISODE_COLUMNS))
     evaluations: pd.DataFrame = field(default_factory=lambda: table([], EVALUATION_COLUMNS))
     adaptations: pd.DataFrame = field(default_factory=lambda: table([], ADAPTATION_COLUMNS))
+    traces: pd.DataFrame = field(default_factory=lambda: table([], TRACE_COLUMNS))
     error: str | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"episodes": self.episodes, "evaluations": self.evaluations, "adaptations": self.adaptations}
+        return {
+            "episodes": self.episodes,
+            "evaluations": self.evaluations,
+            "adaptations": self.adaptations,
+            "traces": self.traces,
+        }
 
     @property
     def final_return(self) -> float:

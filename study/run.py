@@ -23,7 +23,15 @@ from study.envs import make_env
 from study.exploration.noisy import NoisyNetCallback
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
 from study.recording import EpisodeLimit, EpisodeRecorder, Evaluator
-from study.result import ADAPTATION_COLUMNS, EPISODE_COLUMNS, EVALUATION_COLUMNS, RunResult, run_meta, table
+from study.result import (
+    ADAPTATION_COLUMNS,
+    EPISODE_COLUMNS,
+    EVALUATION_COLUMNS,
+    TRACE_COLUMNS,
+    RunResult,
+    run_meta,
+    table,
+)
 
 OnEvaluation = Callable[[dict[str, Any]], bool]
 
@@ -101,6 +109,7 @@ def run_result(
         result.evaluations = table(parts.evaluator.rows, EVALUATION_COLUMNS)
         if parts.noise is not None:
             result.adaptations = table(parts.noise.adaptations, ADAPTATION_COLUMNS)
+        result.traces = table(parts.recorder.trace + parts.evaluator.trace, TRACE_COLUMNS)
     result.meta["final_return"] = result.final_return
     return result
 

@@ -23,6 +23,7 @@ from study.config import RunSpec, Study, StudyError
 from study.result import RunResult
 
 TABLES = ("episodes", "evaluations", "adaptations")
+OPTIONAL_TABLES = ("traces",)  # runs recorded before them have none
 META = "meta.json"
 SPEC = "spec.yaml"
 ERROR = "error.txt"
@@ -286,7 +287,7 @@ def _sealable(folder: Path) -> dict:
 def _check_tables_read(folder: Path) -> list[str]:
     """Every table present reads in full."""
     problems = []
-    for name in TABLES:
+    for name in (*TABLES, *OPTIONAL_TABLES):
         path = folder / f"{name}.parquet"
         if path.is_file():
             try:
@@ -308,6 +309,7 @@ class StudyResults:
     adaptations: pd.DataFrame
     results: Path
     damaged: dict[str, str] = field(default_factory=dict)  # runs left out as damaged: what is wrong
+    traces: pd.DataFrame = field(default_factory=pd.DataFrame)  # action traces, where the runs recorded them
 
     @property
     def factors(self) -> list[str]:
@@ -347,8 +349,8 @@ def load_results(
     results = Path(results)
     left_out: dict[str, str] = {}
     run_rows: list[dict] = []
-    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
-    owners: dict[str, list[int]] = {name: [] for name in TABLES}
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in (*TABLES, *OPTIONAL_TABLES)}
+    owners: dict[str, list[int]] = {name: [] for name in (*TABLES, *OPTIONAL_TABLES)}
     for spec in study.runs:
         folder = run_dir(results, spec)
         meta, tables, problem = _read_run(folder)
@@ -376,8 +378,8 @@ def load_results(
         )
         if meta["status"] != DONE:
             continue
-        for name in TABLES:
-            frames[name].append(tables[name])
+        for name, frame in tables.items():
+            frames[name].append(frame)
             owners[name].append(len(run_rows) - 1)
 
     if not run_rows and not left_out and not any(read_meta(run_dir(results, spec)) for spec in study.runs):
@@ -407,6 +409,7 @@ def load_results(
         episodes=tidy("episodes"),
         evaluations=tidy("evaluations"),
         adaptations=tidy("adaptations"),
+        traces=tidy("traces"),
         results=results,
         damaged=left_out,
     )
@@ -422,7 +425,8 @@ def _read_run(folder: Path) -> tuple[dict | None, dict[str, pd.DataFrame], str |
     if meta["status"] != DONE:
         return meta, {}, None
     try:
-        return meta, {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}, None
+        optional = [name for name in OPTIONAL_TABLES if (folder / f"{name}.parquet").is_file()]
+        return meta, {name: pd.read_parquet(folder / f"{name}.parquet") for name in (*TABLES, *optional)}, None
     except (OSError, pa.ArrowException) as err:  # an unsealed run whose data is damaged past its schema
         return meta, {}, f"a table unreadable ({_reason(err)})"
 

@@ -85,6 +85,7 @@ def test_env_overrides(write_study) -> None:
         "noise_types",
         "noise_types_mountaincar",
         "smoothness",
+        "exploration_traces",
         "chain",
         "minatar",
         "atari",
@@ -120,7 +121,10 @@ BAD = [
     ({"hyperparams.batch_size": 2000}, "hyperparams.batch_size: 2000 must be at most hyperparams.buffer_size 1000"),
     ({"algo": "sac", "exploration.mean_actions": True}, "exploration.mean_actions: sac would act with its unperturbed"),
     ({"algo": "ddpg", "hyperparams.policy_delay": 2}, "hyperparams.policy_delay: not a hyperparameter of ddpg"),
-    ({"exploration.action_noise.type": "pink"}, "exploration.action_noise.type: must be 'none', 'normal', 'ou' or 'colored'"),
+    (
+        {"exploration.action_noise.type": "pink"},
+        "exploration.action_noise.type: must be 'none', 'normal', 'ou' or 'colored'",
+    ),
     ({"env_overrides": {"Hopper-v5": {}}}, "env_overrides.Hopper-v5: not one of envs"),
 ]
 

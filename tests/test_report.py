@@ -33,7 +33,7 @@ def check_report(folder: Path, expected: set[str]) -> str:
 def test_report_of_the_smoke_study(smoke_results: Path, capsys) -> None:
     path = ROOT / "ablations" / "smoke.yaml"
     assert main(["report", str(path), "--results", str(smoke_results)]) == 0
-    assert "6 figures, 2 tables" in capsys.readouterr().out
+    assert "7 figures, 2 tables" in capsys.readouterr().out
     folder = smoke_results / "smoke" / "report"
     text = check_report(
         folder,
@@ -44,6 +44,7 @@ def test_report_of_the_smoke_study(smoke_results: Path, capsys) -> None:
             "final_return_by_layer_norm",
             "tradeoff",
             "sigma",
+            "action_traces",
         },
     )
     assert "4 of 4 runs complete" in text and "Partial study" not in text

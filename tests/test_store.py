@@ -77,8 +77,10 @@ def test_written_folder_round_trips(write_study, tmp_path: Path) -> None:
         "evaluations.parquet",
         "meta.json",
         "spec.yaml",
+        "traces.parquet",
     ]
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "episodes.parquet"), result.episodes)
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "traces.parquet"), result.traces)
     assert yaml.safe_load((folder / "spec.yaml").read_text()) == spec.model_dump(mode="json")
 
 
@@ -157,7 +159,13 @@ def test_a_record_carries_the_manifest_of_its_files(fake_smoke) -> None:
     study, results = fake_smoke
     folder = run_dir(results, study.runs[0])
     meta = json.loads((folder / "meta.json").read_text())
-    assert sorted(meta[MANIFEST]) == ["adaptations.parquet", "episodes.parquet", "evaluations.parquet", "spec.yaml"]
+    assert sorted(meta[MANIFEST]) == [
+        "adaptations.parquet",
+        "episodes.parquet",
+        "evaluations.parquet",
+        "spec.yaml",
+        "traces.parquet",
+    ]
     assert meta[MANIFEST] == manifest(folder)
     assert meta[MANIFEST]["spec.yaml"]["size"] == (folder / "spec.yaml").stat().st_size
     assert check_folder(folder) == (meta, [])

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles
-from study.analysis.labels import config_label, config_styles
+from study.analysis.labels import config_label, config_styles, ordered_configs
 from study.analysis.metrics import LABELS
 
 WIDTH = 7.0  # inches: a blog column at 150 dpi
@@ -308,3 +308,31 @@ def solved_fraction(metrics: pd.DataFrame, n: str, factors: Sequence[str], budge
         ax.set_xlabel("training episodes")
         ax.set_ylabel("fraction of seeds solved")
     return _finish(fig, axes, len(levels), " × ".join(factors) if factors else None)
+
+
+def action_traces(traces: pd.DataFrame, factors: Sequence[str], env: str, dim: int = 0) -> Figure:
+    """One panel per configuration of `env`: action dimension `dim` over the first training
+    episode after warm-up (colored; σ in the title where parameter noise acts) and over the first
+    episode of the final evaluation (grey, dashed), for the lowest seed that has both."""
+    frame = traces[(traces["env"] == env) & (traces["dim"] == dim)]
+    frame = frame.assign(config=config_label(frame, factors))
+    configs = [c for c in ordered_configs(frame, factors) if c in set(frame["config"])]
+    styles = config_styles(frame, factors)
+    cols = min(len(configs), 4)
+    rows = int(np.ceil(len(configs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 0.8 * PANEL_HEIGHT * rows), squeeze=False, sharey=True)
+    for ax, config in zip(axes.flat, configs, strict=False):
+        group = frame[frame["config"] == config]
+        seed = group["seed"].min()
+        train = group[(group["seed"] == seed) & (group["kind"] == "train")].sort_values("t")
+        final = group[(group["seed"] == seed) & (group["kind"] == "eval") & (group["point"] == 1.0)].sort_values("t")
+        ax.plot(final["t"], final["action"], color="grey", linestyle="--", linewidth=0.9, label="final evaluation")
+        ax.plot(train["t"], train["action"], color=styles[config]["color"], linewidth=1.1, label="training")
+        sigma = train["sigma"].iloc[0] if len(train) else float("nan")
+        ax.set_title(config + ("" if np.isnan(sigma) else f"\nσ = {sigma:.3g}"), fontsize="small")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"action[{dim}]")
+    for ax in axes.flat[max(0, len(configs) - cols) : len(configs)]:  # the lowest panel of each column
+        ax.set_xlabel("step in the episode")
+    fig.suptitle(f"{env}: the first training episode after warm-up and the final evaluation episode")
+    return _finish(fig, axes, len(configs), "episode")

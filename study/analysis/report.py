@@ -170,6 +170,17 @@ def build_report(
             "mean |σ| of their noisy layers.",
             lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded), _distance(loaded)),
         )
+    if len(loaded.traces):
+        envs = list(dict.fromkeys(loaded.traces["env"]))
+        for env in envs:
+            figure(
+                "action_traces" if len(envs) == 1 else f"action_traces_{_slug(env)}",
+                f"{env}: what each configuration's exploration does to the actions. The first action dimension "
+                "over the first training episode after warm-up (colored), and over the first episode of the final "
+                "evaluation with the deterministic, unperturbed policy (grey, dashed); one seed, the first "
+                "300 steps at most.",
+                lambda env=env: figures.action_traces(loaded.traces, factors, env),
+            )
     table = tables.results_table(metrics, factors) if has_costs else None
     if table is not None:
         caption = (
