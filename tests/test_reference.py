@@ -53,6 +53,16 @@ def test_reference_mountaincar_noise_types_loads_complete() -> None:
     assert (REFERENCE / "noise_types_mountaincar" / "report-reduced" / "report.md").is_file()
 
 
+def test_reference_exploration_traces_show_every_method() -> None:
+    study = load_study(ROOT / "ablations" / "exploration_traces.yaml")
+    results = load_results(study, REFERENCE)
+    assert len(results.runs) == len(study.runs) == 13
+    traces = results.traces
+    per_run = traces.groupby(["run_id", "kind", "point"], dropna=False).size()
+    assert len(per_run) == 13 * 4 and (per_run == 200).all()  # Pendulum's 200 steps, one action dimension
+    assert (REFERENCE / "exploration_traces" / "report" / "action_traces.png").is_file()
+
+
 def test_reference_engines_study_shows_one_distribution_per_engine() -> None:
     study = load_study(ROOT / "ablations" / "engines.yaml")
     results = load_results(study, REFERENCE)
@@ -84,6 +94,7 @@ def test_every_reference_run_is_sealed_and_verifies() -> None:
         "chain",
         "noise_types_mountaincar",
         "engines",
+        "exploration_traces",
     }
     for folder in folders:
         meta, problems = check_folder(folder)
