@@ -281,8 +281,10 @@ GROUP_SIZE = 32
 MEMBER_SETTINGS = {
     "exploration": {
         "param_noise": {"interval", "adaptive", "initial_sigma", "target_distance", "adapt_every", "alpha"},
-        "action_noise": {"sigma", "theta"},
+        "action_noise": {"sigma", "theta", "beta"},
         "gsde": {"interval", "log_std_init"},
+        "sampling_noise": {"beta"},
+        "ez_greedy": {"mu", "max_duration"},
     }
 }
 

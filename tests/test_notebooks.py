@@ -60,7 +60,10 @@ def test_notebooks_are_stored_without_outputs() -> None:
 
 
 # reference studies committed in part: per factor, the levels whose runs are all committed
-PARTIAL_REFERENCE = {"chain": {"actions": {"fixed"}, "method": {"epsilon-greedy", "param noise", "NoisyNet"}}}
+PARTIAL_REFERENCE = {
+    "chain": {"actions": {"fixed"}, "method": {"epsilon-greedy", "param noise", "NoisyNet"}},
+    "noise_types_mountaincar": {"noise": {"none", "unstructured", "OU", "param noise", "gSDE-8"}},
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

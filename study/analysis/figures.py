@@ -152,7 +152,8 @@ def factor_comparison(
     seeds with 95% bootstrap CIs, per env, one color per combination of the other factors."""
     stats = cell_stats(metrics, metric, ["env", factor, *others], reps=reps)
     stats["config"] = config_label(stats, others)
-    levels = [str(level) for level in metrics[factor].cat.categories]
+    present = set(metrics[factor].astype(str))
+    levels = [str(level) for level in metrics[factor].cat.categories if str(level) in present]  # runs that ran
     envs = list(dict.fromkeys(metrics["env"]))
     styles = config_styles(stats, others)
     configs = list(styles)
@@ -165,7 +166,12 @@ def factor_comparison(
             err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
             style = styles[config]
             ax.errorbar(xs, group["iqm"], yerr=err, fmt=style["marker"], capsize=4, color=style["color"], label=config)
-        ax.set_xticks(range(len(levels)), labels=[textwrap.fill(level, 10, break_long_words=False) for level in levels])
+        if len(levels) > 5:  # slanted, so that long level names do not run into each other
+            ax.set_xticks(range(len(levels)), labels=levels, rotation=30, ha="right")
+        else:
+            ax.set_xticks(
+                range(len(levels)), labels=[textwrap.fill(level, 10, break_long_words=False) for level in levels]
+            )
         ax.set_xlim(-0.5, len(levels) - 0.5)
         ax.set_title(env)
         ax.set_xlabel(factor)
