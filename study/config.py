@@ -90,6 +90,10 @@ class ParamNoiseSettings(_Strict):
         return self.model_copy(update=param_noise_defaults(discrete, **given))
 
 
+#: the length of a colored-noise sequence: at least two steps, so that it has a frequency
+SequenceLength = Annotated[int, Field(ge=2)]
+
+
 class ActionNoiseSettings(_Strict):
     """Action-space noise, in the normalized [-1, 1] action space: Gaussian ("normal"),
     Ornstein–Uhlenbeck ("ou", with θ) or colored ("colored": 1/f^β over time, a new sequence of
@@ -99,7 +103,7 @@ class ActionNoiseSettings(_Strict):
     sigma: NonNegativeFloat = 0.1
     theta: PositiveFloat = 0.15
     beta: NonNegativeFloat = 1.0
-    seq_len: PositiveInt | None = None
+    seq_len: SequenceLength | None = None
 
 
 class SamplingNoiseSettings(_Strict):
@@ -108,7 +112,7 @@ class SamplingNoiseSettings(_Strict):
     episode limit) at every episode start."""
 
     beta: NonNegativeFloat = 1.0
-    seq_len: PositiveInt | None = None
+    seq_len: SequenceLength | None = None
 
 
 class GSDESettings(_Strict):

@@ -37,6 +37,7 @@ REQUIRED_COLUMNS = {
     "episodes": ("step", "episode", "return", "length", "continuity_cost", "jerk_cost", "sigma", "warmup"),
     "evaluations": ("step", "return_mean", "return_std", "length_mean", "continuity_cost", "jerk_cost"),
     "adaptations": ("step", "sigma", "distance"),
+    "traces": ("kind", "point", "step", "t", "dim", "action"),
 }
 SPEC_KEYS = ("study", "budget", "seed", "settings")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -156,7 +157,7 @@ def _check_readable(folder: Path, meta: dict) -> list[str]:
     problems = [f"{name} missing" for name in required_files(meta["status"]) if not (folder / name).is_file()]
     if (folder / SPEC).is_file():
         problems += _check_spec(folder / SPEC, meta)
-    for name in TABLES:
+    for name in (*TABLES, *OPTIONAL_TABLES):
         path = folder / f"{name}.parquet"
         if path.is_file():
             problems += _check_schema(path, REQUIRED_COLUMNS[name])

@@ -107,6 +107,7 @@ def test_sac_explores_with_its_own_scale_and_the_colored_sequence() -> None:
             "param_noise and sampling_noise: choose one",
         ),
         ({"exploration.action_noise": {"type": "colored", "beta": -1}}, "exploration.action_noise.beta"),
+        ({"exploration.action_noise": {"type": "colored", "seq_len": 1}}, "exploration.action_noise.seq_len"),
     ],
 )
 def test_colored_settings_that_cannot_work_are_refused(write_study, overrides: dict, message: str) -> None:

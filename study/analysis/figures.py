@@ -329,7 +329,8 @@ def action_traces(traces: pd.DataFrame, factors: Sequence[str], env: str, dim: i
     fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 0.8 * PANEL_HEIGHT * rows), squeeze=False, sharey=True)
     for ax, config in zip(axes.flat, configs, strict=False):
         group = frame[frame["config"] == config]
-        seed = group["seed"].min()
+        kinds = group.groupby("seed")["kind"].nunique()
+        seed = kinds[kinds == 2].index.min() if (kinds == 2).any() else group["seed"].min()
         train = group[(group["seed"] == seed) & (group["kind"] == "train")].sort_values("t")
         final = group[(group["seed"] == seed) & (group["kind"] == "eval") & (group["point"] == 1.0)].sort_values("t")
         ax.plot(final["t"], final["action"], color="grey", linestyle="--", linewidth=0.9, label="final evaluation")

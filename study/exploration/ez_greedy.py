@@ -21,14 +21,14 @@ class EzGreedy:
         self.mu, self.max_duration, self.n_actions, self.rng = mu, max_duration, n_actions, rng
         self.remaining = 0  # steps the running random action still takes
         self.action = 0
-        self.durations: list[int] = []  # every duration drawn
+        self.durations: dict[int, int] = {}  # how often each duration was drawn
 
     def act(self, greedy: int, epsilon: float) -> int:
         """This step's action, given the greedy one and the current ε."""
         if self.remaining == 0 and self.rng.random() < epsilon:
             self.remaining = min(int(self.rng.zipf(self.mu)), self.max_duration)
             self.action = int(self.rng.integers(self.n_actions))
-            self.durations.append(self.remaining)
+            self.durations[self.remaining] = self.durations.get(self.remaining, 0) + 1
         if self.remaining > 0:
             self.remaining -= 1
             return self.action
@@ -41,12 +41,12 @@ class EzGreedy:
         return {
             "remaining": self.remaining,
             "action": self.action,
-            "durations": list(self.durations),
+            "durations": dict(self.durations),
             "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.remaining, self.action, self.durations = state["remaining"], state["action"], list(state["durations"])
+        self.remaining, self.action, self.durations = state["remaining"], state["action"], dict(state["durations"])
         self.rng.bit_generator.state = state["rng"]
 
 

@@ -85,7 +85,7 @@ def polyak(
         for param, target in zip(params, targets, strict=True):
             updated = th.add(target.data * (1 - tau), param.data, alpha=tau)
             if mask is not None:
-                updated = th.where(mask.view(-1, *([1] * (target.ndim - 1))), updated, target.data)
+                updated = th.where(mask.to(target.device).view(-1, *([1] * (target.ndim - 1))), updated, target.data)
             target.data.copy_(updated)
 
 

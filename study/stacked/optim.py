@@ -21,7 +21,7 @@ class StackedAdam(th.optim.Optimizer):
     """`torch.optim.Adam` (as SB3 uses it) of E members whose parameters are stacked along axis 0.
 
     `lr` may be a number or one rate per member ([E] tensor). `state[p]` holds, per parameter,
-    `step` (one count while all members have taken the same steps, else [E]) and the moments
+    `step` (one count until the members' step counts or rates first differ, [E] from then on) and the moments
     `exp_avg`, `exp_avg_sq` (p's shape): member e's slices are its Adam state.
     """
 

@@ -3,7 +3,7 @@
 Each member's file holds what the SB3 engine's checkpoint holds for its run (algorithm state,
 replay buffer, envs, callbacks) with its own random streams and its slice of the stacked
 optimizers' state (Adam is elementwise, so a member's moments are its slice). A run therefore
-resumes in any group whose members stopped at the same step.
+resumes in any group, whatever steps its other members stopped at (or starting fresh).
 """
 
 from __future__ import annotations
