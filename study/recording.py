@@ -32,7 +32,7 @@ def switch_rate(actions: list[np.ndarray], space: spaces.Space) -> float:
 
 
 #: the longest stretch of an episode a trace keeps (its first steps)
-TRACE_STEPS = 300
+TRACE_STEPS = 200
 #: the fractions of training whose first evaluation episode is traced (1.0: the final evaluation)
 TRACE_POINTS = (0.1, 0.5, 1.0)
 

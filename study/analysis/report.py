@@ -178,7 +178,7 @@ def build_report(
                 f"{env}: what each configuration's exploration does to the actions. The first action dimension "
                 "over the first training episode after warm-up (colored), and over the first episode of the final "
                 "evaluation with the deterministic, unperturbed policy (grey, dashed); one seed, the first "
-                "300 steps at most.",
+                "200 steps at most.",
                 lambda env=env: figures.action_traces(loaded.traces, factors, env),
             )
     table = tables.results_table(metrics, factors) if has_costs else None
