@@ -60,8 +60,11 @@ def test_a_run_traces_its_first_episode_after_warm_up_and_three_evaluations() ->
 
 
 def test_a_trace_keeps_the_first_steps_of_a_long_episode() -> None:
-    result, _ = run({"action_noise": {"type": "colored", "beta": 1.0}}, total_steps=2 * TRACE_STEPS, episode=400)
-    for _, trace in result.traces.groupby(["kind", "point"], dropna=False):
+    episode = TRACE_STEPS + 50  # the second episode, from step 250, is the first after warm-up
+    result, _ = run({"action_noise": {"type": "colored", "beta": 1.0}}, total_steps=3 * episode, episode=episode)
+    traces = result.traces.groupby(["kind", "point"], dropna=False)
+    assert traces.ngroups == 4  # training, and the evaluations at 10%, 50% and 100%
+    for _, trace in traces:
         assert list(trace["t"]) == list(range(TRACE_STEPS))
 
 
