@@ -336,7 +336,8 @@ def action_traces(traces: pd.DataFrame, factors: Sequence[str], env: str, dim: i
         ax.plot(final["t"], final["action"], color="grey", linestyle="--", linewidth=0.9, label="final evaluation")
         ax.plot(train["t"], train["action"], color=styles[config]["color"], linewidth=1.1, label="training")
         sigma = train["sigma"].iloc[0] if len(train) else float("nan")
-        ax.set_title(config + ("" if np.isnan(sigma) else f"\nσ = {sigma:.3g}"), fontsize="small")
+        title = config.replace(", ", "\n")  # one factor per line
+        ax.set_title(title + ("" if np.isnan(sigma) else f"\nσ = {sigma:.3g}"), fontsize="small")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"action[{dim}]")
     for ax in axes.flat[max(0, len(configs) - cols) : len(configs)]:  # the lowest panel of each column
