@@ -24,6 +24,7 @@ from study.result import RunResult
 
 TABLES = ("episodes", "evaluations", "adaptations")
 OPTIONAL_TABLES = ("traces",)  # runs recorded before them have none
+ALL_TABLES = (*TABLES, *OPTIONAL_TABLES)
 META = "meta.json"
 SPEC = "spec.yaml"
 ERROR = "error.txt"
@@ -157,7 +158,7 @@ def _check_readable(folder: Path, meta: dict) -> list[str]:
     problems = [f"{name} missing" for name in required_files(meta["status"]) if not (folder / name).is_file()]
     if (folder / SPEC).is_file():
         problems += _check_spec(folder / SPEC, meta)
-    for name in (*TABLES, *OPTIONAL_TABLES):
+    for name in ALL_TABLES:
         path = folder / f"{name}.parquet"
         if path.is_file():
             problems += _check_schema(path, REQUIRED_COLUMNS[name])
@@ -288,7 +289,7 @@ def _sealable(folder: Path) -> dict:
 def _check_tables_read(folder: Path) -> list[str]:
     """Every table present reads in full."""
     problems = []
-    for name in (*TABLES, *OPTIONAL_TABLES):
+    for name in ALL_TABLES:
         path = folder / f"{name}.parquet"
         if path.is_file():
             try:
@@ -350,8 +351,8 @@ def load_results(
     results = Path(results)
     left_out: dict[str, str] = {}
     run_rows: list[dict] = []
-    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in (*TABLES, *OPTIONAL_TABLES)}
-    owners: dict[str, list[int]] = {name: [] for name in (*TABLES, *OPTIONAL_TABLES)}
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in ALL_TABLES}
+    owners: dict[str, list[int]] = {name: [] for name in ALL_TABLES}
     for spec in study.runs:
         folder = run_dir(results, spec)
         meta, tables, problem = _read_run(folder)

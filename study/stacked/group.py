@@ -194,7 +194,7 @@ class Group:
         """SB3's `collect_rollouts()` of each member in `rolling`: `train_freq` steps or episodes each."""
         for i, member in enumerate(self.members):
             due = self.checkpoint_every and member.model.num_timesteps - member.saved_at >= self.checkpoint_every
-            if member in rolling and member.checkpoints is not None and due:
+            if member in rolling and due:
                 self.save_checkpoint(i)
         if self.use_sde:
             self._reset_noise(rolling)

@@ -81,23 +81,10 @@ class StackedSAC:
             self.ent_coef_tensor = th.stack([model.ent_coef_tensor for model in models]).reshape(-1, 1, 1)
         self.optimizers = [self.actor_optimizer, self.critic_optimizer, *filter(None, [self.ent_coef_optimizer])]
 
-    def sde_std(self) -> th.Tensor:
-        """gSDE's `get_std(log_std)` of each member, [E, latent, actions]."""
-        log_std = self.log_std
-        if self.sde.use_expln:
-            below_threshold = th.exp(log_std) * (log_std <= 0)
-            safe_log_std = log_std * (log_std > 0) + self.sde.epsilon
-            std = below_threshold + (th.log1p(safe_log_std) + 1.0) * (log_std > 0)
-        else:
-            std = th.exp(log_std)
-        if self.sde.full_std:
-            return std
-        return th.ones(len(self.models), self.sde.latent_sde_dim, self.sde.action_dim, device=std.device) * std
-
     def reset_noise(self, mask: th.Tensor | None = None) -> th.Tensor:
         """gSDE's `actor.reset_noise()` of the members in `mask` (all without it), each drawing
         from its stream: their new exploration matrices (the others keep theirs), [E, latent, actions]."""
-        std = self.sde_std()
+        std = self.sde.get_std(self.log_std)  # elementwise: [E, latent, actions]
         taken = [True] * len(self.models) if mask is None else mask.tolist()
         matrices = []
         for i, (generator, take) in enumerate(zip(self.generators, taken, strict=True)):
@@ -111,18 +98,31 @@ class StackedSAC:
         self.exploration_mat = th.stack(matrices)
         return self.exploration_mat
 
-    def _gaussian(self, obs: th.Tensor, mask: th.Tensor | None) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """Each member's Gaussian mean, standard deviation and sample (its noise from its stream;
-        gSDE's from the last `reset_noise`)."""
+    def _gaussian(
+        self, obs: th.Tensor, mask: th.Tensor | None, colored: bool = False
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Each member's Gaussian mean, standard deviation and sample (its noise from its stream,
+        or with `colored` the next step of its colored sequence; gSDE's from the last `reset_noise`)."""
         latent_pi = self.latent_pi(obs)
         mean_actions = self.mu(latent_pi)
         if self.use_sde:  # `proba_distribution` and `sample` with this gradient step's matrices
-            variance = th.bmm(latent_pi**2, self.sde_std() ** 2)
+            variance = th.bmm(latent_pi**2, self.sde.get_std(self.log_std) ** 2)
             std = th.sqrt(variance + self.sde.epsilon)
             return mean_actions, std, mean_actions + th.bmm(latent_pi, self.exploration_mat)
         log_std = th.clamp(self.log_std(latent_pi), LOG_STD_MIN, LOG_STD_MAX)
         std = th.ones_like(mean_actions) * log_std.exp()
-        return mean_actions, std, mean_actions + member_normal(mean_actions[0], self.generators, mask=mask) * std
+        if colored:  # `ParamNoiseSACPolicy._predict` with colored noise
+            noise = th.stack(
+                [
+                    colored_sample(model.policy.colored_noise, mean_actions)
+                    if act
+                    else th.zeros_like(mean_actions[0, 0])
+                    for model, act in zip(self.models, mask.tolist(), strict=True)
+                ]
+            )[:, None]  # one step of each member's sequence, [E, 1, actions]
+        else:
+            noise = member_normal(mean_actions[0], self.generators, mask=mask)
+        return mean_actions, std, mean_actions + noise * std
 
     def action_log_prob(self, obs: th.Tensor, mask: th.Tensor | None = None) -> tuple[th.Tensor, th.Tensor]:
         """SB3's `Actor.action_log_prob` of each member: squashed Gaussian actions and their
@@ -136,7 +136,7 @@ class StackedSAC:
         log_prob = -((gaussian_actions - mean_actions) ** 2) / (2 * var) - std.log() - math.log(math.sqrt(2 * math.pi))
         log_prob = log_prob.sum(dim=-1)
         if self.use_sde:
-            log_prob -= th.sum(th.log(1.0 - th.tanh(gaussian_actions) ** 2 + self.sde.epsilon), dim=-1)
+            log_prob -= th.sum(self.sde.bijector.log_prob_correction(gaussian_actions), dim=-1)
         else:
             log_prob -= th.sum(th.log(1 - actions**2 + 1e-6), dim=-1)
         return actions, log_prob.unsqueeze(-1)
@@ -160,21 +160,10 @@ class StackedSAC:
 
             return sde_actions
         elif getattr(policy, "colored_noise", None) is not None:
-            return self._colored_actions
+            return lambda obs, acts: th.tanh(self._gaussian(obs, acts, colored=True)[2])
         else:
             return lambda obs, acts: th.tanh(self._gaussian(obs, acts)[2])
         return lambda obs, acts: th.tanh(mu(latent_pi(obs)))
-
-    def _colored_actions(self, obs: th.Tensor, acts: th.Tensor) -> th.Tensor:
-        """`ParamNoiseSACPolicy._predict` with colored noise: each acting member's next step of its sequence."""
-        latent_pi = self.latent_pi(obs)
-        mean_actions = self.mu(latent_pi)
-        log_std = th.clamp(self.log_std(latent_pi), LOG_STD_MIN, LOG_STD_MAX)
-        noise = [
-            colored_sample(model.policy.colored_noise, mean_actions) if act else th.zeros_like(mean_actions[0, 0])
-            for model, act in zip(self.models, acts.tolist(), strict=True)
-        ]
-        return th.tanh(mean_actions + log_std.exp() * th.stack(noise)[:, None])
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in
