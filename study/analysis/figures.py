@@ -166,7 +166,7 @@ def factor_comparison(
             err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
             style = styles[config]
             ax.errorbar(xs, group["iqm"], yerr=err, fmt=style["marker"], capsize=4, color=style["color"], label=config)
-        if len(levels) > 5:  # slanted, so that long level names do not run into each other
+        if sum(map(len, levels)) > 40:  # slanted, so that long level names do not run into each other
             ax.set_xticks(range(len(levels)), labels=levels, rotation=30, ha="right")
         else:
             ax.set_xticks(
