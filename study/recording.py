@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import gymnasium as gym
@@ -128,6 +128,8 @@ class Evaluator(BaseCallback):
         self.streak = 0
         self.trace: list[dict[str, Any]] = []  # the first episode of the evaluations at TRACE_POINTS
         self._last_episode: tuple[int, list[np.ndarray]] | None = None  # the latest evaluation's first
+        self.deferred = False  # set by the stacked engine: a due evaluation waits, `pending`, for it
+        self.pending = False
 
     def state_dict(self) -> dict[str, Any]:
         # between evaluations the env only needs its random stream for the next reset
@@ -148,15 +150,27 @@ class Evaluator(BaseCallback):
     def _on_step(self) -> bool:
         freq = self.settings.freq
         if self.locals["dones"][0] if freq == "episode" else self.num_timesteps % freq == 0:
-            row = self.evaluate()
-            self.streak = self.streak + 1 if row["optimal"] and row["gradient_steps"] > 0 else 0
-            if self.on_evaluation is not None and not self.on_evaluation(row):
-                return False
-            return not (self.settings.stop_when_solved and self.streak >= self.settings.solved_window)
+            if self.deferred:  # the stacked engine evaluates its members together, then concludes
+                self.pending = True
+                return True
+            return self.conclude(self.evaluate())
         return True
 
+    def conclude(self, row: dict[str, Any]) -> bool:
+        """After the evaluation `row` of a step: whether training goes on."""
+        self.pending = False
+        self.streak = self.streak + 1 if row["optimal"] and row["gradient_steps"] > 0 else 0
+        if self.on_evaluation is not None and not self.on_evaluation(row):
+            return False
+        return not (self.settings.stop_when_solved and self.streak >= self.settings.solved_window)
+
+    @property
+    def due_at_end(self) -> bool:
+        """Whether training's end evaluates (its last step was not evaluated yet)."""
+        return not self.rows or self.rows[-1]["step"] != self.num_timesteps
+
     def _on_training_end(self) -> None:
-        if not self.rows or self.rows[-1]["step"] != self.num_timesteps:
+        if self.due_at_end:
             self.evaluate()
         if self._last_episode is not None:  # the final evaluation, whenever training ended
             self._trace(1.0, *self._last_episode)
@@ -165,8 +179,19 @@ class Evaluator(BaseCallback):
         if not any(row["point"] == point for row in self.trace):
             self.trace += trace_rows("eval", point, step, actions, float("nan"))
 
-    def evaluate(self) -> dict[str, float | int]:
+    def evaluate(self) -> dict[str, Any]:
         """Run the evaluation episodes and record a row; a diverged policy raises instead."""
+        episodes = self.episodes()
+        obs = next(episodes)
+        try:
+            while True:
+                obs = episodes.send(self.model.predict(obs, deterministic=True)[0])
+        except StopIteration as done:
+            return done.value
+
+    def episodes(self) -> Generator[np.ndarray, np.ndarray, dict[str, Any]]:
+        """`evaluate()` as a dialogue: yields each observation, is sent the policy's deterministic
+        action for it (`model.predict(obs, deterministic=True)`), and returns the recorded row."""
         if not all(th.isfinite(p).all() for p in self.model.policy.parameters()):
             raise FloatingPointError(f"non-finite policy parameters at step {self.num_timesteps}: the loss diverged")
         returns, lengths, continuity, jerk = [], [], [], []
@@ -176,7 +201,7 @@ class Evaluator(BaseCallback):
             self._seed = None
             actions, total, done = [], 0.0, False
             while not done:
-                action, _ = self.model.predict(obs, deterministic=True)
+                action = yield obs
                 obs, reward, terminated, truncated, _ = self.eval_env.step(action)
                 actions.append(action)
                 total += float(reward)

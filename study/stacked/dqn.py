@@ -72,6 +72,11 @@ class _StackedQ:
             net = stack_sequential([getattr(model.policy.perturbed_net, self.net_name) for model in self.models])
         return lambda obs, acts: self.q_values(net, obs).argmax(dim=-1)
 
+    def deterministic(self) -> Acting:
+        """The members' greedy actions, [E, n, ·] → [E, n] (SB3's `policy._predict(obs,
+        deterministic=True)`, as evaluations act): of the online networks."""
+        return lambda obs, acts: self.q_values(self.net, obs).argmax(dim=-1)
+
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One `train()` call of every member: a gradient step per batch (of the members in its
         mask); `progress_remaining` is all members' or each one's."""

@@ -26,6 +26,7 @@ from stable_baselines3.common.utils import should_collect_more_steps
 
 from study.config import RunSpec
 from study.exploration.colored import ColoredActionNoise
+from study.recording import Evaluator
 from study.registry import ALGORITHMS, resolve
 from study.result import RunResult
 from study.run import RunParts, build_run, run_result
@@ -80,6 +81,11 @@ class Member:
         self.error: str | None = None
         self.resumed_at: int | None = None
         self.resume_noise: ActionNoise | None = None  # the action noise's state at the checkpoint
+        self.new_obs = self.rewards = self.dones = self.infos = None  # its env's last step
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self.parts.evaluator
 
     def fail(self) -> None:
         """Record the exception being handled as this run's failure; the others go on."""
@@ -120,6 +126,9 @@ class Group:
             if model.action_noise is not None and type(model.action_noise) not in ACTION_NOISE:
                 raise Unsupported(f"action noise: {type(model.action_noise).__name__} is not stacked")
         self.models = models
+        self.position = {id(member): i for i, member in enumerate(members)}
+        for member in members:  # the members' evaluations run together (`evaluate`)
+            member.evaluator.deferred = True
         self.learner = resolve(algo.stacked)(models, [member.generator for member in members])
         self.buffer = StackedReplayBuffer([model.replay_buffer for model in models])
         if self.buffer.prioritized:
@@ -141,8 +150,9 @@ class Group:
 
     def mask(self, members: Sequence[Member]) -> np.ndarray:
         """[E] bool: which of the group's members are among `members`."""
-        chosen = {id(member) for member in members}
-        return np.array([id(member) in chosen for member in self.members])
+        chosen = np.zeros(len(self.members), dtype=bool)
+        chosen[[self.position[id(member)] for member in members]] = True
+        return chosen
 
     def learn(self, checkpoint_every: int | None = None) -> None:
         """SB3's `learn()` of every member, to its `total_steps`; with `checkpoint_every`, each
@@ -157,12 +167,10 @@ class Group:
             if member.resume_noise is not None:  # `_setup_learn` reset it
                 vars(model.action_noise).update(vars(member.resume_noise))
             member.saved_at = model.num_timesteps
-        self.acting = self.learner.acting()
+        self.acting, self.deterministic = self.learner.acting(), self.learner.deterministic()
         self.checkpoint_every = checkpoint_every
         while True:
-            for member in self.active:
-                if member.model.num_timesteps >= member.model._total_timesteps:
-                    member.stop()
+            self.stop([m for m in self.active if m.model.num_timesteps >= m.model._total_timesteps])
             rolling = self.active
             if not rolling:
                 break
@@ -274,46 +282,67 @@ class Group:
         return actions
 
     def step(self, stepping: Sequence[Member]) -> None:
-        """One environment step of each member in `stepping`, then one stacked buffer write."""
+        """One environment step of each member in `stepping`, their due evaluations together, then
+        one stacked buffer write."""
         mask = self.mask(stepping)
         actions, buffer_actions = self.sample_actions(mask)
         self._buffer_actions[:] = buffer_actions.reshape(self._buffer_actions.shape)
         self._stored[:] = False
+        going = {}
         for i in np.flatnonzero(mask):
-            member = self.members[i]
             try:
-                self._step_member(i, member, actions[i], buffer_actions[i])
+                going[i] = self._env_step(self.members[i], actions[i], buffer_actions[i])
+            except Exception:
+                self.members[i].fail()
+        evaluated = [self.members[i] for i in going if self.members[i].active and self.members[i].evaluator.pending]
+        for member, row in zip(evaluated, self.evaluate(evaluated), strict=True):
+            if row is not None:
+                going[self.position[id(member)]] &= member.evaluator.conclude(row)
+        stopping = []
+        for i, goes in going.items():
+            member = self.members[i]
+            if not member.active:
+                continue
+            if not goes:
+                stopping.append(member)
+                continue
+            try:
+                self._store(i, member)
             except Exception:
                 member.fail()
+        self.stop(stopping)
         self.buffer.add(
             self._obs, self._next_obs, self._buffer_actions, self._rewards, self._dones, self._timeouts, self._stored
         )
 
-    def _step_member(self, i: int, member: Member, actions: np.ndarray, buffer_actions: np.ndarray) -> None:
-        """The per-run part of one step of SB3's `collect_rollouts()`: env step, callbacks, bookkeeping."""
+    def _env_step(self, member: Member, actions: np.ndarray, buffer_actions: np.ndarray) -> bool:
+        """SB3's `collect_rollouts()` of one step of `member`, to its callbacks: whether it goes on
+        (its due evaluation left `pending`)."""
         model = member.model
-        new_obs, rewards, dones, infos = model.env.step(actions)
+        member.new_obs, member.rewards, member.dones, member.infos = model.env.step(actions)
         model.num_timesteps += 1
         member.steps += 1
         member.callback.update_locals(
             {
                 "actions": actions,
                 "buffer_actions": buffer_actions,
-                "new_obs": new_obs,
-                "rewards": rewards,
-                "dones": dones,
-                "infos": infos,
+                "new_obs": member.new_obs,
+                "rewards": member.rewards,
+                "dones": member.dones,
+                "infos": member.infos,
             }
         )
-        if not member.callback.on_step():
-            member.stop()
-            return
+        return member.callback.on_step()
+
+    def _store(self, i: int, member: Member) -> None:
+        """The rest of the step of member i, which goes on: bookkeeping and its transition."""
+        model, new_obs, dones, infos = member.model, member.new_obs, member.dones, member.infos
         model._update_info_buffer(infos, dones)
         # `_store_transition`: the terminal observation is the next one of an episode's last step
         self._obs[i] = model._last_obs[0]
         terminal = infos[0].get("terminal_observation") if dones[0] else None
         self._next_obs[i] = new_obs[0] if terminal is None else terminal
-        self._rewards[i], self._dones[i] = rewards[0], dones[0]
+        self._rewards[i], self._dones[i] = member.rewards[0], dones[0]
         self._timeouts[i] = infos[0].get("TimeLimit.truncated", False)
         self._stored[i] = True
         model._last_obs = new_obs
@@ -324,6 +353,48 @@ class Group:
             model._episode_num += 1
             if model.action_noise is not None:
                 model.action_noise.reset()
+
+    def stop(self, members: Sequence[Member]) -> None:
+        """End the training of `members` (`Member.stop`), their final evaluations run together."""
+        self.evaluate([member for member in members if member.evaluator.due_at_end])
+        for member in members:
+            if member.active:
+                member.stop()
+
+    def evaluate(self, members: Sequence[Member]) -> list[dict[str, Any] | None]:
+        """The evaluations of `members` (each its Evaluator's `evaluate()`, row recorded), stepped
+        together: one stacked forward gives every member's deterministic action. A member whose
+        evaluation raises fails (its row: None)."""
+        rows: dict[int, dict[str, Any] | None] = {}
+        dialogues, observations = {}, np.zeros_like(self._obs)
+        for member in members:
+            i = self.position[id(member)]
+            try:
+                dialogues[i] = member.evaluator.episodes()
+                observations[i] = next(dialogues[i])
+            except Exception:
+                member.fail()
+                rows[i] = None
+                dialogues.pop(i, None)
+        while dialogues:
+            obs = th.as_tensor(observations[:, None], device=self.policy.device)
+            with th.no_grad():
+                actions = self.deterministic(obs.float(), th.as_tensor(self.mask(members))).cpu().numpy()
+            for i, dialogue in list(dialogues.items()):
+                model = self.members[i].model
+                # `predict(obs, deterministic=True)` of one observation: in the env's bounds
+                action = actions[i].reshape((-1, *model.action_space.shape))
+                action = model.policy.unscale_action(action) if self.box else action
+                try:
+                    observations[i] = dialogue.send(action.squeeze(axis=0))
+                except StopIteration as done:
+                    rows[i] = done.value
+                    del dialogues[i]
+                except Exception:
+                    self.members[i].fail()
+                    rows[i] = None
+                    del dialogues[i]
+        return [rows[self.position[id(member)]] for member in members]
 
 
 def run_group(

@@ -165,6 +165,11 @@ class StackedSAC:
             return lambda obs, acts: th.tanh(self._gaussian(obs, acts)[2])
         return lambda obs, acts: th.tanh(mu(latent_pi(obs)))
 
+    def deterministic(self) -> Acting:
+        """The members' deterministic actions in [-1, 1] (SB3's `policy._predict(obs,
+        deterministic=True)`, as evaluations act): the squashed means of the actors."""
+        return lambda obs, acts: th.tanh(self.mu(self.latent_pi(obs)))
+
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in
         its mask); `progress_remaining` is all members' or each one's."""

@@ -60,6 +60,11 @@ class StackedTD3:
             actor = stack_sequential([model.policy.perturbed_actor.mu for model in self.models])
         return lambda obs, acts: actor(obs)
 
+    def deterministic(self) -> Acting:
+        """The members' deterministic actions in [-1, 1] (SB3's `policy._predict(obs,
+        deterministic=True)`, as evaluations act): the actors'."""
+        return lambda obs, acts: self.actor(obs)
+
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in
         its mask); `progress_remaining` is all members' or each one's."""
