@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from study.config import FULL_BUDGET, Study, StudyError, load_study
+from study.config import FULL_BUDGET, Study, StudyError, load_study, parse_only, parse_sets, select_runs
 
 if TYPE_CHECKING:
     import optuna
@@ -39,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
         if name != "tune":
             sub.add_argument("--engine", choices=["sb3", "stacked"], help="override the study's engine")
             sub.add_argument("--overlay", type=Path, help="settings applied after the budget (a best.yaml)")
+            sub.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="a setting by dotted key, over the file, budget and overlay (repeatable): hyperparams.gamma=0.98",
+            )
+            sub.add_argument(
+                "--only",
+                action="append",
+                default=[],
+                metavar="COLUMN=LEVEL,…",
+                help="only the runs with these levels of env, seed or a factor (repeatable): env=Hopper-v5,seed=0",
+            )
         return sub
 
     run = study_command("run", "run a study's pending runs")
@@ -70,9 +84,15 @@ def _load(args: argparse.Namespace) -> Study:
         raise StudyError(f"--steps: must be a positive integer (got {args.steps})")
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise StudyError(f"--workers: must be at least 1 (got {args.workers})")
-    return load_study(
-        args.study, budget=args.budget, steps=args.steps, overlay=args.overlay, engine=getattr(args, "engine", None)
+    study = load_study(
+        args.study,
+        budget=args.budget,
+        steps=args.steps,
+        overlay=getattr(args, "overlay", None),
+        engine=getattr(args, "engine", None),
+        sets=parse_sets(getattr(args, "set", [])),
     )
+    return select_runs(study, parse_only(getattr(args, "only", [])))
 
 
 def print_runs(study: Study, results: Path, console: Console) -> None:

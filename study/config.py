@@ -9,7 +9,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -565,6 +565,7 @@ class Study(BaseModel):
     factor_levels: dict[str, list[str]]
     factor_keys: dict[str, str]  # column → the grid key it came from
     runs: list[RunSpec]
+    only: dict[str, list[str]] = {}  # the selection `select_runs` made: column → levels kept
 
     @property
     def name(self) -> str:
@@ -600,6 +601,65 @@ def apply_overrides(doc: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     for key, value in overrides.items():
         set_path(out, str(key), value)
     return out
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` items (the command line's `--set`) as settings: each value read as YAML."""
+    sets: dict[str, Any] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
+            raise StudyError(f"--set {item}: expected KEY=VALUE, with KEY a dotted setting (hyperparams.gamma=0.98)")
+        try:
+            sets[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise StudyError(f"--set {key}: its value is not YAML ({str(err).splitlines()[0]})") from None
+    return sets
+
+
+def parse_only(items: Sequence[str]) -> dict[str, list[str]]:
+    """`COLUMN=LEVEL[,COLUMN=LEVEL…]` items (the command line's `--only`): column → levels."""
+    only: dict[str, list[str]] = {}
+    for item in items:
+        for pair in item.split(","):
+            column, equals, level = (part.strip() for part in pair.partition("="))
+            if not equals or not column or not level:
+                raise StudyError(f"--only {item}: expected COLUMN=LEVEL pairs, e.g. env=Hopper-v5,interval=8,seed=0")
+            only.setdefault(column, []).append(level)
+    return only
+
+
+def select_runs(study: Study, only: Mapping[str, Sequence[str]]) -> Study:
+    """The study with only the runs whose `env`, `seed` or factor columns take one of the given
+    levels (a column given twice keeps either level); raises StudyError naming what matches nothing."""
+    if not only:
+        return study
+    columns: dict[str, list[str]] = {
+        "env": list(dict.fromkeys(spec.env for spec in study.runs)),
+        **study.factor_levels,
+        "seed": list(dict.fromkeys(str(spec.seed) for spec in study.runs)),
+    }
+    for column, levels in only.items():
+        if column not in columns:
+            raise StudyError(
+                f"--only {column}: {study.name} has no column {column!r} (have: {', '.join(columns)})"
+                + did_you_mean(column, columns)
+            )
+        for level in levels:
+            if level not in columns[column]:
+                raise StudyError(
+                    f"--only {column}={level}: no such level (have: {', '.join(columns[column])})"
+                    + did_you_mean(level, columns[column])
+                )
+
+    def level(spec: RunSpec, column: str) -> str:
+        return spec.env if column == "env" else str(spec.seed) if column == "seed" else spec.factors[column]
+
+    runs = [spec for spec in study.runs if all(level(spec, c) in levels for c, levels in only.items())]
+    if not runs:
+        given = ",".join(f"{c}={v}" for c, levels in only.items() for v in levels)
+        raise StudyError(f"--only {given}: matches no run of {study.name}")
+    return study.model_copy(update={"runs": runs, "only": {c: list(levels) for c, levels in only.items()}})
 
 
 def level_label(value: Any) -> str:
@@ -796,11 +856,14 @@ def load_study(
     steps: int | None = None,
     overlay: dict[str, Any] | str | Path | None = None,
     engine: str | None = None,
+    sets: Mapping[str, Any] | None = None,
 ) -> Study:
     """Read, validate and expand a study file; raises StudyError on any bad input.
 
     :param overlay: settings (dotted keys, or `grid:`) applied after the budget, e.g. the best
         configuration a tuning wrote; a path is read as a YAML file
+    :param sets: settings by dotted key (`hyperparams.learning_rate`), applied after the overlay
+        (the command line's `--set`, see `parse_sets`)
     """
     path = Path(path)
     raw, lines = _read_yaml(path, "a study")
@@ -842,6 +905,11 @@ def load_study(
             doc["grid"], grid_layer = grid, overlay_layer
             layers[0] = _Layer({k: v for k, v in raw.items() if k != "grid"}, path, lines=lines)
         layers.append(overlay_layer)
+    for key, value in (sets or {}).items():
+        if key.split(".")[0] in {"name", "budgets", "grid"}:
+            raise StudyError(f"--set {key}: may not set name, budgets or grid (--only picks runs of the grid)")
+        doc = apply_overrides(doc, {key: value})
+        layers.append(_Layer({key: value}, None, "--set"))
     if steps is not None:
         doc = doc | {"total_steps": steps}
         layers.append(_Layer({"total_steps": steps}, None, "--steps"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ class Report:
 
 def report_dir(study: Study, results: Path) -> Path:
     name = "report" if study.budget == FULL_BUDGET else f"report-{study.budget}"
+    if study.only:  # a selection's report never replaces the whole study's
+        chosen = "-".join(f"{column}={'+'.join(levels)}" for column, levels in study.only.items())
+        name += "-only-" + re.sub(r"[^\w.=+-]", "_", chosen)
     return Path(results) / study.name / name
 
 

@@ -1,0 +1,111 @@
+"""Settings and run selection from the command line: `--set KEY=VALUE` and `--only COLUMN=LEVEL`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from study.__main__ import main
+from study.analysis.report import report_dir
+from study.config import StudyError, load_study, parse_only, parse_sets, select_runs
+
+
+@pytest.fixture
+def grid_study(write_study) -> Path:
+    grid = {"exploration.param_noise.interval": [1, 8, "episode"]}
+    return write_study({"seeds": 2, "envs": ["Pendulum-v1", "MountainCarContinuous-v0"], "grid": grid})
+
+
+def test_values_are_read_as_yaml() -> None:
+    sets = parse_sets(["hyperparams.gamma=0.98", "seeds=[0, 7]", "net_arch=[64, 64]", "max_episodes=", "algo=sac"])
+    assert sets == {
+        "hyperparams.gamma": 0.98,
+        "seeds": [0, 7],
+        "net_arch": [64, 64],
+        "max_episodes": None,
+        "algo": "sac",
+    }
+
+
+@pytest.mark.parametrize("item", ["gamma", "=3", "hyperparams..gamma=1", "a b=1"])
+def test_a_set_without_a_dotted_key_is_refused(item: str) -> None:
+    with pytest.raises(StudyError, match="expected KEY=VALUE"):
+        parse_sets([item])
+
+
+def test_set_overrides_the_file_and_changes_the_runs_identity(write_study) -> None:
+    path = write_study()
+    base = load_study(path)
+    changed = load_study(path, sets=parse_sets(["hyperparams.gamma=0.9", "seeds=3"]))
+    assert len(base.runs) == 1 and len(changed.runs) == 3
+    assert {spec.settings.hyperparams.gamma for spec in changed.runs} == {0.9}
+    assert base.runs[0].settings.hyperparams.gamma is None
+    assert changed.runs[0].run_id != base.runs[0].run_id  # other settings: another run
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("hyperparams.gamam=0.9", "--set: hyperparams.gamam: unknown key; did you mean 'gamma'?"),
+        ("hyperparams.gamma=high", "--set: hyperparams.gamma: must be a number (got 'high')"),
+        ("grid.interval=[1]", "--set grid.interval: may not set name, budgets or grid"),
+        ("name=other", "--set name: may not set name, budgets or grid"),
+    ],
+)
+def test_bad_sets_exit_2_naming_the_flag_and_write_nothing(write_study, tmp_path, capsys, item, message) -> None:
+    results = tmp_path / "results"
+    assert main(["run", str(write_study()), "--results", str(results), "--set", item]) == 2
+    assert message in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_only_keeps_the_runs_with_the_given_levels(grid_study) -> None:
+    study = load_study(grid_study)
+    assert len(study.runs) == 12  # 2 envs × 3 intervals × 2 seeds
+    one = select_runs(study, parse_only(["env=Pendulum-v1,interval=8,seed=1"]))
+    assert [(s.env, s.factors["interval"], s.seed) for s in one.runs] == [("Pendulum-v1", "8", 1)]
+    either = select_runs(study, parse_only(["interval=1", "interval=episode,seed=0"]))
+    assert sorted({s.factors["interval"] for s in either.runs}) == ["1", "episode"]
+    assert len(either.runs) == 4 and {s.seed for s in either.runs} == {0}
+    assert either.only == {"interval": ["1", "episode"], "seed": ["0"]}
+    assert select_runs(study, {}) is study
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("intervall=8", "--only intervall: tiny has no column 'intervall' (have: env, interval, seed); did you mean"),
+        ("interval=7", "--only interval=7: no such level (have: 1, 8, episode)"),
+        ("seed=5", "--only seed=5: no such level (have: 0, 1)"),
+        ("interval", "--only interval: expected COLUMN=LEVEL pairs"),
+    ],
+)
+def test_bad_only_exits_2_naming_the_flag_and_writes_nothing(grid_study, tmp_path, capsys, item, message) -> None:
+    results = tmp_path / "results"
+    assert main(["run", str(grid_study), "--results", str(results), "--only", item]) == 2
+    assert message in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_only_that_matches_no_run_is_refused(grid_study) -> None:
+    study = load_study(grid_study)
+    runs = [s for s in study.runs if (s.factors["interval"], s.seed) != ("8", 0)]  # as if the grid had a hole
+    with pytest.raises(StudyError, match="--only interval=8,seed=0: matches no run of tiny"):
+        select_runs(study.model_copy(update={"runs": runs}), parse_only(["interval=8,seed=0"]))
+
+
+def test_dry_run_and_status_show_the_selection(grid_study, tmp_path, capsys) -> None:
+    argv = ["--results", str(tmp_path / "r"), "--only", "interval=8,seed=0", "--set", "hyperparams.gamma=0.9"]
+    assert main(["run", str(grid_study), "--dry-run", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs" in out and "total 2: done 0" in out
+    assert main(["status", str(grid_study), *argv]) == 0
+    assert "total 2:" in capsys.readouterr().out
+
+
+def test_a_selection_reports_into_its_own_folder(grid_study, tmp_path) -> None:
+    study = load_study(grid_study)
+    chosen = select_runs(study, parse_only(["env=Pendulum-v1,interval=episode"]))
+    assert report_dir(study, tmp_path).name == "report"
+    assert report_dir(chosen, tmp_path).name == "report-only-env=Pendulum-v1-interval=episode"
