@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from torch import nn
 
+from study.buffers import PrioritizedReplayBuffer
 from study.dqn import DQN, QRDQN
 from study.policies import ParamNoiseDQNPolicy, ParamNoiseQRDQNPolicy, ParamNoiseSACPolicy, ParamNoiseTD3Policy
+from study.stacked.buffer import StackedReplayBuffer
 from study.stacked.common import StackedBatch
 from study.stacked.dqn import StackedDQN, StackedQRDQN
 from study.stacked.nets import StackedLinear, Unsupported, stack_sequential
@@ -254,3 +257,44 @@ def test_stacked_adam_steps_each_member_as_its_own_adam_and_leaves_masked_member
                     assert th.equal(param[i], expected)
                 th.testing.assert_close(param[i], expected, rtol=1e-6, atol=1e-7)
     assert optimizer.state[stacked[0]]["step"].tolist() == [4, 4, 5]
+
+
+@pytest.mark.parametrize("kind", [ReplayBuffer, PrioritizedReplayBuffer])
+def test_the_device_copy_of_the_stacked_replay_gives_the_batches_of_the_host_arrays(kind: type) -> None:
+    """A GPU's copy of the members' buffers (here on the CPU) follows every write, wrap-around
+    and checkpoint restore, and gives the same batches as the host arrays, bit for bit."""
+    obs_space, act_space = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,))
+    host, device = (
+        StackedReplayBuffer([kind(8, obs_space, act_space, device="cpu") for _ in range(E)], on_device=on_device)
+        for on_device in (False, True)
+    )
+    assert host.copy is None and device.copy is not None
+    data = np.random.RandomState(0)
+    for _ in range(13):  # past the end: members that stepped more wrap around first
+        obs, next_obs = data.randn(E, 3).astype(np.float32), data.randn(E, 3).astype(np.float32)
+        step = (obs, next_obs, data.randn(E, 1, 2).astype(np.float32), data.randn(E), data.rand(E) < 0.2)
+        step += (data.rand(E) < 0.1, data.rand(E) < 0.8)
+        for buffer in (host, device):
+            buffer.add(*step)
+    assert (host.pos == device.pos).all() and host.full.any()
+
+    def same_batches() -> None:
+        for mask in (None, np.array([True, False, True])):
+            a, b = (
+                buffer.sample(BATCH, [np.random.RandomState(i) for i in range(E)], mask) for buffer in (host, device)
+            )
+            for name in ("observations", "actions", "next_observations", "dones", "rewards", "weights", "mask"):
+                first, second = getattr(a, name), getattr(b, name)
+                assert (first is None) == (second is None)
+                if first is not None:
+                    assert th.equal(first, second), name
+            if kind is PrioritizedReplayBuffer:
+                np.testing.assert_array_equal(a.indices, b.indices)
+
+    same_batches()
+    for buffer in (host, device):  # a checkpoint's transitions, written into a member's buffer in place
+        buffer.buffers[1].observations[...] = 7.0
+        buffer.buffers[1].pos = 3
+        buffer.refresh()
+    same_batches()
+    assert (device.copy["observations"][1] == 7.0).all()

@@ -2,6 +2,8 @@
 
 Uniform buffers are sampled here for all members at once; prioritized buffers keep their own
 priorities (sum-tree or rank order) per member and draw their indices from the member's stream.
+On a GPU the arrays also have a copy on the device, written with each step's transitions, from
+which a batch is gathered in one indexing op per field instead of being gathered on the host.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ class StackedReplayBuffer:
     follow each write.
     """
 
-    def __init__(self, buffers: Sequence[ReplayBuffer]) -> None:
+    def __init__(self, buffers: Sequence[ReplayBuffer], on_device: bool | None = None) -> None:
+        """:param on_device: keep a copy of the arrays on the buffers' device and sample from it
+        (default: on a CUDA device)"""
         first = buffers[0]
         kind = type(first)
         if kind not in STACKABLE:
@@ -55,6 +59,20 @@ class StackedReplayBuffer:
                 if buffer.pos or buffer.full:
                     stacked[i] = getattr(buffer, name)
                 setattr(buffer, name, stacked[i])
+        on_device = self.device.type == "cuda" if on_device is None else on_device
+        self.copy: dict[str, th.Tensor] | None = None
+        if on_device:
+            self.copy = {name: th.as_tensor(getattr(self, name), device=self.device) for name in FIELDS}
+            self._members = th.arange(len(buffers), device=self.device)[:, None]
+
+    def refresh(self) -> None:
+        """Take up what was written into the members' buffers in place (a checkpoint's
+        transitions, positions)."""
+        self.pos = np.array([buffer.pos for buffer in self.buffers])
+        self.full = np.array([buffer.full for buffer in self.buffers])
+        if self.copy is not None:
+            for name in FIELDS:
+                self.copy[name].copy_(th.as_tensor(getattr(self, name)))
 
     def size(self) -> np.ndarray:
         """Each member's number of stored transitions, [E]."""
@@ -80,6 +98,10 @@ class StackedReplayBuffer:
         self.rewards[rows, pos, 0] = rewards[rows]
         self.dones[rows, pos, 0] = dones[rows]
         self.timeouts[rows, pos, 0] = timeouts[rows]
+        if self.copy is not None:
+            where = (th.as_tensor(rows, device=self.device), th.as_tensor(pos, device=self.device), 0)
+            for name in FIELDS:
+                self.copy[name][where] = th.as_tensor(getattr(self, name)[rows, pos, 0], device=self.device)
         self.pos[rows] += 1
         wrapped = rows[self.pos[rows] == self.buffer_size]
         self.full[wrapped], self.pos[wrapped] = True, 0
@@ -115,16 +137,19 @@ class StackedReplayBuffer:
             else:
                 batch_inds[i] = rng.randint(0, sizes[i], size=batch_size)
             rng.randint(0, 1, size=batch_size)  # SB3's env indices: with one env, nothing is drawn
-        members = np.arange(len(rngs))[:, None]
-        dones = self.dones[members, batch_inds, 0] * (1 - self.timeouts[members, batch_inds, 0])
-        data = (
-            self.observations[members, batch_inds, 0],
-            self.actions[members, batch_inds, 0],
-            self.next_observations[members, batch_inds, 0],
-            dones[..., None],
-            self.rewards[members, batch_inds, 0][..., None],
-        )
-        batch = StackedBatch(*(th.tensor(array, device=self.device) for array in data))
+        if self.copy is None:
+            arrays, members, inds = (
+                {name: getattr(self, name) for name in FIELDS},
+                np.arange(len(rngs))[:, None],
+                batch_inds,
+            )
+        else:
+            arrays, members, inds = self.copy, self._members, th.as_tensor(batch_inds, device=self.device)
+        field = {name: arrays[name][members, inds, 0] for name in FIELDS}
+        dones = field["dones"] * (1 - field["timeouts"])
+        data = (field["observations"], field["actions"], field["next_observations"], dones[..., None])
+        data += (field["rewards"][..., None],)
+        batch = StackedBatch(*(th.as_tensor(array, device=self.device) for array in data))
         if mask is not None:
             batch = batch._replace(mask=th.as_tensor(mask, device=self.device))
         if self.prioritized:

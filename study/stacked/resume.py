@@ -12,7 +12,6 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch as th
 
 from study.checkpoint import CHECKPOINT, load_run_state, read_checkpoint, run_state, write_checkpoint
@@ -73,9 +72,7 @@ def restore_members(group: Group, states: list[dict[str, Any] | None]) -> None:
     for member, state in zip(group.members, states, strict=True):
         if state is not None:
             _restore_member(member, state)
-    buffers = group.buffer.buffers
-    group.buffer.pos = np.array([buffer.pos for buffer in buffers])
-    group.buffer.full = np.array([buffer.full for buffer in buffers])
+    group.buffer.refresh()
     for k, optimizer in enumerate(group.learner.optimizers):
         _load_optimizer_slices(optimizer, [state["optimizers"][k] if state else None for state in states])
     group.learner.n_updates = th.tensor([model._n_updates for model in group.models])
