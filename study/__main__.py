@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from study.tune import Tuning
-from study.launch import MAX_RETRIES, Interrupted, Summary, run_study
+from study.launch import MAX_RETRIES, Interrupted, Summary, pending_runs, run_study
 from study.progress import ProgressDisplay
 from study.store import DAMAGED, DONE, FAILED, PARTIAL, PENDING, NoResultsError, check_run, damaged_runs
 from study.studylock import StudyLocked
@@ -126,6 +127,39 @@ def print_runs(study: Study, results: Path, console: Console) -> None:
         )
 
 
+def print_estimate(study: Study, args: argparse.Namespace, console: Console) -> None:
+    """The pending runs' environment steps and their wall time on this machine, estimated."""
+    from study.estimate import estimate
+
+    pending = pending_runs(study, args.results, args.retry_failed)
+    if not pending:
+        return
+    workers = args.workers or os.cpu_count() or 1
+    try:
+        got = estimate(pending, workers)
+    except Exception as err:  # e.g. a GPU run on a machine without one
+        console.print(f"no time estimate: calibrating failed ({type(err).__name__}: {err})", highlight=False)
+        return
+    where = " (the runs on a cluster take what its workers take)" if args.address else ""
+    console.print(
+        f"estimate{where}: {got.runs} pending runs, {got.steps:,} environment steps at most; "
+        f"about {_duration(got.seconds)} of wall time with {workers} local workers "
+        f"({_duration(got.run_seconds)} of runs in all), from {got.configurations} configuration(s) "
+        f"trained here for a few hundred steps each ({got.calibration_seconds:.0f} s); runs that stop "
+        "early take less",
+        highlight=False,
+    )
+
+
+def _duration(seconds: float) -> str:
+    """45 s, 12 min, 2.5 h, 4.1 days."""
+    if seconds >= 2 * 86_400:
+        return f"{seconds / 86_400:.1f} days"
+    if seconds >= 2 * 3_600:
+        return f"{seconds / 3_600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
     print_runs(_load(args), args.results, console)
     return 0
@@ -178,6 +212,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     study = _load(args)
     if args.dry_run:
         print_runs(study, args.results, console)
+        print_estimate(study, args, console)
         return 0
     damaged = damaged_runs(study, args.results)
     if damaged:
