@@ -3,8 +3,8 @@
 Prints both wall times, the speedup, and the launcher's fixed overhead: Ray's start-up (as the
 launcher starts it: loopback only, no metrics), and the time per run the launcher adds beyond
 the runs' own work (dispatch, worker start-up with its imports, result transfer and the
-driver's writes). With `--engine stacked`, "in-process" is one group of the 4 runs and the
-launcher trains two groups of 2, one per worker.
+driver's writes). With `--engine stacked`, the launcher trains two groups of 2, one per
+worker, and "in-process" trains the same two groups one after the other.
 
     python benchmarks/grid_scaling.py [--steps 20000] [--engine sb3|stacked]
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from study.config import load_study
-from study.launch import _init_ray, run_study
+from study.launch import _init_ray, plan_tasks, run_study
 from study.run import execute
 from study.stacked.group import run_group
 
@@ -51,7 +51,10 @@ def main() -> None:
         study = load_study(path, engine=args.engine)
 
         start = time.perf_counter()
-        sequential = run_group(study.runs) if args.engine == "stacked" else [execute(spec) for spec in study.runs]
+        if args.engine == "stacked":  # the launcher's tasks, one after the other
+            sequential = [result for task in plan_tasks(study.runs, 2) for result in run_group(task)]
+        else:
+            sequential = [execute(spec) for spec in study.runs]
         t_seq = time.perf_counter() - start
 
         import ray
@@ -74,12 +77,17 @@ def main() -> None:
     groups = {tuple(r.meta.get("group", [r.spec.run_id])): r.meta["wall_time_s"] for r in summary.done}
     busy = sum(groups.values()) / 2  # the runs' (or groups') own work per worker
     per_run = (t_runs - busy) / len(summary.done)
+    tasks_alone = {tuple(r.meta.get("group", [r.spec.run_id])): r.meta["wall_time_s"] for r in sequential}
+    alone = sum(tasks_alone.values()) / len(tasks_alone)
+    side_by_side = sum(groups.values()) / len(groups)
     print(f"4 runs x {args.steps} steps, TD3 64-64 on Pendulum-v1, engine {args.engine}")
     print(f"  sequential, in-process     {t_seq:7.1f} s")
     print(f"  launcher, 2 workers        {t_par:7.1f} s   speedup {t_seq / t_par:.2f}x  (target >= 1.8x)")
     print(f"  fixed: Ray start           {t_ray:7.1f} s")
     print(f"  fixed: 2 workers' imports  {t_warm:7.1f} s   (fixed total {t_ray + t_warm:.1f} s, target < 10 s)")
     print(f"  launcher overhead per run  {per_run:7.2f} s   (dispatch, transfer, writes; target < 0.5 s)")
+    task = "group of 2" if args.engine == "stacked" else "run"
+    print(f"  a {task}, in-process      {alone:7.1f} s;  in a worker, beside the other: {side_by_side:.1f} s")
 
 
 if __name__ == "__main__":
