@@ -152,8 +152,8 @@ def main() -> None:
         base = None
         for members in map(int, args.members.split(",")):
             sb3, got = run(0), run(members)
-            base = base or got
-            per_member = (got["peak_mb"] - base["peak_mb"]) / (members - 1) if members > 1 else float("nan")
+            base = got if members == 1 else base  # the memory of one member
+            per_member = (got["peak_mb"] - base["peak_mb"]) / (members - 1) if base and members > 1 else float("nan")
             ratio = got["steps_per_s"] / sb3["steps_per_s"]
             speeds = f"{got['steps_per_s']:>16.0f} {sb3['steps_per_s']:>12.0f} {ratio:>6.2f} {per_member:>14.1f}"
             shares = [

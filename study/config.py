@@ -608,12 +608,15 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     sets: dict[str, Any] = {}
     for item in items:
         key, equals, value = item.partition("=")
-        if not equals or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
+        key = key.strip()
+        if not equals or not re.fullmatch(r"[^.=\s]+(\.[^.=\s]+)*", key):
             raise StudyError(f"--set {item}: expected KEY=VALUE, with KEY a dotted setting (hyperparams.gamma=0.98)")
         try:
-            sets[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as err:
             raise StudyError(f"--set {key}: its value is not YAML ({str(err).splitlines()[0]})") from None
+        sets.pop(key, None)  # given again: applied in its latest place
+        sets[key] = parsed
     return sets
 
 
@@ -621,7 +624,7 @@ def parse_only(items: Sequence[str]) -> dict[str, list[str]]:
     """`COLUMN=LEVEL[,COLUMN=LEVEL…]` items (the command line's `--only`): column → levels."""
     only: dict[str, list[str]] = {}
     for item in items:
-        for pair in item.split(","):
+        for pair in re.split(r",(?=\s*[^,=\s]+\s*=)", item):  # a level may hold commas: [64,64]
             column, equals, level = (part.strip() for part in pair.partition("="))
             if not equals or not column or not level:
                 raise StudyError(f"--only {item}: expected COLUMN=LEVEL pairs, e.g. env=Hopper-v5,interval=8,seed=0")
@@ -659,7 +662,9 @@ def select_runs(study: Study, only: Mapping[str, Sequence[str]]) -> Study:
     if not runs:
         given = ",".join(f"{c}={v}" for c, levels in only.items() for v in levels)
         raise StudyError(f"--only {given}: matches no run of {study.name}")
-    return study.model_copy(update={"runs": runs, "only": {c: list(levels) for c, levels in only.items()}})
+    kept = {c: [level for level in levels if level in only.get(c, levels)] for c, levels in study.factor_levels.items()}
+    chosen = {c: sorted(set(only[c]), key=columns[c].index) for c in sorted(only)}
+    return study.model_copy(update={"runs": runs, "factor_levels": kept, "only": chosen})
 
 
 def level_label(value: Any) -> str:
@@ -921,7 +926,31 @@ def load_study(
         file = StudyFile.model_validate(doc)
     except ValidationError as err:
         raise _fail([_message(p, layers) for p in problems(err, StudyFile)]) from None
+    _check_sets(sets or {}, file)
     return _expand(path, budget, file, doc, layers, grid_layer)
+
+
+def _check_sets(sets: Mapping[str, Any], file: StudyFile) -> None:
+    """Refuse a `--set` of a setting that grid levels or env overrides set: they would win over it."""
+    by_levels = {
+        f"grid.{column}": _dotted(over) for column, levels in _factor_levels(file.grid).items() for _, over in levels
+    }
+    by_levels |= {f"env_overrides.{env}": _dotted(over) for env, over in file.env_overrides.items()}
+    for key in sets:
+        for where, paths in by_levels.items():
+            if any(key == p or key.startswith(f"{p}.") or p.startswith(f"{key}.") for p in paths):
+                raise StudyError(f"--set {key}: {where} sets it per run (pick its levels with --only)")
+
+
+def _dotted(doc: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys of the values a nested mapping sets."""
+    keys: set[str] = set()
+    for key, value in doc.items():
+        if isinstance(value, Mapping) and value:
+            keys |= _dotted(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
 
 
 def _grid_layers(grid: dict[str, Any], source: _Layer) -> dict[str, list[_Layer]]:

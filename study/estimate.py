@@ -2,12 +2,14 @@
 
 Each distinct configuration (the runs' settings but their seed and the exploration scalars a
 stacked group may mix, `MEMBER_SETTINGS`) is built and trained here for a few hundred steps:
-warm-up steps, training steps (collection and updates, evaluations after every episode
-included) and one evaluation are timed apart. A run's time is then its warm-up, training and
-evaluations at those speeds, and the study's wall time that of the launcher's tasks
-(`plan_tasks`) given to the workers in order, each to the first free one, as Ray does.
-It is an estimate: the calibration is short, the machine's load may change, and runs that stop
-early (`max_episodes`, `stop_when_solved`) take less.
+warm-up steps, training steps (collection and updates) and one evaluation are timed apart,
+and the episodes' length counts the evaluations of runs that evaluate after every episode.
+A run's time is then its warm-up, training and evaluations at those speeds, and the study's
+wall time that of the launcher's tasks (`plan_tasks`) given to as many at a time as the
+launcher fits on the workers, in order, each to the first free one, as Ray does.
+It is an estimate: the calibration is short, the machine's load may change, runs that stop
+early (`max_episodes`, `stop_when_solved`) take less, and runs that differ only in those
+scalars (a sampling interval, σ₀) share one calibration.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 
 from study.config import RunSpec
 from study.launch import MEMBER_SETTINGS, plan_tasks
+from study.recording import EpisodeLimit
 from study.run import RunParts, build_run
 
 WARMUP_STEPS = 100  # warm-up steps timed per configuration (fewer where the run warms up less)
@@ -32,20 +35,24 @@ NO_EVALUATION = 10**12
 @dataclass(frozen=True)
 class Speed:
     """What one task of a configuration costs, in seconds: to build, per warm-up step, per
-    training step and per evaluation (a stacked group: all its members at once)."""
+    training step and per evaluation (a stacked group: all its members at once); and its
+    episodes' length in steps (evaluations after every episode are counted by it)."""
 
     build: float
     warmup: float
     train: float
     evaluation: float
+    episode_length: float = 1.0
 
     def seconds(self, spec: RunSpec, learning_starts: int) -> float:
         """The time of `spec`'s task at these speeds, `learning_starts` as its model has it."""
         total = spec.settings.total_steps
         warm = min(learning_starts, total)
         freq = spec.settings.eval.freq
-        # and one at the end, unless the last step was evaluated; those after episodes are in the steps' time
-        evaluations = 1 if freq == "episode" else total // freq + bool(total % freq)
+        if freq == "episode":  # after every training episode, and at the end
+            evaluations = total / self.episode_length + 1
+        else:  # and one at the end, unless the last step was evaluated
+            evaluations = total // freq + bool(total % freq)
         return self.build + warm * self.warmup + (total - warm) * self.train + evaluations * self.evaluation
 
 
@@ -63,11 +70,11 @@ class Estimate:
 
 
 class _Stopwatch(BaseCallback):
-    """The time when training reaches step `at`."""
+    """The time when training reaches step `at` (None until it does)."""
 
     def __init__(self, at: int) -> None:
         super().__init__()
-        self.at, self.when = at, time.perf_counter()
+        self.at, self.when = at, None
 
     def _on_step(self) -> bool:
         if self.num_timesteps == self.at:
@@ -83,57 +90,71 @@ def configuration(task: Sequence[RunSpec]) -> str:
 
 
 def calibrate(task: Sequence[RunSpec], steps: int = CALIBRATION_STEPS) -> tuple[Speed, int]:
-    """Train `task` (one run, or a stacked group) for a short warm-up and `steps` training
-    steps here; its speeds and the learning_starts its runs have. Training in episodes with
-    one gradient step per collected step is timed as one gradient step after each step."""
+    """Train `task` (one run, or a stacked group) here for a short warm-up and about `steps`
+    training steps, evaluating only once at the end; its speeds and the learning_starts its
+    runs have. Training in episodes with one gradient step per collected step is timed as one
+    gradient step after each step; rollouts longer than `steps` are timed whole."""
     import torch as th
 
     from study.stacked.group import Group, Member
 
     th.set_num_threads(task[0].settings.resources.cpus)  # as a worker sets it
     clock = time.perf_counter()
-    parts = [build_run(spec) for spec in task]
-    build = time.perf_counter() - clock
-    model = parts[0].model
-    learning_starts = model.learning_starts
-    warm = min(learning_starts, WARMUP_STEPS)
-    total = warm + steps
-    stopwatch = _Stopwatch(warm)
-    for part in parts:
-        _shorten(part, warm)
-    parts[0].callbacks.insert(0, stopwatch)
-    specs = [
-        spec.model_copy(update={"settings": spec.settings.model_copy(update={"total_steps": total})}) for spec in task
-    ]
+    parts: list[RunParts] = []
     try:
-        start = time.perf_counter()
+        for spec in task:
+            parts.append(build_run(spec))
+        model = parts[0].model
+        learning_starts = model.learning_starts
+        warm = min(learning_starts, WARMUP_STEPS)
+        for part in parts:
+            _shorten(part, warm)
+        stopwatch = _Stopwatch(warm)
+        parts[0].callbacks.insert(0, stopwatch)
+        total = warm + steps
+        group = None
         if task[0].settings.engine == "stacked":
+            update = {"total_steps": total}
+            specs = [spec.model_copy(update={"settings": spec.settings.model_copy(update=update)}) for spec in task]
             group = Group([Member(spec, part) for spec, part in zip(specs, parts, strict=True)])
+        build = time.perf_counter() - clock
+        start = time.perf_counter()
+        if group is not None:
             group.learn()
-            trained = time.perf_counter()
-            group.evaluate(group.members)
+            failed = next((member.error for member in group.members if member.error), None)
+            if failed:
+                raise RuntimeError(failed.strip().splitlines()[-1])
         else:
             model.learn(total, callback=CallbackList(parts[0].callbacks))
-            trained = time.perf_counter()
+        trained = time.perf_counter()
+        if group is not None:
+            group.evaluate(group.members)
+        else:
             parts[0].evaluator.evaluate()
         evaluation = time.perf_counter() - trained
     finally:
         for part in parts:
             part.close()
-    warmup = (stopwatch.when - start) / warm if warm else 0.0
-    train = max(trained - stopwatch.when - evaluation, 0.0) / steps  # less the final evaluation
-    return Speed(build, warmup, train, evaluation), learning_starts
+    warmed = stopwatch.when if warm else start
+    if warmed is None:
+        raise RuntimeError(f"the calibration stopped before its {warm} warm-up steps")
+    taken = model.num_timesteps - warm
+    train = max(trained - warmed - evaluation, 0.0) / max(taken, 1)  # less the final evaluation
+    lengths = [row["length"] for row in parts[0].recorder.rows] or [parts[0].evaluator.rows[-1]["length_mean"]]
+    length = sum(lengths) / len(lengths)
+    return Speed(build, (warmed - start) / warm if warm else 0.0, train, evaluation, length), learning_starts
 
 
 def _shorten(parts: RunParts, warm: int) -> None:
-    """The run's model and evaluator set for calibration: `warm` warm-up steps, evaluations only
-    after episodes (where the run evaluates so), one gradient step per step for episodic training."""
+    """The run's model and callbacks set for calibration: `warm` warm-up steps, one evaluation
+    (at the end), no early stop, and one gradient step per step for episodic training."""
     model = parts.model
     model.learning_starts = warm
     if model.train_freq.unit == TrainFrequencyUnit.EPISODE and model.gradient_steps < 0:
         model.train_freq, model.gradient_steps = TrainFreq(1, TrainFrequencyUnit.STEP), 1
-    if parts.evaluator.settings.freq != "episode":
-        parts.evaluator.settings = parts.evaluator.settings.model_copy(update={"freq": NO_EVALUATION})
+    once = {"freq": NO_EVALUATION, "stop_when_solved": False}
+    parts.evaluator.settings = parts.evaluator.settings.model_copy(update=once)
+    parts.callbacks[:] = [callback for callback in parts.callbacks if not isinstance(callback, EpisodeLimit)]
 
 
 def makespan(durations: Sequence[float], workers: int) -> float:
@@ -144,9 +165,22 @@ def makespan(durations: Sequence[float], workers: int) -> float:
     return max(free)
 
 
+def task_slots(pending: Sequence[RunSpec], workers: int) -> int:
+    """How many of the tasks run at once on `workers` local CPUs (and this machine's GPUs), as
+    the launcher fits them."""
+    slots = max(1, workers // max(spec.settings.resources.cpus for spec in pending))
+    gpus = max(spec.settings.resources.gpus for spec in pending)
+    if gpus > 0:
+        import torch as th
+
+        slots = min(slots, max(1, int(th.cuda.device_count() / gpus)))
+    return slots
+
+
 def estimate(pending: Sequence[RunSpec], workers: int, steps: int = CALIBRATION_STEPS) -> Estimate:
-    """The compute of `pending` on `workers` local workers, calibrating each configuration here."""
-    tasks = plan_tasks(list(pending), workers)
+    """The compute of `pending` on `workers` local CPUs, calibrating each configuration here."""
+    slots = task_slots(pending, workers)
+    tasks = plan_tasks(list(pending), slots)
     clock = time.perf_counter()
     speeds: dict[str, tuple[Speed, int]] = {}
     durations = []
@@ -159,7 +193,7 @@ def estimate(pending: Sequence[RunSpec], workers: int, steps: int = CALIBRATION_
     return Estimate(
         runs=len(pending),
         steps=sum(spec.settings.total_steps for spec in pending),
-        seconds=makespan(durations, workers),
+        seconds=makespan(durations, slots),
         run_seconds=sum(durations),
         workers=workers,
         configurations=len(speeds),

@@ -6,7 +6,7 @@ import pytest
 
 from study.__main__ import main
 from study.config import load_study
-from study.estimate import Speed, calibrate, configuration, estimate, makespan
+from study.estimate import Speed, calibrate, configuration, estimate, makespan, task_slots
 
 
 @pytest.fixture
@@ -32,7 +32,8 @@ def test_a_runs_time_adds_build_warm_up_training_and_evaluations(write_study) ->
     odd = load_study(write_study({"eval": {"freq": 300, "episodes": 1}}), steps=1000).runs[0]
     assert speed.seconds(odd, 100) == pytest.approx(1 + 1 + 90 + 4 * 2)  # at 300, 600, 900, and at the end
     after_episodes = load_study(write_study({"eval": {"freq": "episode", "episodes": 1}}), steps=1000).runs[0]
-    assert speed.seconds(after_episodes, 100) == pytest.approx(1 + 1 + 90 + 2)  # theirs is in the steps' time
+    of_50 = Speed(build=1.0, warmup=0.01, train=0.1, evaluation=2.0, episode_length=50)
+    assert of_50.seconds(after_episodes, 100) == pytest.approx(1 + 1 + 90 + (20 + 1) * 2)  # 20 episodes, the end
 
 
 def test_runs_that_differ_in_seed_or_member_scalars_share_a_configuration(grid, write_study) -> None:
@@ -58,6 +59,28 @@ def test_the_estimate_counts_the_pending_runs_and_their_steps(grid) -> None:
     got = estimate(runs, workers=2, steps=50)
     assert (got.runs, got.steps, got.configurations, got.workers) == (4, 4 * 300, 1, 2)
     assert 0 < got.seconds < got.run_seconds
+    assert task_slots(runs, 2) == 2 and task_slots(runs, 16) == 16
+
+
+def test_runs_of_several_cpus_take_that_many_workers(write_study) -> None:
+    runs = load_study(write_study({"seeds": 3, "resources": {"cpus": 2}})).runs
+    assert task_slots(runs, 5) == 2  # as the launcher fits them: 5 CPUs // 2 per run
+
+
+def test_the_calibration_runs_its_steps_whatever_stops_the_run_early(write_study) -> None:
+    """A run that stops when solved or after a few episodes is still timed over its steps, and
+    its episodes' length counts its evaluations after every episode."""
+    chain = {
+        "algo": "dqn",
+        "envs": ["study/Chain-v0"],
+        "env_kwargs": {"n": 5},
+        "max_episodes": 2,
+        "eval": {"freq": "episode", "episodes": 1, "stop_when_solved": True, "solved_window": 1},
+        "exploration": {},
+    }
+    speed, learning_starts = calibrate(load_study(write_study(chain)).runs, steps=60)
+    assert speed.episode_length == pytest.approx(14)  # the chain's N + 9 steps
+    assert speed.train > 0 and learning_starts == 100
 
 
 def test_dry_run_prints_the_estimate_and_writes_nothing(grid, tmp_path, capsys) -> None:

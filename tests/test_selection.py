@@ -109,3 +109,38 @@ def test_a_selection_reports_into_its_own_folder(grid_study, tmp_path) -> None:
     chosen = select_runs(study, parse_only(["env=Pendulum-v1,interval=episode"]))
     assert report_dir(study, tmp_path).name == "report"
     assert report_dir(chosen, tmp_path).name == "report-only-env=Pendulum-v1-interval=episode"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("exploration.param_noise.interval", 3),
+        ("exploration.param_noise", {"interval": 3}),
+        ("exploration", {"param_noise": {"initial_sigma": 0.3}}),
+    ],
+)
+def test_a_set_of_what_the_grid_sets_per_run_is_refused(grid_study, key, value) -> None:
+    with pytest.raises(StudyError, match=f"--set {key}: grid.interval sets it per run"):
+        load_study(grid_study, sets={key: value})
+    load_study(grid_study, sets={"exploration.param_noise.initial_sigma": 0.3})  # beside it: fine
+
+
+def test_a_set_of_what_an_env_override_sets_is_refused(write_study) -> None:
+    path = write_study({"env_overrides": {"Pendulum-v1": {"hyperparams": {"gamma": 0.9}}}})
+    with pytest.raises(StudyError, match="--set hyperparams.gamma: env_overrides.Pendulum-v1 sets it per run"):
+        load_study(path, sets={"hyperparams.gamma": 0.95})
+
+
+def test_a_key_given_again_is_applied_in_its_latest_place(write_study) -> None:
+    sets = parse_sets(["hyperparams.gamma=0.5", "hyperparams={gamma: 0.7}", "hyperparams.gamma=0.9"])
+    assert list(sets) == ["hyperparams", "hyperparams.gamma"]
+    assert load_study(write_study(), sets=sets).runs[0].settings.hyperparams.gamma == 0.9
+
+
+def test_levels_with_commas_and_the_selections_report_folder(write_study, tmp_path) -> None:
+    study = load_study(write_study({"grid": {"net_arch": [[16, 16], [32, 32]]}, "seeds": 2}))
+    chosen = select_runs(study, parse_only(["seed=1,net_arch=[32,32]"]))
+    assert [(s.factors["net_arch"], s.seed) for s in chosen.runs] == [("[32,32]", 1)]
+    assert chosen.factor_levels == {"net_arch": ["[32,32]"]}  # the report shows only what was chosen
+    again = select_runs(study, parse_only(["net_arch=[32,32]", "seed=1"]))
+    assert report_dir(chosen, tmp_path) == report_dir(again, tmp_path)  # whatever the order given

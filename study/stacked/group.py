@@ -297,7 +297,10 @@ class Group:
         evaluated = [self.members[i] for i in going if self.members[i].active and self.members[i].evaluator.pending]
         for member, row in zip(evaluated, self.evaluate(evaluated), strict=True):
             if row is not None:
-                going[self.position[id(member)]] &= member.evaluator.conclude(row)
+                try:
+                    going[self.position[id(member)]] &= member.evaluator.conclude(row)
+                except Exception:
+                    member.fail()
         stopping = []
         for i, goes in going.items():
             member = self.members[i]
