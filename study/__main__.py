@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     study_command("status", "runs of a study by state")
     report = study_command("report", "figures, tables and report.md from a study's results")
     report.add_argument("--include-warmup", action="store_true", help="keep warm-up episodes in C_train")
+    evaluate = study_command("evaluate", "evaluate a run's saved model again")
+    evaluate.add_argument("--run", required=True, help="the run's id (or its 8-character hash)")
+    evaluate.add_argument("--episodes", type=int, help="episodes (default: the run's evaluation episodes)")
+    evaluate.add_argument(
+        "--explore", action="store_true", help="act with the run's exploration, not deterministically"
+    )
     tune = study_command("tune", "run or continue an Optuna search over a study's settings")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS/NAME/optuna.db)")
     tune.add_argument("--workers", type=int, help="local Ray workers (default: one per CPU)")
@@ -190,6 +197,26 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         f"wrote {report.markdown} ({len(report.figures)} figures, {len(report.tables)} tables)", highlight=False
     )
     _warn_damaged(report.damaged, console)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
+    from study.evaluate import evaluate_model, find_run, load_model
+
+    if args.episodes is not None and args.episodes < 1:
+        raise StudyError(f"--episodes: must be at least 1 (got {args.episodes})")
+    spec = find_run(_load(args), args.run)
+    episodes = args.episodes or spec.settings.eval.episodes
+    got = evaluate_model(spec, load_model(args.results, spec), episodes, explore=args.explore)
+    how = "acting with its exploration" if args.explore else "deterministic policy"
+    returns = np.array(got.returns)
+    console.print(f"{spec.run_id}: {episodes} episodes, {how}", highlight=False)
+    console.print(
+        f"return {returns.mean():.2f} ± {returns.std():.2f} (min {returns.min():.2f}, max {returns.max():.2f})"
+        f" · length {np.mean(got.lengths):.0f} · continuity cost {np.mean(got.continuity):.4f}"
+        f" · jerk cost {np.mean(got.jerk):.4f}",
+        highlight=False,
+    )
     return 0
 
 
@@ -334,7 +361,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-    commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "tune": cmd_tune}
+    commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "evaluate": cmd_evaluate, "tune": cmd_tune}
     try:
         return commands[args.command](args, console)
     except StudyError as err:

@@ -253,6 +253,7 @@ class _SharedSettings(_Strict):
     algo: str
     total_steps: PositiveInt
     max_episodes: PositiveInt | None = None  # stop after this many training episodes
+    save_model: bool = True  # keep the final model in the run's folder (model.zip)
     env_kwargs: dict[str, Scalar] = {}
     env_wrapper: Literal["none", "atari"] = "none"
     features_extractor: Literal["flatten", "nature_cnn", "minatar_cnn"] = "flatten"
@@ -539,8 +540,9 @@ class RunSpec(_Strict):
         """Short hash of everything that determines the run's results. Settings at their
         defaults are left out, so that a new setting (with a default that keeps the old
         behaviour) does not orphan the results of existing runs. The stacked engine's group
-        size changes no result and is left out too."""
-        settings = self.settings.model_dump(mode="json", exclude_defaults=True, exclude={"resources": {"group_size"}})
+        size and whether the final model is kept change no result and are left out too."""
+        unscored = {"resources": {"group_size"}, "save_model": True}  # they change no result
+        settings = self.settings.model_dump(mode="json", exclude_defaults=True, exclude=unscored)
         if settings.get("resources") == {}:
             del settings["resources"]
         payload = json.dumps({"settings": settings, "seed": self.seed}, sort_keys=True)

@@ -65,6 +65,7 @@ class RunResult:
     adaptations: pd.DataFrame = field(default_factory=lambda: table([], ADAPTATION_COLUMNS))
     traces: pd.DataFrame = field(default_factory=lambda: table([], TRACE_COLUMNS))
     error: str | None = None
+    model: bytes | None = None  # the final model, as SB3's `save` writes it (model.zip)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import traceback
 from collections.abc import Callable
@@ -80,6 +81,16 @@ def build_run(spec: RunSpec, on_evaluation: OnEvaluation | None = None) -> RunPa
     return RunParts(model, callbacks, recorder, evaluator, noise, envs)
 
 
+def model_zip(model: BaseAlgorithm) -> bytes:
+    """The model as SB3's `save` writes it, without its replay buffer. Its parameters get their
+    own memory first (in a stacked group they are views of the group's tensors)."""
+    for param in model.policy.parameters():
+        param.data = param.data.clone()
+    buffer = io.BytesIO()
+    model.save(buffer)
+    return buffer.getvalue()
+
+
 def run_result(
     spec: RunSpec,
     parts: RunParts | None,
@@ -110,6 +121,8 @@ def run_result(
         if parts.noise is not None:
             result.adaptations = table(parts.noise.adaptations, ADAPTATION_COLUMNS)
         result.traces = table(parts.recorder.trace + parts.evaluator.trace, TRACE_COLUMNS)
+        if status == "done" and spec.settings.save_model:
+            result.model = model_zip(parts.model)
     result.meta["final_return"] = result.final_return
     return result
 

@@ -28,6 +28,7 @@ ALL_TABLES = (*TABLES, *OPTIONAL_TABLES)
 META = "meta.json"
 SPEC = "spec.yaml"
 ERROR = "error.txt"
+MODEL = "model.zip"  # the final model, as SB3 saves it (`save_model`)
 MANIFEST = "manifest"  # meta.json's record of every other file of the run: {name: {"size": bytes, "sha256": hex}}
 DONE, FAILED, PARTIAL, PENDING, DAMAGED = "done", "failed", "partial", "pending", "damaged"
 STAGING = ".staging"
@@ -221,6 +222,8 @@ def write_run(result: RunResult, results: Path) -> Path:
         frame.to_parquet(tmp / f"{name}.parquet", index=False, compression="zstd")
     if result.error:
         (tmp / ERROR).write_text(result.error)
+    if result.model is not None:
+        (tmp / MODEL).write_bytes(result.model)
     meta = {**result.meta, MANIFEST: manifest(tmp)}
     (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
     for path in tmp.iterdir():

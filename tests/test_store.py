@@ -76,6 +76,7 @@ def test_written_folder_round_trips(write_study, tmp_path: Path) -> None:
         "episodes.parquet",
         "evaluations.parquet",
         "meta.json",
+        "model.zip",
         "spec.yaml",
         "traces.parquet",
     ]
