@@ -15,7 +15,7 @@ from study.exploration.param_noise import derived_seed
 from study.messages import did_you_mean
 from study.recording import episode_costs
 from study.registry import ALGORITHMS, resolve
-from study.store import MODEL, run_dir
+from study.store import DONE, MODEL, DamagedRunError, check_run, run_dir, verify_model
 
 
 @dataclass(frozen=True)
@@ -38,43 +38,68 @@ def find_run(study: Study, run: str) -> RunSpec:
 
 
 def load_model(results: Path, spec: RunSpec) -> BaseAlgorithm:
-    """The run's final model, as its algorithm's `load` reads it (on the CPU)."""
-    path = run_dir(Path(results), spec) / MODEL
-    if not path.is_file():
+    """The run's final model, checked against its manifest, as its algorithm's `load` reads it
+    (on the CPU)."""
+    check = check_run(Path(results), spec)
+    if check.state != DONE:
+        raise StudyError(f"--run {spec.run_id}: the run is {check.state}, not complete{_why(check.problem)}")
+    folder = run_dir(Path(results), spec)
+    if not (folder / MODEL).is_file():
         raise StudyError(
-            f"--run {spec.run_id}: no saved model at {path} (a run keeps one unless `save_model: false`; "
+            f"--run {spec.run_id}: no saved model at {folder / MODEL} (a run keeps one unless `save_model: false`; "
             "runs from before saved models have none)"
         )
-    return resolve(ALGORITHMS[spec.settings.algo].cls).load(path, device="cpu")
+    try:
+        path = verify_model(folder)
+    except DamagedRunError as err:
+        raise StudyError(f"--run {spec.run_id}: {err.problem}") from None
+    try:
+        return resolve(ALGORITHMS[spec.settings.algo].cls).load(path, device="cpu", buffer_size=1)
+    except Exception as err:
+        raise StudyError(f"--run {spec.run_id}: {path} does not load: {err}") from None
+
+
+def _why(problem: str | None) -> str:
+    return f" ({problem})" if problem else ""
 
 
 def evaluate_model(spec: RunSpec, model: BaseAlgorithm, episodes: int, explore: bool = False) -> Evaluation:
     """`episodes` episodes of `model` in a fresh evaluation env of the run's (seeded from the run's
     seed): the deterministic, unperturbed policy, or with `explore` the run's exploration as it
-    ended training (the perturbed actor at its last σ, gSDE's or SAC's sampling, action noise,
-    ε-greedy at its final ε)."""
+    ended training: the perturbed actor as training left it (its last draw, not redrawn), gSDE's
+    matrices drawn as often as the run drew them, SAC's sampling, action noise, NoisyNet's noise
+    drawn before every action, ε- or εz-greedy at the final ε. SAC's colored sampling noise is
+    not restored (refused)."""
     settings = spec.settings
+    if explore and settings.exploration.sampling_noise is not None:
+        raise StudyError("--explore: SAC's colored sampling noise is not restored from a saved model")
     env = make_env(spec.env, settings.env_kwargs, settings.env_wrapper, evaluation=True, task_seed=spec.seed)
     policy = model.policy
     if explore and settings.exploration.param_noise is not None:
         policy.explore_perturbed = True
+    noisy = explore and settings.exploration.noisy_net is not None
+    resample = getattr(model, "sde_sample_freq", -1) if explore and getattr(model, "use_sde", False) else None
     seed: int | None = derived_seed(spec.seed, "evaluate")
     out = Evaluation([], [], [], [])
     try:
         for _ in range(episodes):
             obs, _ = env.reset(seed=seed)
             seed = None
-            if explore and getattr(model, "use_sde", False):
-                policy.reset_noise()
+            if explore and getattr(model, "action_noise", None) is not None:
+                model.action_noise.reset()
             actions, total, done = [], 0.0, False
             while not done:
+                if resample is not None and (not actions or (resample > 0 and len(actions) % resample == 0)):
+                    policy.reset_noise()  # gSDE: new exploration matrices, as often as the run drew them
+                if noisy:
+                    policy.sample_acting_noise()  # NoisyNet: new noise before every action
                 action = _act(model, obs, explore)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 actions.append(action)
                 total += float(reward)
                 done = terminated or truncated
-            if explore and model.action_noise is not None:
-                model.action_noise.reset()
+            if explore and getattr(model, "ez_greedy", None) is not None:
+                model.ez_greedy.end_episode()
             continuity, jerk = episode_costs(actions, env.action_space)
             out.returns.append(total)
             out.lengths.append(len(actions))

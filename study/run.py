@@ -82,13 +82,22 @@ def build_run(spec: RunSpec, on_evaluation: OnEvaluation | None = None) -> RunPa
 
 
 def model_zip(model: BaseAlgorithm) -> bytes:
-    """The model as SB3's `save` writes it, without its replay buffer. Its parameters get their
-    own memory first (in a stacked group they are views of the group's tensors)."""
-    for param in model.policy.parameters():
-        param.data = param.data.clone()
-    buffer = io.BytesIO()
-    model.save(buffer)
-    return buffer.getvalue()
+    """The model as SB3's `save` writes it, without its replay buffer. Its tensors are saved
+    from copies of their own (in a stacked group they are views of the group's tensors, which
+    `torch.save` would write whole), then given back."""
+    tensors = [*model.policy.parameters(), *model.policy.buffers()]
+    if isinstance(getattr(model, "log_ent_coef", None), th.Tensor):
+        tensors.append(model.log_ent_coef)
+    views = [tensor.data for tensor in tensors]
+    try:
+        for tensor in tensors:
+            tensor.data = tensor.data.clone()
+        buffer = io.BytesIO()
+        model.save(buffer)
+        return buffer.getvalue()
+    finally:
+        for tensor, view in zip(tensors, views, strict=True):
+            tensor.data = view
 
 
 def run_result(
@@ -122,7 +131,10 @@ def run_result(
             result.adaptations = table(parts.noise.adaptations, ADAPTATION_COLUMNS)
         result.traces = table(parts.recorder.trace + parts.evaluator.trace, TRACE_COLUMNS)
         if status == "done" and spec.settings.save_model:
-            result.model = model_zip(parts.model)
+            try:
+                result.model = model_zip(parts.model)
+            except Exception:  # the run is complete all the same
+                result.meta["model_error"] = traceback.format_exc()
     result.meta["final_return"] = result.final_return
     return result
 

@@ -10,12 +10,12 @@ import torch as th
 from stable_baselines3 import TD3
 
 from study.__main__ import main
-from study.config import load_study
+from study.config import StudyError, load_study
 from study.envs import make_env
 from study.evaluate import evaluate_model, load_model
 from study.exploration.param_noise import derived_seed
 from study.policies import ParamNoiseTD3Policy
-from study.run import execute
+from study.run import build_run, execute
 from study.stacked.group import run_group
 from study.store import MODEL, write_run
 
@@ -48,6 +48,8 @@ def test_without_save_model_nothing_is_kept_and_the_run_is_the_same_run(write_st
     result = execute(skip)
     assert result.model is None
     assert not (write_run(result, tmp_path / "results") / MODEL).exists()
+    with pytest.raises(StudyError, match="no saved model at"):
+        load_model(tmp_path / "results", skip)
 
 
 def test_a_stacked_member_saves_its_own_model_only(write_study) -> None:
@@ -89,7 +91,7 @@ def test_evaluate_prints_the_returns_and_costs(saved, tmp_path, capsys) -> None:
     [
         (["--run", "nosuchrun"], "--run nosuchrun: no run of tiny"),
         (["--episodes", "0"], "--episodes: must be at least 1"),
-        (["--set", "seeds=2", "--run", "SEED1"], "no saved model at"),  # a run that never ran
+        (["--set", "seeds=2", "--run", "SEED1"], "the run is pending, not complete"),  # it never ran
     ],
 )
 def test_bad_evaluations_exit_2_with_one_message(saved, tmp_path, capsys, more, message) -> None:
@@ -99,3 +101,36 @@ def test_bad_evaluations_exit_2_with_one_message(saved, tmp_path, capsys, more, 
     run = [] if "--run" in more else ["--run", spec.run_id]
     assert main(["evaluate", str(path), "--results", str(tmp_path / "results"), *run, *more]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_be_saved_leaves_the_run_complete(write_study, monkeypatch) -> None:
+    def refuse(self, path, **kwargs):
+        raise TypeError("cannot pickle this")
+
+    monkeypatch.setattr(TD3, "save", refuse)
+    result = execute(load_study(write_study()).runs[0])
+    assert result.status == "done" and result.model is None
+    assert "cannot pickle this" in result.meta["model_error"]
+
+
+def test_saving_a_members_model_leaves_it_a_view_of_the_group(write_study) -> None:
+    from study.run import model_zip
+    from study.stacked.group import Group, Member
+
+    specs = load_study(write_study({"seeds": 2}), engine="stacked").runs
+    group = Group([Member(spec, build_run(spec)) for spec in specs])
+    member = group.members[1].model
+    model_zip(member)
+    with th.no_grad():
+        group.learner.actor[0].weight.add_(1.0)  # the stacked update writes here
+    assert th.equal(member.actor.mu[0].weight, group.learner.actor[0].weight[1])
+
+
+def test_a_changed_model_file_is_refused(saved, tmp_path, capsys) -> None:
+    path, spec, _ = saved
+    model = tmp_path / "results" / spec.study / spec.run_id / MODEL
+    data = bytearray(model.read_bytes())
+    data[-10] ^= 0xFF  # same size, other bytes
+    model.write_bytes(bytes(data))
+    assert main(["evaluate", str(path), "--results", str(tmp_path / "results"), "--run", spec.run_id]) == 2
+    assert "does not match its checksum" in capsys.readouterr().err

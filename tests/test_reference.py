@@ -12,7 +12,7 @@ from study.analysis.engines import compare_engines
 from study.analysis.metrics import run_metrics
 from study.checkpoint import EXACT_RESUME_ALGOS, RESUME_VERSION
 from study.config import load_study
-from study.store import MANIFEST, check_folder, load_results
+from study.store import MANIFEST, MODEL, check_folder, load_results
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "results" / "reference"
@@ -89,7 +89,8 @@ def test_no_reference_run_was_resumed_by_an_engine_not_proven_exact() -> None:
 
 
 def test_every_reference_run_is_sealed_and_verifies() -> None:
-    """Every committed run carries a manifest (sizes and checksums of its files) that verifies."""
+    """Every committed run carries a manifest (sizes and checksums of its files) that verifies,
+    and no saved model (reference runs are run with `--set save_model=false`)."""
     folders = sorted(meta.parent for meta in REFERENCE.glob("*/*/meta.json"))
     assert {folder.parent.name for folder in folders} == {
         "sampling_interval",
@@ -102,3 +103,4 @@ def test_every_reference_run_is_sealed_and_verifies() -> None:
         meta, problems = check_folder(folder)
         assert not problems, f"{folder.name}: {problems}"
         assert MANIFEST in meta, f"{folder.name} is not sealed"
+        assert MODEL not in meta[MANIFEST] and not (folder / MODEL).exists(), f"{folder.name} keeps a model"
