@@ -44,22 +44,6 @@ def test_set_overrides_the_file_and_changes_the_runs_identity(write_study) -> No
     assert changed.runs[0].run_id != base.runs[0].run_id  # other settings: another run
 
 
-@pytest.mark.parametrize(
-    ("item", "message"),
-    [
-        ("hyperparams.gamam=0.9", "--set: hyperparams.gamam: unknown key; did you mean 'gamma'?"),
-        ("hyperparams.gamma=high", "--set: hyperparams.gamma: must be a number (got 'high')"),
-        ("grid.interval=[1]", "--set grid.interval: may not set name, budgets or grid"),
-        ("name=other", "--set name: may not set name, budgets or grid"),
-    ],
-)
-def test_bad_sets_exit_2_naming_the_flag_and_write_nothing(write_study, tmp_path, capsys, item, message) -> None:
-    results = tmp_path / "results"
-    assert main(["run", str(write_study()), "--results", str(results), "--set", item]) == 2
-    assert message in capsys.readouterr().err
-    assert not results.exists()
-
-
 def test_only_keeps_the_runs_with_the_given_levels(grid_study) -> None:
     study = load_study(grid_study)
     assert len(study.runs) == 12  # 2 envs × 3 intervals × 2 seeds
@@ -73,17 +57,25 @@ def test_only_keeps_the_runs_with_the_given_levels(grid_study) -> None:
 
 
 @pytest.mark.parametrize(
-    ("item", "message"),
+    ("flag", "item", "message"),
     [
-        ("intervall=8", "--only intervall: tiny has no column 'intervall' (have: env, interval, seed); did you mean"),
-        ("interval=7", "--only interval=7: no such level (have: 1, 8, episode)"),
-        ("seed=5", "--only seed=5: no such level (have: 0, 1)"),
-        ("interval", "--only interval: expected COLUMN=LEVEL pairs"),
+        ("--set", "hyperparams.gamam=0.9", "--set: hyperparams.gamam: unknown key; did you mean 'gamma'?"),
+        ("--set", "hyperparams.gamma=high", "--set: hyperparams.gamma: must be a number (got 'high')"),
+        ("--set", "grid.interval=[1]", "--set grid.interval: may not set name, budgets or grid"),
+        ("--set", "name=other", "--set name: may not set name, budgets or grid"),
+        (
+            "--only",
+            "intervall=8",
+            "--only intervall: tiny has no column 'intervall' (have: env, interval, seed); did you mean",
+        ),
+        ("--only", "interval=7", "--only interval=7: no such level (have: 1, 8, episode)"),
+        ("--only", "seed=5", "--only seed=5: no such level (have: 0, 1)"),
+        ("--only", "interval", "--only interval: expected COLUMN=LEVEL pairs"),
     ],
 )
-def test_bad_only_exits_2_naming_the_flag_and_writes_nothing(grid_study, tmp_path, capsys, item, message) -> None:
+def test_bad_flags_exit_2_naming_the_flag_and_write_nothing(grid_study, tmp_path, capsys, flag, item, message) -> None:
     results = tmp_path / "results"
-    assert main(["run", str(grid_study), "--results", str(results), "--only", item]) == 2
+    assert main(["run", str(grid_study), "--results", str(results), flag, item]) == 2
     assert message in capsys.readouterr().err
     assert not results.exists()
 

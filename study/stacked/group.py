@@ -379,10 +379,11 @@ class Group:
                 member.fail()
                 rows[i] = None
                 dialogues.pop(i, None)
+        acting = th.as_tensor(self.mask(members))
         while dialogues:
             obs = th.as_tensor(observations[:, None], device=self.policy.device)
             with th.no_grad():
-                actions = self.deterministic(obs.float(), th.as_tensor(self.mask(members))).cpu().numpy()
+                actions = self.deterministic(obs.float(), acting).cpu().numpy()
             for i, dialogue in list(dialogues.items()):
                 model = self.members[i].model
                 # `predict(obs, deterministic=True)` of one observation: in the env's bounds
