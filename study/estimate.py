@@ -14,7 +14,6 @@ scalars (a sampling interval, σ₀) share one calibration.
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 
 from study.config import RunSpec
-from study.launch import MEMBER_SETTINGS, plan_tasks
+from study.launch import MEMBER_SETTINGS, makespan, plan_tasks
 from study.recording import EpisodeLimit
 from study.run import RunParts, build_run
 
@@ -155,14 +154,6 @@ def _shorten(parts: RunParts, warm: int) -> None:
     once = {"freq": NO_EVALUATION, "stop_when_solved": False}
     parts.evaluator.settings = parts.evaluator.settings.model_copy(update=once)
     parts.callbacks[:] = [callback for callback in parts.callbacks if not isinstance(callback, EpisodeLimit)]
-
-
-def makespan(durations: Sequence[float], workers: int) -> float:
-    """The wall time of tasks taken in order, each by the first free of `workers`."""
-    free = [0.0] * max(1, workers)
-    for duration in durations:
-        heapq.heappush(free, heapq.heappop(free) + duration)
-    return max(free)
 
 
 def task_slots(pending: Sequence[RunSpec], workers: int) -> int:

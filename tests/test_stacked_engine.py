@@ -15,7 +15,7 @@ from stable_baselines3.common.callbacks import CallbackList
 import study.stacked.group as group_module
 from study.analysis.engines import compare_engines
 from study.config import RunSettings, RunSpec, StudyError, load_study
-from study.launch import plan_tasks, run_study
+from study.launch import makespan, plan_tasks, run_study, task_cost
 from study.run import RunParts, build_run, run_result
 from study.stacked.group import Group, Member, run_group
 from study.stacked.nets import Unsupported
@@ -255,6 +255,21 @@ def test_the_launcher_groups_runs_that_differ_in_seed_and_exploration_scalars(wr
     small = load_study(write_study({"engine": "stacked", "seeds": 10, "resources": {"group_size": 4}}))
     assert sorted(len(task) for task in plan_tasks(small.runs)) == [3, 3, 4]
     assert small.runs[0].run_id == load_study(write_study({"engine": "stacked", "seeds": 10})).runs[0].run_id
+
+
+def test_the_launcher_splits_a_group_only_where_it_shortens_the_wall_time(write_study) -> None:
+    long = load_study(write_study({"engine": "stacked", "seeds": 20, "budgets.full": 100_000}, name="long.yaml"))
+    short = load_study(write_study({"engine": "stacked", "seeds": 20, "budgets.full": 1_000}, name="short.yaml"))
+    assert task_cost(long.runs[:9]) == 100_000 * 2  # 1 + 8 members × 1/8
+    tasks = plan_tasks(short.runs + long.runs, slots=2)
+    # 20 long members cost 337,500 steps as one group, 212,500 as each of two halves on their own
+    # worker, beside which the short group fits; three long groups would make one worker wait
+    sizes = [(len(task), task[0].settings.total_steps) for task in tasks]
+    assert sizes == [(10, 100_000), (10, 100_000), (20, 1_000)]
+    assert makespan([task_cost(task) for task in tasks], 2) == 212_500 + 3_375
+    alone = load_study(write_study({"seeds": 1, "budgets.full": 1_000_000}, name="alone.yaml"))
+    # the lone SB3 run takes longest however the group is split: splitting would only add work
+    assert [len(task) for task in plan_tasks(alone.runs + long.runs, slots=3)] == [1, 20]
 
 
 def test_the_engine_is_part_of_a_runs_identity_and_the_command_line_sets_it(write_study) -> None:
