@@ -205,14 +205,27 @@ _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 @contextmanager
 def _loopback_only() -> Iterator[None]:
     """Start Ray's processes with the loopback address as the node's: every server binds 127.0.0.1."""
-    from ray._private import ray_constants
+    from ray._private import parameter, ray_constants
 
     before_env, before_flag = os.environ.get(_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_CLUSTER_SWITCH] = "0"  # the processes Ray starts read it
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it at import
+    params = parameter.RayParams
+
+    class LocalParams(params):
+        """Ray's node parameters with the dashboard agent's HTTP port chosen by the system: its
+        fixed default (52365) is taken while another local study runs, and the agent then
+        retries for about 3 s before it starts without it."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = LocalParams
     try:
         yield
     finally:
+        parameter.RayParams = params
         ray_constants.ENABLE_RAY_CLUSTER = before_flag
         if before_env is None:
             os.environ.pop(_CLUSTER_SWITCH, None)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
 from ray.exceptions import (
     ActorDiedError,
     GetTimeoutError,
@@ -247,16 +248,17 @@ def test_a_local_instance_listens_on_the_loopback_address_only(write_study, tmp_
     wait_for(running)
     workers = {proc.pid for proc in running()}
     pids = {tree.pid} | {proc.pid for proc in tree.children(recursive=True)}
-    listening = [
-        (conn.pid, ipaddress.ip_address(conn.laddr.ip))
-        for conn in psutil.net_connections("inet")
-        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
+    sockets = [
+        conn for conn in psutil.net_connections("inet") if conn.status == psutil.CONN_LISTEN and conn.pid in pids
     ]
+    listening = [(conn.pid, ipaddress.ip_address(conn.laddr.ip)) for conn in sockets]
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, out + err
     assert {pid for pid, _ in listening} >= {tree.pid, *workers}  # the driver's and the workers' servers seen
     exposed = [str(ip) for _, ip in listening if not (getattr(ip, "ipv4_mapped", None) or ip).is_loopback]
     assert listening and not exposed
+    # no fixed port that a second local study would find taken (its agent then waits about 3 s)
+    assert DEFAULT_DASHBOARD_AGENT_LISTEN_PORT not in {conn.laddr.port for conn in sockets}
 
 
 @pytest.fixture
