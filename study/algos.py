@@ -34,8 +34,9 @@ def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm
     algo = ALGORITHMS[settings.algo]
     exploration = settings.exploration
     policy = resolve(algo.policy)
-    policy_kwargs: dict[str, Any] = {
-        "net_arch": list(settings.net_arch),
+    arch = settings.net_arch
+    policy_kwargs: dict[str, Any] = dict(settings.policy_kwargs) | {
+        "net_arch": list(arch) if isinstance(arch, list) else arch.model_dump(),
         "activation_fn": ACTIVATIONS[settings.activation],
         "layer_norm": settings.layer_norm,
         "features_extractor_class": FEATURES[settings.features_extractor],

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,7 +31,8 @@ from pydantic import (
 )
 
 from study.messages import Problem, did_you_mean, problems, show
-from study.registry import ALGORITHMS, PARAM_NOISE_DEFAULTS, param_noise_defaults
+from study.registry import ALGORITHMS, PARAM_NOISE_DEFAULTS, argument_problem, arguments, param_noise_defaults
+from study.schedules import schedule
 from study.yamlio import KeyLines, describe_error, load_yaml
 
 FULL_BUDGET = "full"
@@ -209,10 +211,19 @@ class EvalSettings(_Strict):
 TrainFreq = PositiveInt | Literal["episode"] | tuple[PositiveInt, Literal["step", "episode"]]
 
 
-class Hyperparams(_Strict):
-    """SB3 constructor arguments; unset ones keep SB3's defaults."""
+def _rate(value: float | str) -> float | str:
+    schedule(value)  # a string must name a schedule
+    return value
 
-    learning_rate: PositiveFloat | None = None
+
+class Hyperparams(_Strict):
+    """SB3 constructor arguments; unset ones keep SB3's defaults. Those named here are checked
+    here; any other argument of the algorithm's constructor is taken as given and checked
+    against its signature (`_SharedSettings._fits_algo`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    learning_rate: Annotated[PositiveFloat | str, AfterValidator(_rate)] | None = None  # or lin_<initial rate>
     buffer_size: PositiveInt | None = None
     learning_starts: int | None = Field(None, ge=0)
     batch_size: PositiveInt | None = None
@@ -234,11 +245,68 @@ class Hyperparams(_Strict):
     def sb3_kwargs(self) -> dict[str, Any]:
         """The set hyperparameters, as SB3 expects them."""
         kwargs = self.model_dump(exclude_none=True)
+        if "learning_rate" in kwargs:
+            kwargs["learning_rate"] = schedule(kwargs["learning_rate"])
         if kwargs.get("train_freq") == "episode":
             kwargs["train_freq"] = (1, "episode")
         if kwargs.get("train_freq") == (1, "episode") and "gradient_steps" not in kwargs:
             kwargs["gradient_steps"] = -1  # as many gradient steps as environment steps
         return kwargs
+
+
+#: constructor arguments the harness sets itself, and the study's key that sets each
+HARNESS_ARGUMENTS = {
+    "policy": "algo and exploration (they choose the policy class)",
+    "env": "envs",
+    "seed": "seeds",
+    "device": "resources.gpus",
+    "policy_kwargs": "policy_kwargs (at the top level of the study)",
+    "action_noise": "exploration.action_noise",
+    "use_sde": "exploration.gsde",
+    "sde_sample_freq": "exploration.gsde.interval",
+    "replay_buffer_class": "replay.type",
+    "replay_buffer_kwargs": "replay",
+    "tensorboard_log": "the harness (each run records its own tables)",
+    "verbose": "the harness",
+    "_init_setup_model": "the harness",
+}
+#: rl-baselines3-zoo hyperparameters that are no constructor arguments, and the study's key for each
+ZOO_KEYS = {
+    "n_timesteps": "total_steps",
+    "noise_type": "exploration.action_noise.type",
+    "noise_std": "exploration.action_noise.sigma",
+    "env_wrapper": "env_wrapper",
+    "n_envs": "nothing: each run steps one env",
+    "normalize": "nothing yet: VecNormalize is not supported",
+    "frame_stack": "nothing yet: frame stacking is not supported",
+}
+#: policy arguments the harness sets itself, and the study's key that sets each
+HARNESS_POLICY_KWARGS = {
+    "net_arch": "net_arch (a list, or {pi: [...], qf: [...]})",
+    "activation_fn": "activation",
+    "layer_norm": "layer_norm",
+    "features_extractor_class": "features_extractor",
+    "explore_mean": "exploration.mean_actions",
+    "use_sde": "exploration.gsde",
+    "noisy_layers": "exploration.noisy_net.layers",
+    "noisy_kwargs": "exploration.noisy_net",
+    "lr_schedule": "hyperparams.learning_rate",
+}
+
+
+def _mapping(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(
+            "write it as a YAML mapping, e.g. {log_std_init: -3, n_critics: 1} (Python expressions are not read)"
+        )
+    return value
+
+
+class ActorCriticArch(_Strict):
+    """Separate hidden layers for the actor (`pi`) and the critics (`qf`)."""
+
+    pi: list[PositiveInt]
+    qf: list[PositiveInt]
 
 
 class Resources(_Strict):
@@ -260,7 +328,9 @@ class _SharedSettings(_Strict):
     replay: ReplaySettings = UniformReplay()
     eval: EvalSettings = EvalSettings()
     hyperparams: Hyperparams = Hyperparams()
-    net_arch: list[PositiveInt] = Field(default_factory=lambda: [400, 300])  # [] : a linear head on the features
+    policy_kwargs: Annotated[dict[str, Any], BeforeValidator(_mapping)] = {}  # further arguments of the policy
+    # hidden layers ([] : a linear head on the features); actor-critic algorithms: also {pi: [...], qf: [...]}
+    net_arch: list[PositiveInt] | ActorCriticArch = Field(default_factory=lambda: [400, 300])
     activation: Literal["relu", "tanh"] = "relu"
     layer_norm: bool = False
     exploration: ExplorationSettings = ExplorationSettings()
@@ -278,10 +348,29 @@ class _SharedSettings(_Strict):
     @model_validator(mode="after")
     def _hyperparams_fit_algo(self) -> _SharedSettings:
         algo = ALGORITHMS[self.algo]
+        exploration = self.exploration
+        for key, value in (self.hyperparams.model_extra or {}).items():
+            where = HARNESS_ARGUMENTS.get(key) or ZOO_KEYS.get(key)
+            if where:
+                raise ValueError(f"hyperparams.{key}: set by {where}")
+            problem = argument_problem(algo.load(), key, value)
+            if problem:
+                raise ValueError(f"hyperparams.{key}: {problem}{did_you_mean(key, algo.hyperparams())}")
         for key in self.hyperparams.model_dump(exclude_none=True):
             if key not in algo.hyperparams():
                 raise ValueError(f"hyperparams.{key}: not a hyperparameter of {self.algo}")
-        exploration = self.exploration
+        policy = algo.policy_class(noisy=exploration.noisy_net is not None)
+        for key, value in self.policy_kwargs.items():
+            where = HARNESS_POLICY_KWARGS.get(key)
+            if key == "log_std_init" and exploration.gsde is not None:
+                where = "exploration.gsde.log_std_init"
+            if where:
+                raise ValueError(f"policy_kwargs.{key}: set by {where}")
+            problem = argument_problem(policy, key, value)
+            if problem:
+                raise ValueError(f"policy_kwargs.{key}: {problem}{did_you_mean(key, arguments(policy))}")
+        if isinstance(self.net_arch, ActorCriticArch) and algo.discrete:
+            raise ValueError(f"net_arch: {self.algo} has one network: a list of its hidden layers")
         if exploration.gsde is not None and "use_sde" not in algo.hyperparams():
             raise ValueError(f"exploration.gsde: {self.algo} has no gSDE (SAC has)")
         if exploration.ez_greedy is not None and not algo.discrete:
@@ -335,10 +424,16 @@ def stacked_engine_problem(settings: _SharedSettings) -> str | None:
         "features_extractor": settings.features_extractor != "flatten",
         "env_wrapper": settings.env_wrapper != "none",
     }
+    optimizer = settings.policy_kwargs.get("optimizer_kwargs") or {}
+    unsupported |= {f"policy_kwargs.optimizer_kwargs.{key}": key not in STACKED_ADAM for key in optimizer}
     for key, present in unsupported.items():
         if present:
             return f"{key}: not stacked yet"
     return None
+
+
+#: the arguments of torch's Adam that the stacked engine's Adam takes
+STACKED_ADAM = {"betas", "eps", "weight_decay"}
 
 
 def _check_env_id(env_id: str) -> str:

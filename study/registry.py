@@ -8,16 +8,67 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
 
 
 def resolve(path: str) -> Any:
     """The object at "package.module:Name"."""
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Argument:
+    """A constructor argument: its annotation as written, and a check of it where pydantic has one."""
+
+    annotation: str
+    check: TypeAdapter | None
+
+
+@cache
+def arguments(cls: type) -> Mapping[str, Argument]:
+    """The named arguments of `cls`'s constructors, along its MRO."""
+    found: dict[str, Argument] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if not inspect.isfunction(init):
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or parameter.name == "self":
+                continue
+            annotation = parameter.annotation
+            written = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+            found[parameter.name] = Argument(written, _annotation_check(init, parameter))
+    return found
+
+
+def _annotation_check(init: Any, parameter: inspect.Parameter) -> TypeAdapter | None:
+    if parameter.annotation is parameter.empty:
+        return None
+    holder = type("Annotation", (), {"__annotations__": {parameter.name: parameter.annotation}})
+    try:
+        return TypeAdapter(typing.get_type_hints(holder, globalns=init.__globals__)[parameter.name])
+    except Exception:  # a name only imported for type checkers, or a type pydantic cannot check
+        return None
+
+
+def argument_problem(cls: type, name: str, value: Any) -> str | None:
+    """Why `value` cannot be `cls`'s constructor argument `name`, or None."""
+    argument = arguments(cls).get(name)
+    if argument is None:
+        return f"not an argument of {cls.__name__}"
+    if argument.check is not None:
+        try:
+            argument.check.validate_python(value, strict=True)
+        except ValidationError:
+            return f"{value!r} does not fit {cls.__name__}'s `{name}: {argument.annotation}`"
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,6 +98,10 @@ class Algorithm:
     def hyperparams(self) -> frozenset[str]:
         """The constructor arguments a study may set under `hyperparams:`."""
         return frozenset(self._parameters()) - {"self", "policy", "env"}
+
+    def policy_class(self, noisy: bool = False) -> type:
+        """Its policy class (with NoisyNet layers if `noisy`)."""
+        return resolve(self.noisy_policy if noisy else self.policy)
 
     def default(self, name: str) -> Any:
         """SB3's default for constructor argument `name` (None if it has none)."""

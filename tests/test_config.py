@@ -116,7 +116,10 @@ BAD = [
     ({"budgets.full": 0}, "budgets.full: a step count must be at least 1 (got 0)"),
     ({"seeds": -1}, "seeds: a number of seeds must be at least 1 (got -1)"),
     ({"seeds": [0, -3]}, "seeds: -3 is not a seed"),
-    ({"hyperparams.learning_rat": 1e-3}, "hyperparams.learning_rat: unknown key; did you mean 'learning_rate'"),
+    (
+        {"hyperparams.learning_rat": 1e-3},
+        "hyperparams.learning_rat: not an argument of TD3; did you mean 'learning_rate'",
+    ),
     ({"hyperparams.learning_starts": 300}, "hyperparams.learning_starts: 300 must be below total_steps 300"),
     ({"hyperparams.batch_size": 2000}, "hyperparams.batch_size: 2000 must be at most hyperparams.buffer_size 1000"),
     ({"algo": "sac", "exploration.mean_actions": True}, "exploration.mean_actions: sac would act with its unperturbed"),

@@ -59,7 +59,7 @@ def test_only_keeps_the_runs_with_the_given_levels(grid_study) -> None:
 @pytest.mark.parametrize(
     ("flag", "item", "message"),
     [
-        ("--set", "hyperparams.gamam=0.9", "--set: hyperparams.gamam: unknown key; did you mean 'gamma'?"),
+        ("--set", "hyperparams.gamam=0.9", "--set: hyperparams.gamam: not an argument of TD3; did you mean 'gamma'?"),
         ("--set", "hyperparams.gamma=high", "--set: hyperparams.gamma: must be a number (got 'high')"),
         ("--set", "grid.interval=[1]", "--set grid.interval: may not set name, budgets or grid"),
         ("--set", "name=other", "--set name: may not set name, budgets or grid"),

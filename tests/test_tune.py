@@ -181,7 +181,7 @@ def test_pruned_trials_stop_their_runs_and_report_each_evaluation(write_study, t
         ({"exploration.param_noise.interval": {"type": "categorical", "choices": []}}, "at least 1 item"),
         (
             {"hyperparams.learnin_rate": {"type": "float", "low": 0.1, "high": 0.2}},
-            "learnin_rate: unknown key; did you mean 'learning_rate'",
+            "learnin_rate: not an argument of TD3; did you mean 'learning_rate'",
         ),
         ({"exploration.param_noise.interval": {"type": "categorical", "choices": [0, 4]}}, "positive integer k"),
         ({"hyperparams.learning_rate": {"type": "log_float", "low": 0.0, "high": 0.2}}, "a log scale needs low > 0"),

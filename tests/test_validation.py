@@ -313,7 +313,10 @@ def test_schema_errors_read_naturally(study_text, tmp_path, capsys, line, messag
     [
         ({"algo: td3": "algo: td4"}, "2: algo: unknown algorithm 'td4' (known: ddpg, dqn, qrdqn, sac, td3); did you "),
         ({"[Pendulum-v1]": "[Pendulm-v1]"}, "3: envs: unknown environment id 'Pendulm-v1'; did you mean 'Pendulum-v1'"),
-        ({"  learning_starts: 100": "  learning_strats: 100"}, "9: hyperparams.learning_strats: unknown key; did you"),
+        (
+            {"  learning_starts: 100": "  learning_strats: 100"},
+            "9: hyperparams.learning_strats: not an argument of TD3; did you",
+        ),
         ({"{interval: episode,": "{intervall: 4,"}, "13: exploration.param_noise.intervall: unknown key; did you mean"),
         (
             {"batch_size: 32": "batch_size: [1, step]"},
