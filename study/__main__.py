@@ -201,13 +201,14 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
-    from study.evaluate import evaluate_model, find_run, load_model
+    from study.evaluate import evaluate_model, find_run, load_model, load_normalize
 
     if args.episodes is not None and args.episodes < 1:
         raise StudyError(f"--episodes: must be at least 1 (got {args.episodes})")
     spec = find_run(_load(args), args.run)
     episodes = args.episodes or spec.settings.eval.episodes
-    got = evaluate_model(spec, load_model(args.results, spec), episodes, explore=args.explore)
+    model, normalize = load_model(args.results, spec), load_normalize(args.results, spec)
+    got = evaluate_model(spec, model, episodes, explore=args.explore, normalize=normalize)
     how = "acting with its exploration" if args.explore else "deterministic policy"
     returns = np.array(got.returns)
     console.print(f"{spec.run_id}: {episodes} episodes, {how}", highlight=False)

@@ -7,6 +7,8 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
 from study.buffers import REPLAY_BUFFERS
@@ -27,6 +29,14 @@ DEFAULT_SEQ_LEN = 1000
 def episode_limit(env: gym.Env) -> int:
     """The env's episode limit (its `max_episode_steps`), or DEFAULT_SEQ_LEN without one."""
     return getattr(env.spec, "max_episode_steps", None) or DEFAULT_SEQ_LEN
+
+
+def normalized(env: gym.Env, settings: RunSettings) -> VecNormalize:
+    """The training env as SB3 trains it (Monitor, DummyVecEnv), inside VecNormalize."""
+    options = settings.normalize.model_dump()
+    if options["gamma"] is None:
+        options["gamma"] = settings.hyperparams.gamma or ALGORITHMS[settings.algo].default("gamma")
+    return VecNormalize(DummyVecEnv([lambda: Monitor(env)]), **options)
 
 
 def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm, list[BaseCallback]]:
@@ -73,7 +83,7 @@ def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm
         }
     model = algo.load()(
         policy,
-        env,
+        env if settings.normalize is None else normalized(env, settings),
         seed=seed,
         device="cuda" if settings.resources.gpus > 0 else "cpu",
         policy_kwargs=policy_kwargs,

@@ -17,7 +17,7 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.save_util import recursive_getattr
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 CHECKPOINT = "checkpoint.pkl"
 # the algorithms whose resume the tests prove exact (tests/test_checkpoint.py): a run resumed by
@@ -86,11 +86,13 @@ def load_algorithm_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
 def run_state(model: BaseAlgorithm, parts: dict[str, Stateful]) -> dict[str, Any]:
     """What a checkpoint of a run holds under either engine: the algorithm's state, its replay
     buffer, its env (with its simulator state) and the state of its other `parts` (callbacks)."""
+    normalize = model.get_vec_normalize_env()
     return {
         "version": RESUME_VERSION,
         "algorithm": algorithm_state(model),
         "replay_buffer": model.replay_buffer,
-        "env": model.get_env(),
+        "env": model.get_env() if normalize is None else normalize.venv,
+        "normalize": None if normalize is None else normalize_state(normalize),
         "sims": sim_states(model.get_env()),
         "parts": {name: part.state_dict() for name, part in parts.items()},
     }
@@ -99,11 +101,23 @@ def run_state(model: BaseAlgorithm, parts: dict[str, Stateful]) -> dict[str, Any
 def load_run_state(model: BaseAlgorithm, state: dict[str, Any], parts: dict[str, Stateful]) -> None:
     """Put `run_state` back into a freshly built run, all but the replay buffer (each engine
     keeps it its own way)."""
-    model.set_env(state["env"], force_reset=False)
+    env, normalize = state["env"], model.get_vec_normalize_env()
+    if normalize is not None:  # the run's own VecNormalize around the saved env, with its statistics
+        normalize.venv = env
+        vars(normalize).update(copy.deepcopy(state["normalize"]))
+        env = normalize
+    model.set_env(env, force_reset=False)
     load_algorithm_state(model, state["algorithm"])
     set_sim_states(model.get_env(), state["sims"])
     for name, part in parts.items():
         part.load_state_dict(state["parts"][name])
+
+
+def normalize_state(normalize: VecNormalize) -> dict[str, Any]:
+    """VecNormalize's statistics and its running returns (which its pickle leaves out), without its env."""
+    return copy.deepcopy(
+        {key: value for key, value in vars(normalize).items() if key not in ("venv", "class_attributes")}
+    )
 
 
 def _sde_state(model: BaseAlgorithm) -> dict[str, Any] | None:

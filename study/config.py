@@ -277,7 +277,7 @@ ZOO_KEYS = {
     "noise_std": "exploration.action_noise.sigma",
     "env_wrapper": "env_wrapper",
     "n_envs": "nothing: each run steps one env",
-    "normalize": "nothing yet: VecNormalize is not supported",
+    "normalize": "normalize (at the top level of the study)",
     "frame_stack": "nothing yet: frame stacking is not supported",
 }
 #: policy arguments the harness sets itself, and the study's key that sets each
@@ -300,6 +300,28 @@ def _mapping(value: Any) -> Any:
             "write it as a YAML mapping, e.g. {log_std_init: -3, n_critics: 1} (Python expressions are not read)"
         )
     return value
+
+
+class NormalizeSettings(_Strict):
+    """SB3's VecNormalize of the training env, as rl-zoo3's `normalize`: running statistics of
+    the observations (and of the discounted return, to scale rewards); the replay keeps raw
+    transitions and normalizes them when sampled, and evaluations see observations normalized
+    by the training statistics of the moment."""
+
+    norm_obs: bool = True
+    norm_reward: bool = True
+    clip_obs: PositiveFloat = 10.0
+    clip_reward: PositiveFloat = 10.0
+    gamma: Annotated[float, Field(gt=0, le=1)] | None = None  # of the return; default: the algorithm's gamma
+    epsilon: PositiveFloat = 1e-8
+
+
+def _normalize_switch(value: Any) -> Any:
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return _mapping(value)
 
 
 class ActorCriticArch(_Strict):
@@ -329,6 +351,7 @@ class _SharedSettings(_Strict):
     eval: EvalSettings = EvalSettings()
     hyperparams: Hyperparams = Hyperparams()
     policy_kwargs: Annotated[dict[str, Any], BeforeValidator(_mapping)] = {}  # further arguments of the policy
+    normalize: Annotated[NormalizeSettings | None, BeforeValidator(_normalize_switch)] = None  # true: defaults
     # hidden layers ([] : a linear head on the features); actor-critic algorithms: also {pi: [...], qf: [...]}
     net_arch: list[PositiveInt] | ActorCriticArch = Field(default_factory=lambda: [400, 300])
     activation: Literal["relu", "tanh"] = "relu"
@@ -423,6 +446,7 @@ def stacked_engine_problem(settings: _SharedSettings) -> str | None:
         "exploration.noisy_net": exploration.noisy_net is not None,
         "features_extractor": settings.features_extractor != "flatten",
         "env_wrapper": settings.env_wrapper != "none",
+        "normalize": settings.normalize is not None,
     }
     optimizer = settings.policy_kwargs.get("optimizer_kwargs") or {}
     unsupported |= {f"policy_kwargs.optimizer_kwargs.{key}": key not in STACKED_ADAM for key in optimizer}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecNormalize
 
 from study.config import RunSpec, Study, StudyError
 from study.envs import make_env
@@ -15,7 +17,7 @@ from study.exploration.param_noise import derived_seed
 from study.messages import did_you_mean
 from study.recording import episode_costs
 from study.registry import ALGORITHMS, resolve
-from study.store import DONE, MODEL, DamagedRunError, check_run, run_dir, verify_model
+from study.store import DONE, MODEL, NORMALIZE, DamagedRunError, check_run, run_dir, verify_model
 
 
 @dataclass(frozen=True)
@@ -59,17 +61,37 @@ def load_model(results: Path, spec: RunSpec) -> BaseAlgorithm:
         raise StudyError(f"--run {spec.run_id}: {path} does not load: {err}") from None
 
 
+def load_normalize(results: Path, spec: RunSpec) -> VecNormalize | None:
+    """The run's final VecNormalize statistics (runs with `normalize`), checked against its
+    manifest, frozen: they normalize observations and change no more."""
+    if spec.settings.normalize is None:
+        return None
+    folder = run_dir(Path(results), spec)
+    if not (folder / NORMALIZE).is_file():
+        raise StudyError(f"--run {spec.run_id}: no {NORMALIZE} beside its model at {folder}")
+    try:
+        with open(verify_model(folder, NORMALIZE), "rb") as fh:
+            normalize = pickle.load(fh)
+    except DamagedRunError as err:
+        raise StudyError(f"--run {spec.run_id}: {err.problem}") from None
+    normalize.training = False
+    return normalize
+
+
 def _why(problem: str | None) -> str:
     return f" ({problem})" if problem else ""
 
 
-def evaluate_model(spec: RunSpec, model: BaseAlgorithm, episodes: int, explore: bool = False) -> Evaluation:
+def evaluate_model(
+    spec: RunSpec, model: BaseAlgorithm, episodes: int, explore: bool = False, normalize: VecNormalize | None = None
+) -> Evaluation:
     """`episodes` episodes of `model` in a fresh evaluation env of the run's (seeded from the run's
     seed): the deterministic, unperturbed policy, or with `explore` the run's exploration as it
     ended training: the perturbed actor as training left it (its last draw, not redrawn), gSDE's
     matrices drawn as often as the run drew them, SAC's sampling, action noise, NoisyNet's noise
     drawn before every action, ε- or εz-greedy at the final ε. SAC's colored sampling noise is
-    not restored (refused)."""
+    not restored (refused). With `normalize` (`load_normalize`), the policy sees observations
+    normalized by the run's final statistics."""
     settings = spec.settings
     if explore and settings.exploration.sampling_noise is not None:
         raise StudyError("--explore: SAC's colored sampling noise is not restored from a saved model")
@@ -93,7 +115,7 @@ def evaluate_model(spec: RunSpec, model: BaseAlgorithm, episodes: int, explore: 
                     policy.reset_noise()  # gSDE: new exploration matrices, as often as the run drew them
                 if noisy:
                     policy.sample_acting_noise()  # NoisyNet: new noise before every action
-                action = _act(model, obs, explore)
+                action = _act(model, obs if normalize is None else normalize.normalize_obs(obs), explore)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 actions.append(action)
                 total += float(reward)

@@ -433,7 +433,7 @@ def _fan_out(
                     outcome = [failed_result(spec, error) for spec in specs]
                 for result in outcome if isinstance(outcome, list) else [outcome]:
                     write_run(result, results)
-                    result.model = None  # on disk now: the driver keeps no model in memory
+                    result.model = result.normalize = None  # on disk now: the driver keeps no model in memory
                     (summary.done if result.status == DONE else summary.failed).append(result)
                     emit("result", result)
             if not ready:

@@ -76,7 +76,8 @@ class EpisodeRecorder(BaseCallback):
             self._start = self.num_timesteps - 1
             self._sigma = self.sigma() if self.sigma else float("nan")
         self._actions.append(np.array(self.locals["actions"][0]))
-        self._return += float(self.locals["rewards"][0])
+        normalize = self.model.get_vec_normalize_env()  # the env's own reward, not the scaled one
+        self._return += float((self.locals["rewards"] if normalize is None else normalize.get_original_reward())[0])
         if self.locals["dones"][0]:
             continuity, jerk = episode_costs(self._actions, self.model.action_space)
             self.rows.append(
@@ -190,8 +191,12 @@ class Evaluator(BaseCallback):
             return done.value
 
     def episodes(self) -> Generator[np.ndarray, np.ndarray, dict[str, Any]]:
-        """`evaluate()` as a dialogue: yields each observation, is sent the policy's deterministic
-        action for it (`model.predict(obs, deterministic=True)`), and returns the recorded row."""
+        """`evaluate()` as a dialogue: yields each observation as the policy sees it (normalized
+        by the training env's statistics of the moment, with `normalize`), is sent the policy's
+        deterministic action for it (`model.predict(obs, deterministic=True)`), and returns the
+        recorded row."""
+        normalize = self.model.get_vec_normalize_env()
+        seen = (lambda obs: obs) if normalize is None else normalize.normalize_obs
         if not all(th.isfinite(p).all() for p in self.model.policy.parameters()):
             raise FloatingPointError(f"non-finite policy parameters at step {self.num_timesteps}: the loss diverged")
         returns, lengths, continuity, jerk = [], [], [], []
@@ -201,7 +206,7 @@ class Evaluator(BaseCallback):
             self._seed = None
             actions, total, done = [], 0.0, False
             while not done:
-                action = yield obs
+                action = yield seen(obs)
                 obs, reward, terminated, truncated, _ = self.eval_env.step(action)
                 actions.append(action)
                 total += float(reward)

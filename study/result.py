@@ -66,6 +66,7 @@ class RunResult:
     traces: pd.DataFrame = field(default_factory=lambda: table([], TRACE_COLUMNS))
     error: str | None = None
     model: bytes | None = None  # the final model, as SB3's `save` writes it (model.zip)
+    normalize: bytes | None = None  # with `normalize`: its final VecNormalize, as its `save` writes it
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {

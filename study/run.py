@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import time
 import traceback
 from collections.abc import Callable
@@ -133,6 +134,9 @@ def run_result(
         if status == "done" and spec.settings.save_model:
             try:
                 result.model = model_zip(parts.model)
+                normalize = parts.model.get_vec_normalize_env()
+                if normalize is not None:
+                    result.normalize = pickle.dumps(normalize)
             except Exception:  # the run is complete all the same
                 result.meta["model_error"] = traceback.format_exc()
     result.meta["final_return"] = result.final_return

@@ -29,6 +29,7 @@ META = "meta.json"
 SPEC = "spec.yaml"
 ERROR = "error.txt"
 MODEL = "model.zip"  # the final model, as SB3 saves it (`save_model`)
+NORMALIZE = "vecnormalize.pkl"  # with `normalize`: the final VecNormalize, as it saves itself
 MANIFEST = "manifest"  # meta.json's record of every other file of the run: {name: {"size": bytes, "sha256": hex}}
 DONE, FAILED, PARTIAL, PENDING, DAMAGED = "done", "failed", "partial", "pending", "damaged"
 STAGING = ".staging"
@@ -154,13 +155,14 @@ def _check_manifest(folder: Path, meta: dict) -> list[str]:
     return problems
 
 
-def verify_model(folder: Path) -> Path:
-    """The run folder's model.zip, checked against its manifest's checksum (which a run's checks
-    leave out, to keep reading results fast); raises DamagedRunError where it does not match."""
-    path = Path(folder) / MODEL
-    entry = json.loads((Path(folder) / META).read_text()).get(MANIFEST, {}).get(MODEL)
+def verify_model(folder: Path, name: str = MODEL) -> Path:
+    """The run folder's model.zip (or its `name` file), checked against its manifest's checksum
+    (which a run's checks leave out for the model, to keep reading results fast); raises
+    DamagedRunError where it does not match."""
+    path = Path(folder) / name
+    entry = json.loads((Path(folder) / META).read_text()).get(MANIFEST, {}).get(name)
     if entry is not None and _sha256(path) != entry.get("sha256"):
-        raise DamagedRunError(Path(folder).name, Path(folder), f"{MODEL} does not match its checksum")
+        raise DamagedRunError(Path(folder).name, Path(folder), f"{name} does not match its checksum")
     return path
 
 
@@ -234,6 +236,8 @@ def write_run(result: RunResult, results: Path) -> Path:
         (tmp / ERROR).write_text(result.error)
     if result.model is not None:
         (tmp / MODEL).write_bytes(result.model)
+    if result.normalize is not None:
+        (tmp / NORMALIZE).write_bytes(result.normalize)
     meta = {**result.meta, MANIFEST: manifest(tmp)}
     (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
     for path in tmp.iterdir():

@@ -328,7 +328,7 @@ def _finish(
         return
     for result in outcome.results:
         write_run(result, results)
-        result.model = None  # on disk now
+        result.model = result.normalize = None  # on disk now
     complete = len(outcome.results) == len(runs) and all(r.status == DONE for r in outcome.results)
     values = objective_values(outcome.results, objectives) if complete else []
     if not complete or not all(math.isfinite(v) for v in values):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch as th
@@ -78,6 +79,9 @@ CASES = {
         },
     ),
     "qrdqn-epsilon-greedy": ("qrdqn", CHAIN_DQN | {"algo": "qrdqn"} | EPSILON_GREEDY),
+    # VecNormalize's statistics and running return carry over (rewards scaled, observations normalized)
+    "td3-normalize": ("td3", {"normalize": True, "exploration.param_noise.interval": 7}),
+    "sac-normalize-obs": ("sac", {"normalize": {"norm_reward": False}, "exploration.param_noise": None}),
     "qrdqn-param-noise": ("qrdqn", CHAIN_DQN | {"algo": "qrdqn", "exploration.param_noise": {"interval": 5}}),
 }
 
@@ -88,11 +92,23 @@ def test_every_algorithm_with_exact_resume_is_tested() -> None:
 
 def _final_state(model: Any) -> dict[str, Any]:
     state = algorithm_state(model)
-    return {"parameters": state["parameters"], "variables": state["variables"]} | {
-        name: state["attributes"][name]
-        for name in ("num_timesteps", "_n_updates", "_n_calls", "exploration_rate", "_episode_num")
-        if name in state["attributes"]
-    }
+    return (
+        {"parameters": state["parameters"], "variables": state["variables"]}
+        | {
+            name: state["attributes"][name]
+            for name in ("num_timesteps", "_n_updates", "_n_calls", "exploration_rate", "_episode_num")
+            if name in state["attributes"]
+        }
+        | _normalize_state(model)
+    )
+
+
+def _normalize_state(model: Any) -> dict[str, Any]:
+    normalize = model.get_vec_normalize_env()
+    if normalize is None:
+        return {}
+    stats = {name: getattr(normalize, name) for name in ("obs_rms", "ret_rms")}
+    return {"normalize": {name: vars(rms) for name, rms in stats.items()} | {"returns": normalize.returns}}
 
 
 def _assert_same(actual: Any, expected: Any, where: str) -> None:
@@ -106,6 +122,8 @@ def _assert_same(actual: Any, expected: Any, where: str) -> None:
             _assert_same(a, e, f"{where}[{i}]")
     elif isinstance(expected, th.Tensor):
         assert th.equal(actual, expected), where
+    elif isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(actual, expected, err_msg=where)
     else:
         assert actual == expected, where
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import io
+import pickle
 
+import numpy as np
 import pytest
 from stable_baselines3 import TD3
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.vec_env import VecNormalize
 
 from study.__main__ import main
 from study.config import StudyError, load_study
+from study.evaluate import evaluate_model, load_model, load_normalize
 from study.policies import ParamNoiseTD3Policy
 from study.run import build_run, execute, model_zip
 from study.schedules import LinearSchedule, schedule
 from study.stacked.group import run_group
+from study.store import NORMALIZE, write_run
 
 ZOO = {
     "net_arch": {"pi": [8], "qf": [16, 16]},
@@ -117,3 +123,78 @@ def test_set_takes_a_schedule_and_refuses_a_bad_one(write_study, tmp_path, capsy
     assert main([*argv[:-1], "hyperparams.learning_rate=lin_x"]) == 2
     assert "hyperparams.learning_rate" in capsys.readouterr().err
     assert not results.exists()
+
+
+NORMALIZED = {"normalize": True, "hyperparams.gamma": 0.95, "total_steps": 400, "budgets.full": 400}
+
+
+def test_normalize_wraps_the_training_env_in_vecnormalize_with_the_algorithms_gamma(write_study) -> None:
+    parts = build_run(load_study(write_study(NORMALIZED)).runs[0])
+    normalize = parts.model.get_vec_normalize_env()
+    assert isinstance(normalize, VecNormalize) and normalize.norm_obs and normalize.norm_reward
+    assert normalize.gamma == 0.95 and normalize.clip_obs == 10.0
+    parts.close()
+    parts = build_run(load_study(write_study({"normalize": {"norm_reward": False, "gamma": 0.9}})).runs[0])
+    assert not parts.model.get_vec_normalize_env().norm_reward and parts.model.get_vec_normalize_env().gamma == 0.9
+    parts.close()
+    assert build_run(load_study(write_study({"normalize": False})).runs[0]).model.get_vec_normalize_env() is None
+
+
+def test_a_normalized_run_records_the_envs_own_rewards_and_evaluates_on_normalized_observations(write_study) -> None:
+    parts = build_run(load_study(write_study(NORMALIZED)).runs[0])
+    model = parts.model
+    model.learn(400, callback=CallbackList(parts.callbacks))
+    # Monitor, inside VecNormalize, sees the env's own rewards (rounded to 6 decimals)
+    monitored = [info["r"] for info in model.ep_info_buffer]
+    assert [row["return"] for row in parts.recorder.rows] == pytest.approx(monitored, abs=1e-5)
+    assert len(monitored) == 2  # two 200-step Pendulum episodes
+    raw: list[np.ndarray] = []
+    env = parts.evaluator.eval_env
+    reset = env.reset
+
+    def recording_reset(**kwargs):
+        obs, info = reset(**kwargs)
+        raw.append(obs)
+        return obs, info
+
+    env.reset = recording_reset
+    seen = next(parts.evaluator.episodes())
+    normalize = model.get_vec_normalize_env()
+    np.testing.assert_array_equal(seen, normalize.normalize_obs(raw[0]))
+    assert not np.allclose(seen, raw[0])
+    parts.close()
+
+
+def test_a_normalized_run_saves_its_statistics_which_evaluate_uses(write_study, tmp_path, capsys) -> None:
+    path = write_study(NORMALIZED)
+    spec = load_study(path).runs[0]
+    result = execute(spec)
+    folder = write_run(result, tmp_path / "results")
+    with open(folder / NORMALIZE, "rb") as fh:
+        saved = pickle.load(fh)
+    normalize = load_normalize(tmp_path / "results", spec)
+    assert not normalize.training  # frozen for evaluation
+    np.testing.assert_array_equal(saved.obs_rms.mean, normalize.obs_rms.mean)
+    assert saved.obs_rms.count == pytest.approx(401 + 1e-4)  # the first observation, one per step, and ε
+    model = load_model(tmp_path / "results", spec)
+    plain, normalized = (evaluate_model(spec, model, 1, normalize=n) for n in (None, normalize))
+    assert plain.returns != normalized.returns  # the policy acts on what it was trained on
+    assert main(["evaluate", str(path), "--results", str(tmp_path / "results"), "--run", spec.spec_hash]) == 0
+    (folder / NORMALIZE).write_bytes(b"0" + (folder / NORMALIZE).read_bytes()[1:])
+    with pytest.raises(StudyError, match="vecnormalize.pkl does not match its checksum"):
+        load_normalize(tmp_path / "results", spec)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "engine", "message"),
+    [
+        ({"hyperparams.normalize": True}, "sb3", "hyperparams.normalize: set by normalize (at the top level"),
+        ({"normalize": "{'norm_obs': True}"}, "sb3", "normalize: write it as a YAML mapping"),
+        ({"normalize": {"norm_obs": True, "clip": 5}}, "sb3", "normalize.clip"),
+        ({"normalize": True}, "stacked", "normalize: not stacked yet"),
+    ],
+)
+def test_bad_normalize_settings_are_refused(write_study, overrides, engine, message) -> None:
+    with pytest.raises(StudyError) as error:
+        load_study(write_study(overrides), engine=engine)
+    assert message in str(error.value)
