@@ -278,7 +278,7 @@ ZOO_KEYS = {
     "env_wrapper": "env_wrapper",
     "n_envs": "nothing: each run steps one env",
     "normalize": "normalize (at the top level of the study)",
-    "frame_stack": "nothing yet: frame stacking is not supported",
+    "frame_stack": "frame_stack (at the top level of the study)",
 }
 #: policy arguments the harness sets itself, and the study's key that sets each
 HARNESS_POLICY_KWARGS = {
@@ -352,6 +352,7 @@ class _SharedSettings(_Strict):
     hyperparams: Hyperparams = Hyperparams()
     policy_kwargs: Annotated[dict[str, Any], BeforeValidator(_mapping)] = {}  # further arguments of the policy
     normalize: Annotated[NormalizeSettings | None, BeforeValidator(_normalize_switch)] = None  # true: defaults
+    frame_stack: Annotated[int, Field(ge=2)] | None = None  # observe the last this many observations
     # hidden layers ([] : a linear head on the features); actor-critic algorithms: also {pi: [...], qf: [...]}
     net_arch: list[PositiveInt] | ActorCriticArch = Field(default_factory=lambda: [400, 300])
     activation: Literal["relu", "tanh"] = "relu"
@@ -392,6 +393,8 @@ class _SharedSettings(_Strict):
             problem = argument_problem(policy, key, value)
             if problem:
                 raise ValueError(f"policy_kwargs.{key}: {problem}{did_you_mean(key, arguments(policy))}")
+        if self.frame_stack is not None and self.env_wrapper == "atari":
+            raise ValueError("frame_stack: env_wrapper atari stacks its 4 frames itself")
         if isinstance(self.net_arch, ActorCriticArch) and algo.discrete:
             raise ValueError(f"net_arch: {self.algo} has one network: a list of its hidden layers")
         if exploration.gsde is not None and "use_sde" not in algo.hyperparams():

@@ -95,7 +95,9 @@ def evaluate_model(
     settings = spec.settings
     if explore and settings.exploration.sampling_noise is not None:
         raise StudyError("--explore: SAC's colored sampling noise is not restored from a saved model")
-    env = make_env(spec.env, settings.env_kwargs, settings.env_wrapper, evaluation=True, task_seed=spec.seed)
+    env = make_env(
+        spec.env, settings.env_kwargs, settings.env_wrapper, True, task_seed=spec.seed, frame_stack=settings.frame_stack
+    )
     policy = model.policy
     if explore and settings.exploration.param_noise is not None:
         policy.explore_perturbed = True

@@ -64,7 +64,9 @@ def build_run(spec: RunSpec, on_evaluation: OnEvaluation | None = None) -> RunPa
     set_random_seed(spec.seed)
     settings = spec.settings
     envs = [
-        make_env(spec.env, settings.env_kwargs, settings.env_wrapper, evaluation=evaluation, task_seed=spec.seed)
+        make_env(
+            spec.env, settings.env_kwargs, settings.env_wrapper, evaluation, spec.seed, frame_stack=settings.frame_stack
+        )
         for evaluation in (False, True)
     ]
     try:

@@ -198,3 +198,44 @@ def test_bad_normalize_settings_are_refused(write_study, overrides, engine, mess
     with pytest.raises(StudyError) as error:
         load_study(write_study(overrides), engine=engine)
     assert message in str(error.value)
+
+
+def test_frame_stack_observes_the_last_frames_oldest_first_zeros_before_the_first(write_study) -> None:
+    spec = load_study(write_study({"frame_stack": 3})).runs[0]
+    parts = build_run(spec)
+    env = parts.envs[0]
+    assert env.observation_space.shape == (9,)  # 3 × Pendulum's 3
+    first, _ = env.reset(seed=1)
+    np.testing.assert_array_equal(first[:6], 0.0)
+    second, *_ = env.step(np.zeros(1, dtype=np.float32))
+    np.testing.assert_array_equal(second[3:6], first[6:])  # the newest moves one place back
+    np.testing.assert_array_equal(second[:3], 0.0)
+    assert parts.model.observation_space.shape == (9,)
+    assert parts.evaluator.eval_env.observation_space.shape == (9,)
+    parts.close()
+
+
+def test_frame_stack_trains_under_both_engines_alike(write_study) -> None:
+    study = load_study(write_study({"frame_stack": 2, "seeds": 2}), engine="stacked")
+    stacked = run_group(study.runs)
+    sb3 = [
+        execute(spec.model_copy(update={"settings": spec.settings.model_copy(update={"engine": "sb3"})}))
+        for spec in study.runs
+    ]
+    for one, other in zip(stacked, sb3, strict=True):
+        assert one.status == other.status == "done", one.error
+        assert one.evaluations["return_mean"].to_numpy() == pytest.approx(
+            other.evaluations["return_mean"].to_numpy(), rel=1e-5
+        )
+
+
+def test_frame_stack_is_refused_where_it_cannot_stack(write_study) -> None:
+    with pytest.raises(StudyError, match="frame_stack: env_wrapper atari stacks its 4 frames itself"):
+        load_study(write_study({"frame_stack": 4, "env_wrapper": "atari"}))
+    with pytest.raises(StudyError, match="frame_stack"):
+        load_study(write_study({"frame_stack": 1}))
+    spec = load_study(
+        write_study({"frame_stack": 2, "envs": ["MinAtar/Breakout-v1"], "algo": "dqn", "exploration": {}})
+    ).runs[0]
+    result = execute(spec)
+    assert result.status == "failed" and "frame_stack: stacks vector observations" in result.error

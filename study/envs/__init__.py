@@ -47,6 +47,16 @@ def atari(env: gym.Env, evaluation: bool) -> gym.Env:
     return _ChannelsFirst(gym.wrappers.FrameStackObservation(env, 4))
 
 
+def stack_frames(env: gym.Env, n: int) -> gym.Env:
+    """The last `n` observations side by side, oldest first, zeros before the episode's first,
+    as SB3's VecFrameStack (rl-zoo3's `frame_stack`) stacks vector observations."""
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"frame_stack: stacks vector observations; this env observes {space}")
+    stacked = gym.wrappers.FrameStackObservation(env, n, padding_type="zero")
+    return gym.wrappers.FlattenObservation(stacked)
+
+
 WRAPPERS: dict[str, Callable[[gym.Env, bool], gym.Env]] = {
     "none": lambda env, evaluation: env,
     "atari": atari,
@@ -70,12 +80,15 @@ def make_env(
     wrapper: str = "none",
     evaluation: bool = False,
     task_seed: int | None = None,
+    frame_stack: int | None = None,
 ) -> gym.Env:
     """A gymnasium environment (`module:EnvId` imports `module` first), wrapped by name.
 
     :param task_seed: passed to envs that take one (see `takes_task_seed`) unless `env_kwargs` sets it
+    :param frame_stack: observe the last this many observations (`stack_frames`)
     """
     kwargs = dict(env_kwargs or {})
     if task_seed is not None and "task_seed" not in kwargs and takes_task_seed(env_id):
         kwargs["task_seed"] = task_seed
-    return WRAPPERS[wrapper](gym.make(env_id, **kwargs), evaluation)
+    env = WRAPPERS[wrapper](gym.make(env_id, **kwargs), evaluation)
+    return env if frame_stack is None else stack_frames(env, frame_stack)
