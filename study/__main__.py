@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
     from study.tune import Tuning
 from study.launch import MAX_RETRIES, Interrupted, Summary, pending_runs, run_study
-from study.progress import ProgressDisplay
+from study.live import progress_line, read_progress
+from study.progress import ProgressDisplay, counts_line
 from study.store import DAMAGED, DONE, FAILED, PARTIAL, PENDING, NoResultsError, check_run, damaged_runs
 from study.studylock import StudyLocked
 
@@ -63,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT")
     run.add_argument("--retry-failed", action="store_true", help="also rerun the runs that failed")
     run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
+    run.add_argument(
+        "--tensorboard", type=Path, metavar="DIR", help="each run logs to DIR/<study>/<run_id> for TensorBoard"
+    )
     run.add_argument(
         "--max-retries",
         type=int,
@@ -110,15 +115,26 @@ def print_runs(study: Study, results: Path, console: Console) -> None:
         table.add_column(column)
     states: Counter = Counter()
     checks = {spec.run_id: check_run(results, spec) for spec in study.runs}
+    live = read_progress(results / study.name)
+    running = live["running"] if live else {}
     for spec in study.runs:
         state = checks[spec.run_id].state
         states[state] += 1
+        row = running.get(spec.run_id)
+        shown = f"running {row['steps'] / max(row['total'], 1):.0%}" if row and state != DONE else state
         table.add_row(
-            spec.env, *spec.factors.values(), str(spec.seed), str(spec.settings.total_steps), spec.spec_hash, state
+            spec.env, *spec.factors.values(), str(spec.seed), str(spec.settings.total_steps), spec.spec_hash, shown
         )
     console.print(table)
     totals = " · ".join(f"{state} {states[state]}" for state in (DONE, FAILED, PARTIAL, PENDING, DAMAGED))
     console.print(f"total {len(study.runs)}: {totals}", highlight=False)
+    if live:
+        ago = time.time() - live["written"]
+        console.print(
+            f"a driver is running this study (as of {ago:.0f} s ago): {counts_line(live['counts'])}", highlight=False
+        )
+        for run_id, row in running.items():
+            console.print(f"  {progress_line(run_id, row)}", highlight=False)
     damaged = {run_id: check.problem for run_id, check in checks.items() if check.state == DAMAGED}
     if damaged:
         console.print("damaged runs (python -m study run redoes them):", highlight=False)
@@ -261,6 +277,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 verbose=args.verbose,
                 max_retries=args.max_retries,
                 on_event=progress,
+                tensorboard=args.tensorboard,
             )
     except Interrupted:
         console.print(f"interrupted: completed runs are saved; run {_rerun_command()} again to resume", highlight=False)

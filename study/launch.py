@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study.config import RunSpec, Study, StudyError
+from study.live import REPORT_EVERY_S, ProgressBoard, clear_progress, write_progress
 from study.result import RunResult, run_meta
 from study.store import (
     DAMAGED,
@@ -74,6 +75,7 @@ class Event:
     elapsed: float
     eta: float | None = None
     result: RunResult | None = None
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)  # running runs' latest reports, by run id
 
 
 class Interrupted(Exception):
@@ -242,6 +244,7 @@ def run_study(
     verbose: bool = False,
     max_retries: int = MAX_RETRIES,
     on_event: Callable[[Event], None] | None = None,
+    tensorboard: Path | None = None,
 ) -> Summary:
     """Execute every pending or damaged run of the study as a Ray task and store each result as
     it arrives.
@@ -267,8 +270,9 @@ def run_study(
             return summary
         started_ray = _init_ray(address, workers, verbose)
         try:
-            _fan_out(pending, results, summary, max_retries, on_event)
+            _fan_out(pending, results, summary, max_retries, on_event, tensorboard)
         finally:
+            clear_progress(results / study.name)
             if started_ray:
                 import ray
 
@@ -276,16 +280,27 @@ def run_study(
     return summary
 
 
-def _run_task(spec: RunSpec, checkpoint: str) -> RunResult:
+def _run_task(spec: RunSpec, checkpoint: str, board: Any = None, tensorboard: Path | None = None) -> RunResult:
     from study.run import execute  # training code: imported by the workers only
 
-    return execute(spec, checkpoint_dir=Path(checkpoint))
+    return execute(spec, checkpoint_dir=Path(checkpoint), watchers=_watchers(board, tensorboard))
 
 
-def _run_group_task(specs: list[RunSpec], checkpoints: list[str]) -> list[RunResult]:
+def _run_group_task(
+    specs: list[RunSpec], checkpoints: list[str], board: Any = None, tensorboard: Path | None = None
+) -> list[RunResult]:
     from study.stacked.group import run_group  # training code: imported by the workers only
 
-    return run_group(specs, checkpoint_dirs=[Path(folder) for folder in checkpoints])
+    folders = [Path(folder) for folder in checkpoints]
+    return run_group(specs, checkpoint_dirs=folders, watchers=_watchers(board, tensorboard))
+
+
+def _watchers(board: Any, tensorboard: Path | None) -> Any:
+    """The run's watchers in a worker: its reports go to the driver's board, unanswered."""
+    from study.run import Watchers
+
+    report = None if board is None else lambda run_id, row: board.report.remote(run_id, row)
+    return Watchers(report=report, tensorboard=tensorboard)
 
 
 #: a stacked group's largest size when `resources.group_size` is not set (16–32 members: 5–7× one
@@ -383,6 +398,7 @@ def _fan_out(
     summary: Summary,
     max_retries: int,
     on_event: Callable[[Event], None] | None,
+    tensorboard: Path | None = None,
 ) -> None:
     import ray
     from ray.exceptions import RayError
@@ -390,26 +406,45 @@ def _fan_out(
     cpus_per_run = max(spec.settings.resources.cpus for spec in pending)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_run))
     run_task, group_task = ray.remote(_run_task), ray.remote(_run_group_task)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    tensorboard = None if tensorboard is None else Path(tensorboard).resolve()
     refs: dict[Any, list[RunSpec]] = {}
     for specs in plan_tasks(pending, slots):
         resources = specs[0].settings.resources
         options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": max_retries}
         where = [str(checkpoint_dir(results.resolve(), spec)) for spec in specs]
         if specs[0].settings.engine == "stacked":
-            ref = group_task.options(name=GROUP_TASK_NAME, **options).remote(specs, where)
+            ref = group_task.options(name=GROUP_TASK_NAME, **options).remote(specs, where, board, tensorboard)
         else:
-            ref = run_task.options(name=TASK_NAME, **options).remote(specs[0], where[0])
+            ref = run_task.options(name=TASK_NAME, **options).remote(specs[0], where[0], board, tensorboard)
         refs[ref] = specs
     clock = time.monotonic()
+    finished_steps = 0  # steps of the runs this invocation finished
+    copied = 0.0  # when the progress copy for `study status` was last written
+    folder = results / pending[0].study
 
     def emit(kind: str, result: RunResult | None = None) -> None:
-        finished = len(summary.done) + len(summary.failed)
+        nonlocal copied
         elapsed = time.monotonic() - clock
         left = sum(len(specs) for specs in refs.values())
-        eta = elapsed / finished * left if finished else None
+        out = {spec.run_id: spec for specs in refs.values() for spec in specs}
+        try:
+            progress = {
+                run_id: row for run_id, row in ray.get(board.snapshot.remote(), timeout=5).items() if run_id in out
+            }
+        except RayError:
+            progress = {}
+        running = max(sum(len(specs) for specs in list(refs.values())[:slots]), len(progress))
+        eta = _eta(elapsed, finished_steps, list(out.values()), progress)
+        event = Event(
+            kind, len(summary.done), len(summary.failed), running, left - running, elapsed, eta, result, progress
+        )
         if on_event:
-            running = sum(len(specs) for specs in list(refs.values())[:slots])
-            on_event(Event(kind, len(summary.done), len(summary.failed), running, left - running, elapsed, eta, result))
+            on_event(event)
+        if time.monotonic() - copied >= REPORT_EVERY_S or kind != "tick":
+            counts = {name: getattr(event, name) for name in ("done", "failed", "running", "pending", "elapsed", "eta")}
+            write_progress(folder, counts, progress)
+            copied = time.monotonic()
 
     emit("start")
     with _interrupt_flag() as interrupted:
@@ -431,7 +466,9 @@ def _fan_out(
                         continue
                     error = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
                     outcome = [failed_result(spec, error) for spec in specs]
+                board.drop.remote([spec.run_id for spec in specs])
                 for result in outcome if isinstance(outcome, list) else [outcome]:
+                    finished_steps += (result.meta.get("steps") or 0) - (result.meta.get("resumed_at") or 0)
                     write_run(result, results)
                     result.model = result.normalize = None  # on disk now: the driver keeps no model in memory
                     (summary.done if result.status == DONE else summary.failed).append(result)
@@ -442,6 +479,16 @@ def _fan_out(
         for ref in refs:
             ray.cancel(ref, force=True)
         raise Interrupted
+
+
+def _eta(elapsed: float, finished: int, unfinished: list[RunSpec], progress: dict[str, dict[str, Any]]) -> float | None:
+    """The time left at the study's speed so far: the unfinished runs' steps still to take over
+    the steps taken per second (by the finished runs and the running ones' reports)."""
+    taken = finished + sum(row["steps"] for row in progress.values())
+    if not taken or elapsed <= 0:
+        return None
+    to_take = sum(spec.settings.total_steps for spec in unfinished) - sum(row["steps"] for row in progress.values())
+    return max(to_take, 0) / (taken / elapsed)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -9,7 +10,11 @@ from rich.live import Live
 from rich.text import Text
 
 from study.launch import Event
+from study.live import progress_line
 from study.result import RunResult
+
+LIVE_RUNS = 8  # running runs shown on a terminal
+PLAIN_EVERY_S = 60.0  # between the progress lines printed to a file or pipe
 
 
 def _duration(seconds: float | None) -> str:
@@ -31,11 +36,22 @@ def result_line(result: RunResult) -> str:
     return line
 
 
-def counts_line(event: Event) -> str:
+def counts_line(counts: Event | dict[str, Any]) -> str:
+    """The study's counts, elapsed time and ETA (from an Event, or its fields by name)."""
+    get = counts.get if isinstance(counts, dict) else lambda name: getattr(counts, name)
     return (
-        f"done {event.done} · failed {event.failed} · running {event.running} · pending {event.pending}"
-        f" · elapsed {_duration(event.elapsed)} · ETA {_duration(event.eta)}"
+        f"done {get('done')} · failed {get('failed')} · running {get('running')} · pending {get('pending')}"
+        f" · elapsed {_duration(get('elapsed'))} · ETA {_duration(get('eta'))}"
     )
+
+
+def live_text(event: Event, shown: int = LIVE_RUNS) -> str:
+    """The counts line, then a line for each of the first `shown` running runs."""
+    lines = [counts_line(event)]
+    lines += [f"  {progress_line(run_id, row)}" for run_id, row in list(event.progress.items())[:shown]]
+    if len(event.progress) > shown:
+        lines.append(f"  … and {len(event.progress) - shown} more running")
+    return "\n".join(lines)
 
 
 class ProgressDisplay:
@@ -43,6 +59,7 @@ class ProgressDisplay:
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self._printed = time.monotonic()
         self.live = (
             Live(Text(""), console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
         )
@@ -60,6 +77,11 @@ class ProgressDisplay:
         if event.result is not None:
             self.console.print(result_line(event.result), highlight=False)
         if self.live:
-            self.live.update(Text(counts_line(event), style="bold"))
+            self.live.update(Text(live_text(event), style="bold"))
         elif event.kind != "tick":
             self.console.print(counts_line(event), highlight=False)
+        elif event.progress and time.monotonic() - self._printed >= PLAIN_EVERY_S:  # a log: now and then
+            self.console.print(live_text(event, shown=len(event.progress)), highlight=False)
+        else:
+            return
+        self._printed = time.monotonic()

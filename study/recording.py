@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -244,3 +245,29 @@ class EpisodeLimit(StopTrainingOnMaxEpisodes):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.n_episodes = state["n_episodes"]
+
+
+class ProgressReporter(BaseCallback):
+    """Sends its run's steps, speed and last evaluation to `send(run_id, row)` every `every_s`
+    seconds of training (live progress; it changes nothing in the run)."""
+
+    def __init__(
+        self, run_id: str, total: int, send: Callable[[str, dict[str, Any]], None], evaluator: Evaluator, every_s: float
+    ) -> None:
+        super().__init__()
+        self.run_id, self.total, self.send, self.evaluator, self.every_s = run_id, total, send, evaluator, every_s
+        self._at: tuple[float, int] | None = None
+
+    def _on_step(self) -> bool:
+        now = time.monotonic()
+        if self._at is None:
+            self._at = (now, self.num_timesteps)
+        elif now - self._at[0] >= self.every_s:
+            speed = (self.num_timesteps - self._at[1]) / (now - self._at[0])
+            last = self.evaluator.rows[-1]["return_mean"] if self.evaluator.rows else None
+            self.send(
+                self.run_id,
+                {"steps": self.num_timesteps, "total": self.total, "steps_per_s": speed, "last_return": last},
+            )
+            self._at = (now, self.num_timesteps)
+        return True

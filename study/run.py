@@ -16,6 +16,7 @@ import gymnasium as gym
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.utils import set_random_seed
 
 from study import algos
@@ -24,7 +25,8 @@ from study.config import RunSpec
 from study.envs import make_env
 from study.exploration.noisy import NoisyNetCallback
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
-from study.recording import EpisodeLimit, EpisodeRecorder, Evaluator
+from study.live import REPORT_EVERY_S
+from study.recording import EpisodeLimit, EpisodeRecorder, Evaluator, ProgressReporter
 from study.result import (
     ADAPTATION_COLUMNS,
     EPISODE_COLUMNS,
@@ -49,6 +51,7 @@ class RunParts:
     evaluator: Evaluator
     noise: ParamNoiseCallback | NoisyNetCallback | None
     envs: list[gym.Env]
+    logger: Logger | None = None  # a TensorBoard logger set by `watch`
 
     def stateful(self) -> dict[str, Any]:
         """The callbacks whose state a checkpoint keeps, by name."""
@@ -57,6 +60,29 @@ class RunParts:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+        if self.logger is not None:
+            self.logger.dump(self.model.num_timesteps)
+            self.logger.close()
+            self.logger = None
+
+
+@dataclass(frozen=True)
+class Watchers:
+    """What watches runs without changing them: a receiver of live progress, `report(run_id,
+    row)`, and a folder for TensorBoard logs (each run's under `<folder>/<study>/<run_id>`)."""
+
+    report: Callable[[str, dict[str, Any]], None] | None = None
+    tensorboard: Path | None = None
+    every_s: float = REPORT_EVERY_S
+
+    def watch(self, spec: RunSpec, parts: RunParts) -> None:
+        """Add them to a built run: its progress reporter and its SB3 logger."""
+        if self.report is not None:
+            total = spec.settings.total_steps
+            parts.callbacks.append(ProgressReporter(spec.run_id, total, self.report, parts.evaluator, self.every_s))
+        if self.tensorboard is not None:
+            parts.logger = configure(str(Path(self.tensorboard) / spec.study / spec.run_id), ["tensorboard"])
+            parts.model.set_logger(parts.logger)
 
 
 def build_run(spec: RunSpec, on_evaluation: OnEvaluation | None = None) -> RunParts:
@@ -150,12 +176,14 @@ def execute(
     cpus: int | None = None,
     checkpoint_dir: Path | None = None,
     on_evaluation: OnEvaluation | None = None,
+    watchers: Watchers | None = None,
 ) -> RunResult:
     """Train and evaluate one run; exceptions become a failed RunResult with the traceback.
 
     With `checkpoint_dir` and `spec.checkpoint_every`, the run saves checkpoints there and
     continues from the last one if it finds one; the checkpoint is removed when it completes.
     `on_evaluation` sees each evaluation's row; returning False stops training there.
+    `watchers` see the run train (live progress, TensorBoard) and change nothing in it.
     """
     cpus = cpus or spec.settings.resources.cpus
     th.set_num_threads(cpus)
@@ -164,6 +192,8 @@ def execute(
     parts = resumed_at = error = None
     try:
         parts = build_run(spec, on_evaluation)
+        if watchers is not None:
+            watchers.watch(spec, parts)
         model, callbacks = parts.model, list(parts.callbacks)
         checkpointer = None
         if checkpoint_dir is not None and spec.checkpoint_every:

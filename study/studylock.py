@@ -47,6 +47,20 @@ class StudyLock:
         self._fh = fh
         return self
 
+    @staticmethod
+    def held(folder: Path) -> bool:
+        """Whether a driver holds the study's lock now."""
+        path = Path(folder) / ".lock"
+        if not path.is_file():
+            return False
+        with open(path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         if self._fh is not None:
             self._fh.seek(0)

@@ -29,7 +29,7 @@ from study.exploration.colored import ColoredActionNoise
 from study.recording import Evaluator
 from study.registry import ALGORITHMS, resolve
 from study.result import RunResult
-from study.run import RunParts, build_run, run_result
+from study.run import RunParts, Watchers, build_run, run_result
 from study.stacked.buffer import StackedReplayBuffer
 from study.stacked.nets import Unsupported
 from study.stacked.resume import read_member_checkpoint, restore_members, save_member
@@ -60,6 +60,10 @@ ACTION_NOISE: dict[type[ActionNoise], Callable[[Any, np.random.RandomState], np.
     OrnsteinUhlenbeckActionNoise: ou_noise,
     ColoredActionNoise: lambda noise, rng: noise(),
 }
+
+
+#: episodes between a member's log dumps, as SB3's off-policy `learn()` has it by default
+LOG_INTERVAL = 4
 
 
 class Member:
@@ -356,6 +360,8 @@ class Group:
             model._episode_num += 1
             if model.action_noise is not None:
                 model.action_noise.reset()
+            if model._episode_num % LOG_INTERVAL == 0:  # `learn()`'s default log_interval
+                model.dump_logs()
 
     def stop(self, members: Sequence[Member]) -> None:
         """End the training of `members` (`Member.stop`), their final evaluations run together."""
@@ -402,7 +408,10 @@ class Group:
 
 
 def run_group(
-    specs: Sequence[RunSpec], cpus: int | None = None, checkpoint_dirs: Sequence[Path] | None = None
+    specs: Sequence[RunSpec],
+    cpus: int | None = None,
+    checkpoint_dirs: Sequence[Path] | None = None,
+    watchers: Watchers | None = None,
 ) -> list[RunResult]:
     """Train the runs of `specs` as one stacked group; one RunResult per run, in order.
 
@@ -410,7 +419,7 @@ def run_group(
     checkpoints in its folder and continues from the last one it finds (runs that stopped at
     different steps continue together). A run whose env, callbacks or evaluation raise is
     recorded as failed and the others go on; a failure of the group's shared computation fails
-    the runs still training.
+    the runs still training. `watchers` see each run train (live progress, TensorBoard).
     """
     cpus = cpus or specs[0].settings.resources.cpus
     th.set_num_threads(cpus)
@@ -424,7 +433,10 @@ def run_group(
     failures: dict[int, str] = {}
     for i, (spec, folder) in enumerate(zip(specs, folders, strict=True)):
         try:
-            members.append(Member(spec, build_run(spec), folder))
+            parts = build_run(spec)
+            if watchers is not None:
+                watchers.watch(spec, parts)
+            members.append(Member(spec, parts, folder))
             kept.append(states[i])
         except Exception:
             failures[i] = traceback.format_exc()

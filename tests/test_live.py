@@ -1,0 +1,107 @@
+"""Watching runs train: live progress from the workers, `study status` while a driver runs, TensorBoard logs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_launch import cli_env, start_cli, wait_for
+
+from study.__main__ import main
+from study.config import load_study
+from study.launch import _eta, run_study
+from study.live import PROGRESS, read_progress
+from study.run import Watchers, execute
+from study.stacked.group import run_group
+from study.studylock import StudyLock
+
+
+def test_a_watched_run_reports_its_progress_and_is_the_same_run(write_study) -> None:
+    spec = load_study(write_study()).runs[0]
+    reports: list[tuple[str, dict[str, Any]]] = []
+    watched = execute(spec, watchers=Watchers(report=lambda run_id, row: reports.append((run_id, row)), every_s=0.0))
+    plain = execute(spec)
+    for name, frame in plain.tables().items():
+        pd.testing.assert_frame_equal(watched.tables()[name], frame, check_exact=True, obj=name)
+    assert {run_id for run_id, _ in reports} == {spec.run_id}
+    rows = [row for _, row in reports]
+    assert [row["steps"] for row in rows] == list(range(2, 301))  # each step after the first
+    assert {row["total"] for row in rows} == {300}
+    assert all(row["steps_per_s"] > 0 for row in rows)
+    first_evaluation = plain.evaluations.iloc[0]  # at step 150
+    assert rows[147]["last_return"] is None and rows[148]["last_return"] == first_evaluation["return_mean"]
+
+
+def _scalars(folder: Path) -> set[str]:
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"])
+
+
+@pytest.mark.parametrize("engine", ["sb3", "stacked"])
+def test_tensorboard_logs_each_run_under_its_study_and_id(write_study, tmp_path, engine) -> None:
+    short = {"seeds": 2, "hyperparams.learning_starts": 50, "env_kwargs": {"max_episode_steps": 50}}
+    study = load_study(write_study(short), engine=engine)  # 6 episodes: a dump after the 4th
+    watchers = Watchers(tensorboard=tmp_path / "tb")
+    if engine == "stacked":
+        watched, plain = run_group(study.runs, watchers=watchers), run_group(study.runs)
+    else:
+        watched, plain = [execute(s, watchers=watchers) for s in study.runs], [execute(s) for s in study.runs]
+    for one, other in zip(watched, plain, strict=True):
+        pd.testing.assert_frame_equal(one.evaluations, other.evaluations, check_exact=True)
+    for spec in study.runs:
+        tags = _scalars(tmp_path / "tb" / spec.study / spec.run_id)
+        assert {"eval/mean_reward", "param_noise/sigma", "param_noise/distance", "rollout/ep_rew_mean"} <= tags
+        if engine == "sb3":
+            assert {"train/actor_loss", "train/critic_loss"} <= tags
+
+
+def test_the_eta_is_the_steps_left_at_the_speed_so_far(write_study) -> None:
+    runs = load_study(write_study({"seeds": 2, "budgets.full": 1000})).runs
+    # 10 s: one run of 1,000 steps finished, the other two at 500 of their 1,000 → 1,500 steps
+    # taken, 150 per second; 2,000 − 500 = 1,500 left: 10 s
+    progress = {runs[0].run_id: {"steps": 500, "total": 1000}}
+    assert _eta(10.0, 1000, runs, progress) == pytest.approx(10.0)
+    assert _eta(10.0, 0, runs, {}) is None
+
+
+def test_the_launcher_shows_the_running_runs_progress(write_study, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", cli_env()["PYTHONPATH"])
+    path = write_study({"envs": ["faulty_envs:Slow-v0"], "budgets.full": 400, "seeds": 2})
+    events = []
+    run_study(load_study(path), tmp_path / "results", workers=2, on_event=events.append)
+    reported = [event.progress for event in events if event.progress]
+    assert reported, "no progress reached the driver"
+    row = next(iter(reported[-1].values()))
+    assert 0 < row["steps"] <= 400 and row["total"] == 400 and row["steps_per_s"] > 0
+    assert not (tmp_path / "results" / "tiny" / PROGRESS).exists()  # the driver's copy goes with it
+
+
+def test_status_shows_the_progress_of_a_live_driver(write_study, tmp_path, capsys) -> None:
+    path = write_study({"envs": ["faulty_envs:Slow-v0"], "budgets.full": 600})
+    results = tmp_path / "results"
+    folder = results / "tiny"
+    driver = start_cli(path, results, "--workers", "1")
+    try:
+        wait_for(lambda: (folder / PROGRESS).is_file() and json.loads((folder / PROGRESS).read_text())["running"])
+        assert main(["status", str(path), "--results", str(results)]) == 0
+        out = capsys.readouterr().out
+        assert "a driver is running this study" in out and "steps/s" in out and "running " in out
+    finally:
+        out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out + err
+    assert read_progress(folder) is None and not StudyLock.held(folder)
+    assert main(["status", str(path), "--results", str(results)]) == 0
+    assert "a driver is running" not in capsys.readouterr().out
+
+
+def test_a_progress_copy_without_a_live_driver_is_not_shown(tmp_path) -> None:
+    (tmp_path / PROGRESS).write_text(json.dumps({"written": time.time(), "counts": {}, "running": {}}))
+    assert read_progress(tmp_path) is None  # a driver that died left it: no lock is held
+    with StudyLock(tmp_path):
+        assert read_progress(tmp_path) is not None
