@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--explore", action="store_true", help="act with the run's exploration, not deterministically"
     )
+    evaluate.add_argument("--video", type=Path, metavar="FILE", help="record the episodes to an MP4 file")
     tune = study_command("tune", "run or continue an Optuna search over a study's settings")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS/NAME/optuna.db)")
     tune.add_argument("--workers", type=int, help="local Ray workers (default: one per CPU)")
@@ -224,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     spec = find_run(_load(args), args.run)
     episodes = args.episodes or spec.settings.eval.episodes
     model, normalize = load_model(args.results, spec), load_normalize(args.results, spec)
-    got = evaluate_model(spec, model, episodes, explore=args.explore, normalize=normalize)
+    got = evaluate_model(spec, model, episodes, explore=args.explore, normalize=normalize, video=args.video)
     how = "acting with its exploration" if args.explore else "deterministic policy"
     returns = np.array(got.returns)
     console.print(f"{spec.run_id}: {episodes} episodes, {how}", highlight=False)

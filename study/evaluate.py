@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -83,7 +85,12 @@ def _why(problem: str | None) -> str:
 
 
 def evaluate_model(
-    spec: RunSpec, model: BaseAlgorithm, episodes: int, explore: bool = False, normalize: VecNormalize | None = None
+    spec: RunSpec,
+    model: BaseAlgorithm,
+    episodes: int,
+    explore: bool = False,
+    normalize: VecNormalize | None = None,
+    video: Path | None = None,
 ) -> Evaluation:
     """`episodes` episodes of `model` in a fresh evaluation env of the run's (seeded from the run's
     seed): the deterministic, unperturbed policy, or with `explore` the run's exploration as it
@@ -91,13 +98,23 @@ def evaluate_model(
     matrices drawn as often as the run drew them, SAC's sampling, action noise, NoisyNet's noise
     drawn before every action, ε- or εz-greedy at the final ε. SAC's colored sampling noise is
     not restored (refused). With `normalize` (`load_normalize`), the policy sees observations
-    normalized by the run's final statistics."""
+    normalized by the run's final statistics. With `video`, the episodes are also recorded to
+    that MP4 file (`record`)."""
     settings = spec.settings
     if explore and settings.exploration.sampling_noise is not None:
         raise StudyError("--explore: SAC's colored sampling noise is not restored from a saved model")
-    env = make_env(
-        spec.env, settings.env_kwargs, settings.env_wrapper, True, task_seed=spec.seed, frame_stack=settings.frame_stack
-    )
+    kwargs = settings.env_kwargs | ({"render_mode": "rgb_array"} if video is not None else {})
+    if video is not None:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders offscreen, without a display
+    try:
+        env = make_env(
+            spec.env, kwargs, settings.env_wrapper, True, task_seed=spec.seed, frame_stack=settings.frame_stack
+        )
+    except Exception as err:
+        if video is None:
+            raise
+        raise StudyError(f"--video: {spec.env} cannot render frames ({type(err).__name__}: {err})") from None
+    frames: list[np.ndarray] | None = None if video is None else []
     policy = model.policy
     if explore and settings.exploration.param_noise is not None:
         policy.explore_perturbed = True
@@ -118,6 +135,8 @@ def evaluate_model(
                 if noisy:
                     policy.sample_acting_noise()  # NoisyNet: new noise before every action
                 action = _act(model, obs if normalize is None else normalize.normalize_obs(obs), explore)
+                if frames is not None:
+                    frames.append(_frame(env))
                 obs, reward, terminated, truncated, _ = env.step(action)
                 actions.append(action)
                 total += float(reward)
@@ -129,9 +148,41 @@ def evaluate_model(
             out.lengths.append(len(actions))
             out.continuity.append(continuity)
             out.jerk.append(jerk)
+        if frames is not None:
+            frames.append(_frame(env))  # the last state
+            record(video, frames, env.metadata.get("render_fps") or 30)
     finally:
         env.close()
     return out
+
+
+def _frame(env: gym.Env) -> np.ndarray:
+    try:
+        frame = env.render()
+    except Exception as err:
+        raise StudyError(
+            f"--video: cannot render {env.spec.id} here ({type(err).__name__}: {err}){_RENDER_HINT}"
+        ) from None
+    if not isinstance(frame, np.ndarray):
+        raise StudyError(f"--video: {env.spec.id} renders no image frames")
+    return frame
+
+
+_RENDER_HINT = "; MuJoCo renders headless through EGL (MUJOCO_GL=egl, the default here) or OSMesa (MUJOCO_GL=osmesa)"
+
+
+def record(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """Write `frames` to the MP4 file at `path`, atomically (imageio's bundled ffmpeg)."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.mp4")
+    try:
+        imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _act(model: BaseAlgorithm, obs: np.ndarray, explore: bool) -> np.ndarray:

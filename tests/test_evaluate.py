@@ -134,3 +134,33 @@ def test_a_changed_model_file_is_refused(saved, tmp_path, capsys) -> None:
     model.write_bytes(bytes(data))
     assert main(["evaluate", str(path), "--results", str(tmp_path / "results"), "--run", spec.run_id]) == 2
     assert "does not match its checksum" in capsys.readouterr().err
+
+
+def test_video_records_the_evaluated_episodes_headless(write_study, tmp_path, capsys) -> None:
+    import imageio.v2 as imageio
+
+    path = write_study({"envs": ["HalfCheetah-v5"], "env_kwargs": {"max_episode_steps": 20}})
+    spec = load_study(path).runs[0]
+    write_run(execute(spec), tmp_path / "results")
+    video = tmp_path / "videos" / "cheetah.mp4"
+    argv = ["evaluate", str(path), "--results", str(tmp_path / "results"), "--run", spec.spec_hash]
+    assert main([*argv, "--episodes", "2", "--video", str(video)]) == 0
+    reader = imageio.get_reader(video)
+    frames = [frame for frame in reader]
+    assert len(frames) == 2 * 20 + 1  # each step's state, and the last one
+    assert frames[0].shape == (480, 480, 3) and frames[0].std() > 0  # a picture, not a blank
+    assert reader.get_meta_data()["fps"] == pytest.approx(20)  # HalfCheetah's render_fps
+    assert [p.name for p in video.parent.iterdir()] == ["cheetah.mp4"]  # written whole, nothing left over
+    capsys.readouterr()
+
+
+def test_video_of_an_env_that_cannot_render_exits_2(write_study, tmp_path, capsys) -> None:
+    chain = {"envs": ["study/Chain-v0"], "algo": "dqn", "exploration.param_noise": None}
+    path = write_study(chain)
+    spec = load_study(path).runs[0]
+    write_run(execute(spec), tmp_path / "results")
+    video = tmp_path / "chain.mp4"
+    argv = ["evaluate", str(path), "--results", str(tmp_path / "results"), "--run", spec.spec_hash]
+    assert main([*argv, "--video", str(video)]) == 2
+    assert "--video: study/Chain-v0 cannot render frames" in capsys.readouterr().err
+    assert not video.exists()
