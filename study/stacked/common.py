@@ -57,6 +57,32 @@ def check_members(
                 raise Unsupported("features_extractor: only flat observations can be stacked")
 
 
+class LossLog:
+    """The losses of one `train()` call of the members, each member's mean recorded to its own
+    SB3 logger under `train/<name>` as SB3's `train()` records them; kept only for members whose
+    logger writes somewhere (`set_logger`), since reading them waits for the device."""
+
+    def __init__(self, models: Sequence[OffPolicyAlgorithm]) -> None:
+        self.models = models
+        self.on = any(model._custom_logger for model in models)
+        self.values: dict[str, list[tuple[th.Tensor, th.Tensor | None]]] = {}
+
+    def add(self, name: str, loss: th.Tensor, mask: th.Tensor | None = None) -> None:
+        """One gradient step's per-member `loss` ([E]), of the members in `mask` (all if None)."""
+        if self.on:
+            self.values.setdefault(name, []).append((loss.detach().cpu(), None if mask is None else mask.cpu()))
+
+    def record(self) -> None:
+        for name, steps in self.values.items():
+            for e, model in enumerate(self.models):
+                taken = [float(loss[e]) for loss, mask in steps if mask is None or bool(mask[e])]
+                if taken:
+                    model.logger.record(f"train/{name}", float(np.mean(taken)))
+        for model in self.models if self.on else []:
+            model.logger.record("train/n_updates", model._n_updates, exclude="tensorboard")
+        self.values.clear()
+
+
 def member_normal(
     like: th.Tensor, generators: Sequence[th.Generator], std: float = 1.0, mask: th.Tensor | None = None
 ) -> th.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from study.dqn import DQN, QRDQN
-from study.stacked.common import Acting, StackedBatch, check_members, make_optimizer
+from study.stacked.common import Acting, LossLog, StackedBatch, check_members, make_optimizer
 from study.stacked.nets import stack_sequential
 from study.stacked.optim import set_learning_rates
 
@@ -81,8 +81,10 @@ class _StackedQ:
         """One `train()` call of every member: a gradient step per batch (of the members in its
         mask); `progress_remaining` is all members' or each one's."""
         set_learning_rates(self.optimizers, self.lr_schedule, progress_remaining)
+        losses = LossLog(self.models)
         for batch in batches:
             loss, td_errors = self.loss(batch.preprocessed())
+            losses.add("loss", loss, batch.mask)
             self.optimizer.zero_grad()
             loss.sum().backward()
             if self.max_grad_norm is not None:
@@ -94,6 +96,7 @@ class _StackedQ:
             self.n_updates += 1 if batch.mask is None else batch.mask.long().cpu()
         for model, n_updates in zip(self.models, self.n_updates.tolist(), strict=True):
             model._n_updates = n_updates
+        losses.record()
 
 
 class StackedDQN(_StackedQ):

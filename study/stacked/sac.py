@@ -14,6 +14,7 @@ from torch import nn
 from study.exploration.colored import colored_sample
 from study.stacked.common import (
     Acting,
+    LossLog,
     StackedBatch,
     check_members,
     make_optimizer,
@@ -174,6 +175,7 @@ class StackedSAC:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in
         its mask); `progress_remaining` is all members' or each one's."""
         set_learning_rates(self.optimizers, self.lr_schedule, progress_remaining)
+        losses = LossLog(self.models)
         for gradient_step, batch in enumerate(batches):
             batch = batch.preprocessed()
             mask = batch.mask
@@ -194,6 +196,8 @@ class StackedSAC:
                 self.ent_coef_optimizer.zero_grad()
                 ent_coef_loss.sum().backward()
                 self.ent_coef_optimizer.step(mask=mask)
+                losses.add("ent_coef_loss", ent_coef_loss, mask)
+            losses.add("ent_coef", ent_coef.reshape(-1).expand(len(self.models)), mask)
 
             with th.no_grad():
                 next_actions, next_log_prob = self.action_log_prob(batch.next_observations, mask)
@@ -207,6 +211,7 @@ class StackedSAC:
             self.critic_optimizer.zero_grad()
             critic_loss.sum().backward()
             self.critic_optimizer.step(mask=mask)
+            losses.add("critic_loss", critic_loss, mask)
 
             q_values_pi = th.cat(q_values(self.critics, batch.observations, actions_pi), dim=-1)
             min_qf_pi, _ = th.min(q_values_pi, dim=-1, keepdim=True)
@@ -214,9 +219,11 @@ class StackedSAC:
             self.actor_optimizer.zero_grad()
             actor_loss.sum().backward()
             self.actor_optimizer.step(mask=mask)
+            losses.add("actor_loss", actor_loss, mask)
 
             if gradient_step % self.target_update_interval == 0:
                 polyak(self.critics.parameters(), self.critic_targets.parameters(), self.tau, mask)
             self.n_updates += 1 if mask is None else mask.long().cpu()
         for model, n_updates in zip(self.models, self.n_updates.tolist(), strict=True):
             model._n_updates = n_updates
+        losses.record()

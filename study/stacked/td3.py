@@ -9,6 +9,7 @@ from stable_baselines3 import TD3
 
 from study.stacked.common import (
     Acting,
+    LossLog,
     StackedBatch,
     check_members,
     make_optimizer,
@@ -69,6 +70,7 @@ class StackedTD3:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in
         its mask); `progress_remaining` is all members' or each one's."""
         set_learning_rates(self.optimizers, self.lr_schedule, progress_remaining)
+        losses = LossLog(self.models)
         for batch in batches:
             batch = batch.preprocessed()
             mask = batch.mask
@@ -87,6 +89,7 @@ class StackedTD3:
             self.critic_optimizer.zero_grad()
             critic_loss.sum().backward()
             self.critic_optimizer.step(mask=mask)
+            losses.add("critic_loss", critic_loss, mask)
 
             delayed = self.n_updates % self.policy_delay == 0
             if mask is not None:
@@ -98,8 +101,10 @@ class StackedTD3:
                 self.actor_optimizer.zero_grad()
                 actor_loss.sum().backward()
                 self.actor_optimizer.step(mask=actor_mask)
+                losses.add("actor_loss", actor_loss, actor_mask)
 
                 polyak(self.critics.parameters(), self.critic_targets.parameters(), self.tau, actor_mask)
                 polyak(self.actor.parameters(), self.actor_target.parameters(), self.tau, actor_mask)
         for model, n_updates in zip(self.models, self.n_updates.tolist(), strict=True):
             model._n_updates = n_updates
+        losses.record()
