@@ -32,7 +32,7 @@ from pydantic import (
 
 from study.messages import Problem, did_you_mean, problems, show
 from study.registry import ALGORITHMS, PARAM_NOISE_DEFAULTS, argument_problem, arguments, param_noise_defaults
-from study.schedules import schedule
+from study.schedules import canonical, schedule
 from study.yamlio import KeyLines, describe_error, load_yaml
 
 FULL_BUDGET = "full"
@@ -216,6 +216,10 @@ def _rate(value: float | str) -> float | str:
     return value
 
 
+# a number (YAML reads 3e-4 as a string), or a schedule: lin_<initial rate>
+Rate = Annotated[PositiveFloat | str, BeforeValidator(canonical), AfterValidator(_rate)]
+
+
 class Hyperparams(_Strict):
     """SB3 constructor arguments; unset ones keep SB3's defaults. Those named here are checked
     here; any other argument of the algorithm's constructor is taken as given and checked
@@ -223,7 +227,7 @@ class Hyperparams(_Strict):
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
-    learning_rate: Annotated[PositiveFloat | str, AfterValidator(_rate)] | None = None  # or lin_<initial rate>
+    learning_rate: Rate | None = None  # or lin_<initial rate>
     buffer_size: PositiveInt | None = None
     learning_starts: int | None = Field(None, ge=0)
     batch_size: PositiveInt | None = None
@@ -269,6 +273,7 @@ HARNESS_ARGUMENTS = {
     "tensorboard_log": "the harness (each run records its own tables)",
     "verbose": "the harness",
     "_init_setup_model": "the harness",
+    "optimize_memory_usage": "nothing: SB3 refuses it with timeout handling, which the harness keeps",
 }
 #: rl-baselines3-zoo hyperparameters that are no constructor arguments, and the study's key for each
 ZOO_KEYS = {
@@ -291,6 +296,8 @@ HARNESS_POLICY_KWARGS = {
     "noisy_layers": "exploration.noisy_net.layers",
     "noisy_kwargs": "exploration.noisy_net",
     "lr_schedule": "hyperparams.learning_rate",
+    "observation_space": "the env",
+    "action_space": "the env",
 }
 
 
@@ -395,6 +402,11 @@ class _SharedSettings(_Strict):
                 raise ValueError(f"policy_kwargs.{key}: {problem}{did_you_mean(key, arguments(policy))}")
         if self.frame_stack is not None and self.env_wrapper == "atari":
             raise ValueError("frame_stack: env_wrapper atari stacks its 4 frames itself")
+        n_steps = (self.hyperparams.model_extra or {}).get("n_steps", 1)
+        if n_steps != 1 and self.replay.type != "uniform":
+            raise ValueError(
+                f"hyperparams.n_steps: n-step returns come from uniform replay only (replay.type: {self.replay.type})"
+            )
         if isinstance(self.net_arch, ActorCriticArch) and algo.discrete:
             raise ValueError(f"net_arch: {self.algo} has one network: a list of its hidden layers")
         if exploration.gsde is not None and "use_sde" not in algo.hyperparams():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def load_normalize(results: Path, spec: RunSpec) -> VecNormalize | None:
             normalize = pickle.load(fh)
     except DamagedRunError as err:
         raise StudyError(f"--run {spec.run_id}: {err.problem}") from None
+    except Exception as err:
+        raise StudyError(f"--run {spec.run_id}: {folder / NORMALIZE} does not load: {err}") from None
     normalize.training = False
     return normalize
 
@@ -99,12 +102,12 @@ def evaluate_model(
     drawn before every action, ε- or εz-greedy at the final ε. SAC's colored sampling noise is
     not restored (refused). With `normalize` (`load_normalize`), the policy sees observations
     normalized by the run's final statistics. With `video`, the episodes are also recorded to
-    that MP4 file (`record`)."""
+    that MP4 file, a frame per step and one of each episode's last state."""
     settings = spec.settings
     if explore and settings.exploration.sampling_noise is not None:
         raise StudyError("--explore: SAC's colored sampling noise is not restored from a saved model")
     kwargs = settings.env_kwargs | ({"render_mode": "rgb_array"} if video is not None else {})
-    if video is not None:
+    if video is not None and sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders offscreen, without a display
     try:
         env = make_env(
@@ -114,7 +117,7 @@ def evaluate_model(
         if video is None:
             raise
         raise StudyError(f"--video: {spec.env} cannot render frames ({type(err).__name__}: {err})") from None
-    frames: list[np.ndarray] | None = None if video is None else []
+    recording = None if video is None else Recording(video, env.metadata.get("render_fps") or 30)
     policy = model.policy
     if explore and settings.exploration.param_noise is not None:
         policy.explore_perturbed = True
@@ -135,12 +138,14 @@ def evaluate_model(
                 if noisy:
                     policy.sample_acting_noise()  # NoisyNet: new noise before every action
                 action = _act(model, obs if normalize is None else normalize.normalize_obs(obs), explore)
-                if frames is not None:
-                    frames.append(_frame(env))
+                if recording is not None:
+                    recording.add(env)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 actions.append(action)
                 total += float(reward)
                 done = terminated or truncated
+            if recording is not None:
+                recording.add(env)  # the episode's last state
             if explore and getattr(model, "ez_greedy", None) is not None:
                 model.ez_greedy.end_episode()
             continuity, jerk = episode_costs(actions, env.action_space)
@@ -148,10 +153,11 @@ def evaluate_model(
             out.lengths.append(len(actions))
             out.continuity.append(continuity)
             out.jerk.append(jerk)
-        if frames is not None:
-            frames.append(_frame(env))  # the last state
-            record(video, frames, env.metadata.get("render_fps") or 30)
+        if recording is not None:
+            recording.close(complete=True)
     finally:
+        if recording is not None:
+            recording.close(complete=False)
         env.close()
     return out
 
@@ -171,18 +177,39 @@ def _frame(env: gym.Env) -> np.ndarray:
 _RENDER_HINT = "; MuJoCo renders headless through EGL (MUJOCO_GL=egl, the default here) or OSMesa (MUJOCO_GL=osmesa)"
 
 
-def record(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """Write `frames` to the MP4 file at `path`, atomically (imageio's bundled ffmpeg)."""
-    import imageio.v2 as imageio
+class Recording:
+    """An MP4 file written frame by frame (imageio's bundled ffmpeg) under a temporary name, and
+    moved into place only when complete."""
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.mp4")
-    try:
-        imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    def __init__(self, path: Path, fps: float) -> None:
+        import imageio.v2 as imageio
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.mp4")
+        self.writer = imageio.get_writer(self.tmp, fps=fps, macro_block_size=1)
+
+    def add(self, env: gym.Env) -> None:
+        """The env's current frame."""
+        frame = _frame(env)
+        try:
+            self.writer.append_data(frame)
+        except Exception as err:
+            raise StudyError(f"--video: cannot write {self.path} ({type(err).__name__}: {err})") from None
+
+    def close(self, complete: bool) -> None:
+        """Finish the file: into place if `complete`, else removed (closing twice does nothing)."""
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        try:
+            writer.close()
+            if complete:
+                os.replace(self.tmp, self.path)
+        except Exception as err:
+            raise StudyError(f"--video: cannot write {self.path} ({type(err).__name__}: {err})") from None
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _act(model: BaseAlgorithm, obs: np.ndarray, explore: bool) -> np.ndarray:

@@ -260,6 +260,7 @@ def run_study(
         address = cluster_address(address)
     with StudyLock(results / study.name):
         clear_staging(results / study.name)
+        clear_progress(results / study.name)  # a killed driver's
         checks = {spec.run_id: check_run(results, spec) for spec in study.runs}
         pending = _todo(study, checks, retry_failed)
         summary = Summary(skipped=len(study.runs) - len(pending))
@@ -423,17 +424,20 @@ def _fan_out(
     copied = 0.0  # when the progress copy for `study status` was last written
     folder = results / pending[0].study
 
+    asked, reports = board.snapshot.remote(), {}
+
     def emit(kind: str, result: RunResult | None = None) -> None:
-        nonlocal copied
+        nonlocal copied, asked, reports
         elapsed = time.monotonic() - clock
         left = sum(len(specs) for specs in refs.values())
         out = {spec.run_id: spec for specs in refs.values() for spec in specs}
-        try:
-            progress = {
-                run_id: row for run_id, row in ray.get(board.snapshot.remote(), timeout=5).items() if run_id in out
-            }
-        except RayError:
-            progress = {}
+        if ray.wait([asked], timeout=0)[0]:  # the board's latest answer; the loop never waits for one
+            try:
+                reports = ray.get(asked)
+            except RayError:
+                reports = {}
+            asked = board.snapshot.remote()
+        progress = {run_id: row for run_id, row in reports.items() if run_id in out}
         running = max(sum(len(specs) for specs in list(refs.values())[:slots]), len(progress))
         eta = _eta(elapsed, finished_steps, list(out.values()), progress)
         event = Event(
@@ -443,7 +447,10 @@ def _fan_out(
             on_event(event)
         if time.monotonic() - copied >= REPORT_EVERY_S or kind != "tick":
             counts = {name: getattr(event, name) for name in ("done", "failed", "running", "pending", "elapsed", "eta")}
-            write_progress(folder, counts, progress)
+            try:
+                write_progress(folder, counts, progress)
+            except OSError:  # a copy for `study status`: never the driver's failure
+                pass
             copied = time.monotonic()
 
     emit("start")
@@ -468,13 +475,15 @@ def _fan_out(
                     outcome = [failed_result(spec, error) for spec in specs]
                 board.drop.remote([spec.run_id for spec in specs])
                 for result in outcome if isinstance(outcome, list) else [outcome]:
-                    finished_steps += (result.meta.get("steps") or 0) - (result.meta.get("resumed_at") or 0)
+                    if result.status == DONE:
+                        finished_steps += result.meta["steps"] - (result.meta.get("resumed_at") or 0)
                     write_run(result, results)
                     result.model = result.normalize = None  # on disk now: the driver keeps no model in memory
                     (summary.done if result.status == DONE else summary.failed).append(result)
                     emit("result", result)
             if not ready:
                 emit("tick")
+    ray.kill(board)
     if interrupted.is_set():
         for ref in refs:
             ray.cancel(ref, force=True)
@@ -483,8 +492,9 @@ def _fan_out(
 
 def _eta(elapsed: float, finished: int, unfinished: list[RunSpec], progress: dict[str, dict[str, Any]]) -> float | None:
     """The time left at the study's speed so far: the unfinished runs' steps still to take over
-    the steps taken per second (by the finished runs and the running ones' reports)."""
-    taken = finished + sum(row["steps"] for row in progress.values())
+    the steps taken per second in this invocation (by the finished runs and the running ones'
+    reports)."""
+    taken = finished + sum(row["taken"] for row in progress.values())
     if not taken or elapsed <= 0:
         return None
     to_take = sum(spec.settings.total_steps for spec in unfinished) - sum(row["steps"] for row in progress.values())

@@ -248,8 +248,9 @@ class EpisodeLimit(StopTrainingOnMaxEpisodes):
 
 
 class ProgressReporter(BaseCallback):
-    """Sends its run's steps, speed and last evaluation to `send(run_id, row)` every `every_s`
-    seconds of training (live progress; it changes nothing in the run)."""
+    """Sends its run's steps (all, and `taken` since this start: a resumed run began at its
+    checkpoint), speed and last evaluation to `send(run_id, row)` every `every_s` seconds of
+    training (live progress; it changes nothing in the run)."""
 
     def __init__(
         self, run_id: str, total: int, send: Callable[[str, dict[str, Any]], None], evaluator: Evaluator, every_s: float
@@ -261,13 +262,11 @@ class ProgressReporter(BaseCallback):
     def _on_step(self) -> bool:
         now = time.monotonic()
         if self._at is None:
-            self._at = (now, self.num_timesteps)
+            self._at, self._start = (now, self.num_timesteps), self.num_timesteps - 1
         elif now - self._at[0] >= self.every_s:
             speed = (self.num_timesteps - self._at[1]) / (now - self._at[0])
             last = self.evaluator.rows[-1]["return_mean"] if self.evaluator.rows else None
-            self.send(
-                self.run_id,
-                {"steps": self.num_timesteps, "total": self.total, "steps_per_s": speed, "last_return": last},
-            )
+            row = {"steps": self.num_timesteps, "taken": self.num_timesteps - self._start, "total": self.total}
+            self.send(self.run_id, row | {"steps_per_s": speed, "last_return": last})
             self._at = (now, self.num_timesteps)
         return True

@@ -35,16 +35,19 @@ class Argument:
 def arguments(cls: type) -> Mapping[str, Argument]:
     """The named arguments of `cls`'s constructors, along its MRO."""
     found: dict[str, Argument] = {}
-    for klass in reversed(cls.__mro__):
+    for klass in cls.__mro__:  # down the chain of constructors while each passes **kwargs on
         init = klass.__dict__.get("__init__")
         if not inspect.isfunction(init):
             continue
-        for parameter in inspect.signature(init).parameters.values():
+        parameters = inspect.signature(init).parameters.values()
+        for parameter in parameters:
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or parameter.name == "self":
                 continue
             annotation = parameter.annotation
             written = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-            found[parameter.name] = Argument(written, _annotation_check(init, parameter))
+            found.setdefault(parameter.name, Argument(written, _annotation_check(init, parameter)))
+        if not any(parameter.kind == parameter.VAR_KEYWORD for parameter in parameters):
+            break
     return found
 
 

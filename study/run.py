@@ -160,11 +160,10 @@ def run_result(
             result.adaptations = table(parts.noise.adaptations, ADAPTATION_COLUMNS)
         result.traces = table(parts.recorder.trace + parts.evaluator.trace, TRACE_COLUMNS)
         if status == "done" and spec.settings.save_model:
-            try:
-                result.model = model_zip(parts.model)
+            try:  # the model and its statistics, both or neither
                 normalize = parts.model.get_vec_normalize_env()
-                if normalize is not None:
-                    result.normalize = pickle.dumps(normalize)
+                statistics = None if normalize is None else pickle.dumps(normalize)
+                result.model, result.normalize = model_zip(parts.model), statistics
             except Exception:  # the run is complete all the same
                 result.meta["model_error"] = traceback.format_exc()
     result.meta["final_return"] = result.final_return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -25,5 +26,22 @@ def schedule(value: float | str) -> float | LinearSchedule:
     if isinstance(value, str):
         if not re.match(LINEAR, value):
             raise ValueError(f"{value!r} is not a schedule (lin_<initial rate>, e.g. lin_7.3e-4)")
-        return LinearSchedule(float(value.removeprefix("lin_")))
+        initial = float(value.removeprefix("lin_"))
+        if not 0 < initial < math.inf:
+            raise ValueError(f"{value!r}: the initial rate must be positive and finite")
+        return LinearSchedule(initial)
+    return value
+
+
+def canonical(value: float | str) -> float | str:
+    """A rate as a study records it: a number, or `lin_` and the initial rate as Python writes it
+    (`lin_1e-3` and `lin_0.001` are one schedule, one run). YAML reads `3e-4` as a string: a
+    string that is a number is that number."""
+    if isinstance(value, str) and not value.startswith("lin_"):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, str):
+        return f"lin_{schedule(value).initial!r}"
     return value

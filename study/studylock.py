@@ -49,17 +49,22 @@ class StudyLock:
 
     @staticmethod
     def held(folder: Path) -> bool:
-        """Whether a driver holds the study's lock now."""
-        path = Path(folder) / ".lock"
-        if not path.is_file():
+        """Whether a driver on this machine holds the study's lock now, by the record the holder
+        keeps in it (a released lock is emptied; a killed holder's process is gone). It takes
+        no lock itself, so it never gets in a starting driver's way."""
+        try:
+            holder = json.loads((Path(folder) / ".lock").read_text() or "null")
+        except (OSError, ValueError):
             return False
-        with open(path) as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
             return False
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except (ProcessLookupError, KeyError, ValueError, TypeError):
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        return True
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         if self._fh is not None:

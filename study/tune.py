@@ -32,6 +32,7 @@ from study.config import (
     load_study,
 )
 from study.launch import Interrupted, _init_ray, _interrupt_flag, failed_result
+from study.live import clear_progress
 from study.result import RunResult
 from study.run import execute
 from study.store import DONE, clear_staging, write_run
@@ -236,6 +237,7 @@ def run_tuning(
     folder = results / tuning.name
     summary = TuneSummary()
     with StudyLock(folder):
+        clear_progress(folder)  # a killed `study run`'s live progress
         clear_staging(folder)
         storage = storage or default_storage(results, tuning.name)
         study = open_study(tuning, storage)

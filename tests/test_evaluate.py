@@ -147,7 +147,7 @@ def test_video_records_the_evaluated_episodes_headless(write_study, tmp_path, ca
     assert main([*argv, "--episodes", "2", "--video", str(video)]) == 0
     reader = imageio.get_reader(video)
     frames = [frame for frame in reader]
-    assert len(frames) == 2 * 20 + 1  # each step's state, and the last one
+    assert len(frames) == 2 * (20 + 1)  # each step's state, and each episode's last
     assert frames[0].shape == (480, 480, 3) and frames[0].std() > 0  # a picture, not a blank
     assert reader.get_meta_data()["fps"] == pytest.approx(20)  # HalfCheetah's render_fps
     assert [p.name for p in video.parent.iterdir()] == ["cheetah.mp4"]  # written whole, nothing left over

@@ -31,6 +31,7 @@ def test_a_watched_run_reports_its_progress_and_is_the_same_run(write_study) -> 
     assert {run_id for run_id, _ in reports} == {spec.run_id}
     rows = [row for _, row in reports]
     assert [row["steps"] for row in rows] == list(range(2, 301))  # each step after the first
+    assert [row["taken"] for row in rows] == list(range(2, 301))  # all of them in this start
     assert {row["total"] for row in rows} == {300}
     assert all(row["steps_per_s"] > 0 for row in rows)
     first_evaluation = plain.evaluations.iloc[0]  # at step 150
@@ -78,9 +79,12 @@ def test_the_eta_is_the_steps_left_at_the_speed_so_far(write_study) -> None:
     runs = load_study(write_study({"seeds": 2, "budgets.full": 1000})).runs
     # 10 s: one run of 1,000 steps finished, the other two at 500 of their 1,000 → 1,500 steps
     # taken, 150 per second; 2,000 − 500 = 1,500 left: 10 s
-    progress = {runs[0].run_id: {"steps": 500, "total": 1000}}
+    progress = {runs[0].run_id: {"steps": 500, "taken": 500, "total": 1000}}
     assert _eta(10.0, 1000, runs, progress) == pytest.approx(10.0)
     assert _eta(10.0, 0, runs, {}) is None
+    # a run resumed at step 400 has taken 100 of its 500 steps in this invocation: 1,100 in 10 s
+    resumed = {runs[0].run_id: {"steps": 500, "taken": 100, "total": 1000}}
+    assert _eta(10.0, 1000, runs, resumed) == pytest.approx(1500 / 110)
 
 
 def test_the_launcher_shows_the_running_runs_progress(write_study, tmp_path, monkeypatch) -> None:

@@ -68,6 +68,15 @@ def test_the_stacked_engine_trains_zoo_settings_like_sb3(write_study) -> None:
         )
 
 
+def test_a_rate_yaml_reads_as_a_string_is_a_number_and_one_schedule_has_one_id(write_study) -> None:
+    path = write_study()
+    path.write_text(path.read_text().replace("hyperparams:", "hyperparams:\n  learning_rate: 3e-4", 1))
+    assert load_study(path).runs[0].settings.hyperparams.learning_rate == 3e-4  # YAML: the string "3e-4"
+    one, other = (load_study(write_study({"hyperparams.learning_rate": rate})) for rate in ("lin_1e-3", "lin_0.001"))
+    assert one.runs[0].run_id == other.runs[0].run_id
+    assert one.runs[0].settings.hyperparams.learning_rate == "lin_0.001"
+
+
 def test_the_run_identity_changes_only_with_what_is_set(write_study) -> None:
     plain = load_study(write_study()).runs[0]
     default = load_study(write_study({"policy_kwargs": {}})).runs[0]
@@ -79,6 +88,21 @@ def test_the_run_identity_changes_only_with_what_is_set(write_study) -> None:
     ("overrides", "message"),
     [
         ({"hyperparams.learning_rate": "lin_fast"}, "hyperparams.learning_rate"),
+        ({"hyperparams.learning_rate": "lin_0"}, "the initial rate must be positive and finite"),
+        ({"hyperparams.learning_rate": "lin_1e400"}, "the initial rate must be positive and finite"),
+        ({"hyperparams.optimize_memory_usage": True}, "hyperparams.optimize_memory_usage: set by nothing"),
+        ({"policy_kwargs": {"squash_output": False}}, "policy_kwargs.squash_output: not an argument of"),
+        ({"policy_kwargs": {"observation_space": None}}, "policy_kwargs.observation_space: set by the env"),
+        (
+            {
+                "algo": "dqn",
+                "envs": ["CartPole-v1"],
+                "exploration": {},
+                "replay": {"type": "proportional"},
+                "hyperparams.n_steps": 3,
+            },
+            "hyperparams.n_steps: n-step returns come from uniform replay only",
+        ),
         ({"hyperparams.stats_window_size": "seven"}, "hyperparams.stats_window_size: 'seven' does not fit TD3's"),
         ({"hyperparams.stats_windows_size": 7}, "not an argument of TD3; did you mean 'stats_window_size'?"),
         ({"hyperparams.seed": 3}, "hyperparams.seed: set by seeds"),

@@ -79,6 +79,7 @@ class LossLog:
                 if taken:
                     model.logger.record(f"train/{name}", float(np.mean(taken)))
         for model in self.models if self.on else []:
+            model.logger.record("train/learning_rate", model.lr_schedule(model._current_progress_remaining))
             model.logger.record("train/n_updates", model._n_updates, exclude="tensorboard")
         self.values.clear()
 
