@@ -390,8 +390,8 @@ class _SharedSettings(_Strict):
         for key in self.hyperparams.model_dump(exclude_none=True):
             if key not in algo.hyperparams():
                 raise ValueError(f"hyperparams.{key}: not a hyperparameter of {self.algo}")
-        policy = algo.policy_class(noisy=exploration.noisy_net is not None)
         for key, value in self.policy_kwargs.items():
+            policy = algo.policy_class(noisy=exploration.noisy_net is not None and algo.noisy)
             where = HARNESS_POLICY_KWARGS.get(key)
             if key == "log_std_init" and exploration.gsde is not None:
                 where = "exploration.gsde.log_std_init"
