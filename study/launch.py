@@ -483,7 +483,10 @@ def _fan_out(
                     emit("result", result)
             if not ready:
                 emit("tick")
-    ray.kill(board)
+    try:
+        ray.kill(board)
+    except Exception:  # Ray may be gone already (its runs are listed as lost)
+        pass
     if interrupted.is_set():
         for ref in refs:
             ray.cancel(ref, force=True)
