@@ -174,7 +174,10 @@ def _frame(env: gym.Env) -> np.ndarray:
     return frame
 
 
-_RENDER_HINT = "; MuJoCo renders headless through EGL (MUJOCO_GL=egl, the default on a Linux without a display) or OSMesa (MUJOCO_GL=osmesa)"
+_RENDER_HINT = (
+    "; MuJoCo renders headless through EGL (MUJOCO_GL=egl, the default on a Linux without a display)"
+    " or OSMesa (MUJOCO_GL=osmesa)"
+)
 
 
 class Recording:
