@@ -124,7 +124,9 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
     import numpy as np
     import pandas as pd
 
-    path = write_study({"name": "chainlike", "seeds": 4, "grid": {"n": {"5": {}, "10": {}, "20": {}}}})
+    grid = {"n": {"5": {}, "10": {}, "20": {}}}
+    chain = {"envs": ["study/Chain-v0"], "algo": "dqn", "exploration": {}, "eval.stop_when_solved": True}
+    path = write_study({"name": "chainlike", "seeds": 4, "grid": grid} | chain)
     study = load_study(path)
     results = tmp_path / "results"
     for spec in study.runs:
@@ -139,6 +141,7 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
     report = build_report(study, results, reps=100)
     assert {"episodes_to_solve", "solved_fraction"} <= set(report.figures)
     assert "learning_curves" not in report.figures  # evaluations after each episode: not aligned on steps
+    assert "final_return_by_n" not in report.figures  # runs that stop once solved end at the optimum
     metrics = pd.read_csv(report.folder / "metrics.csv")
     solved = metrics.set_index(["n", "seed"])["episodes_to_solve"]
     assert solved[(5, 0)] == 100 + 100 and solved[(10, 3)] == 200 + 30 + 100

@@ -151,7 +151,10 @@ def build_report(
                 "sampling interval k: IQM over seeds with 95% bootstrap confidence intervals.",
                 lambda: figures.metric_vs_interval(metrics, interval, others, "c_train", reps=reps),
             )
-    for factor in others:
+    # a run that stops once solved ends at the optimum: its final return says nothing the
+    # episodes to solve do not say better
+    stops_when_solved = any(spec.settings.eval.stop_when_solved for spec in study.runs)
+    for factor in [] if stops_when_solved else others:
         rest = [f for f in factors if f != factor]
         figure(
             f"final_return_by_{_slug(factor)}",
