@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 
 import numpy as np
@@ -136,6 +137,9 @@ def test_a_changed_model_file_is_refused(saved, tmp_path, capsys) -> None:
     assert "does not match its checksum" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(
+    ctypes.util.find_library("EGL") is None, reason="no EGL library on this machine: MuJoCo cannot render headless"
+)
 def test_video_records_the_evaluated_episodes_headless(write_study, tmp_path, capsys) -> None:
     import imageio.v2 as imageio
 
