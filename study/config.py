@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -211,19 +210,14 @@ class EvalSettings(_Strict):
 TrainFreq = PositiveInt | Literal["episode"] | tuple[PositiveInt, Literal["step", "episode"]]
 
 
-def _rate(value: float | str) -> float | str:
-    schedule(value)  # a string must name a schedule
-    return value
-
-
 # a number (YAML reads 3e-4 as a string), or a schedule: lin_<initial rate>
-Rate = Annotated[PositiveFloat | str, BeforeValidator(canonical), AfterValidator(_rate)]
+Rate = Annotated[PositiveFloat | str, BeforeValidator(canonical)]
 
 
 class Hyperparams(_Strict):
     """SB3 constructor arguments; unset ones keep SB3's defaults. Those named here are checked
     here; any other argument of the algorithm's constructor is taken as given and checked
-    against its signature (`_SharedSettings._fits_algo`)."""
+    against its signature (`_SharedSettings._hyperparams_fit_algo`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 

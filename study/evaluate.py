@@ -117,7 +117,7 @@ def evaluate_model(
         if video is None:
             raise
         raise StudyError(f"--video: {spec.env} cannot render frames ({type(err).__name__}: {err})") from None
-    recording = None if video is None else Recording(video, env.metadata.get("render_fps") or 30)
+    recording = None
     policy = model.policy
     if explore and settings.exploration.param_noise is not None:
         policy.explore_perturbed = True
@@ -126,6 +126,8 @@ def evaluate_model(
     seed: int | None = derived_seed(spec.seed, "evaluate")
     out = Evaluation([], [], [], [])
     try:
+        if video is not None:
+            recording = Recording(video, env.metadata.get("render_fps") or 30)
         for _ in range(episodes):
             obs, _ = env.reset(seed=seed)
             seed = None
@@ -190,7 +192,10 @@ class Recording:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.mp4")
-        self.writer = imageio.get_writer(self.tmp, fps=fps, macro_block_size=1)
+        try:
+            self.writer = imageio.get_writer(self.tmp, fps=fps, macro_block_size=1)
+        except Exception as err:
+            raise StudyError(f"--video: cannot write {self.path} ({type(err).__name__}: {err})") from None
 
     def add(self, env: gym.Env) -> None:
         """The env's current frame."""

@@ -36,12 +36,10 @@ def schedule(value: float | str) -> float | LinearSchedule:
 def canonical(value: float | str) -> float | str:
     """A rate as a study records it: a number, or `lin_` and the initial rate as Python writes it
     (`lin_1e-3` and `lin_0.001` are one schedule, one run). YAML reads `3e-4` as a string: a
-    string that is a number is that number."""
-    if isinstance(value, str) and not value.startswith("lin_"):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    if isinstance(value, str):
+    string that is a number is that number; any other string must name a schedule."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
         return f"lin_{schedule(value).initial!r}"
-    return value
