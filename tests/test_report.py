@@ -100,12 +100,11 @@ def test_report_of_a_partial_study_with_a_failed_run(partial_study) -> None:
     )
     assert f"{written - 1} of {len(study.runs)} runs complete, 1 failed" in text
     assert "**Partial study**" in text and "(failed)" in text and "(pending)" in text
-    assert "| interval=4, noise=param | 2/3 | 0/3 |" in text
+    assert "| k = 4, param | 2/3 | 0/3 |" in text
     table = (report.folder / "results.md").read_text()
-    for column in range(2):  # one bold (best) cell per env column
-        cells = [line.split("|")[2 + column] for line in table.splitlines()[2:]]
-        assert sum("**" in cell for cell in cells) == 1
-    assert re.search(r"\| interval=4, noise=param \| .+ \| – \|", table)  # the missing cell
+    cells = [cell for line in table.splitlines()[2:] for cell in line.split("|")[2:-1]]
+    assert all(re.fullmatch(r" \*\*[^*/]+\*\* / [^*]+ ", cell) for cell in cells if "**" in cell)  # the return alone
+    assert re.search(r"\| k = 4, param \| .+ \| – \|", table)  # the missing cell
     tex = (report.folder / "results.tex").read_text()
     assert r"\toprule" in tex and r"\textbf{" in tex and r"$\pm$" in tex
 
@@ -154,17 +153,6 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
     assert metrics.set_index(["n", "seed"])["optimal_at_init"].sum() == 1
     assert (report.folder / "episodes_to_solve.tex").is_file()
     check_report(report.folder, set(report.figures))
-
-
-def test_results_table_never_prints_negative_zero() -> None:
-    import pandas as pd
-
-    from study.analysis.tables import results_table
-
-    metrics = pd.DataFrame(
-        {"env": "E", "noise": ["none", "none"], "seed": [0, 1], "final_return": [-0.001, -0.004], "c_train": [0.0, 0.0]}
-    )
-    assert results_table(metrics, ["noise"]).loc["none", "E"] == "0 ± 0 / 0.00"
 
 
 def test_config_styles_shade_the_levels_of_a_third_factor() -> None:

@@ -13,6 +13,7 @@ from study.analysis.metrics import HIGHER_IS_BETTER
 
 REPS = 2000  # bootstrap resamples
 CONFIDENCE = 0.95
+MIN_SEEDS = 2  # seeds per level and task for a probability of improvement
 
 
 def iqm(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
@@ -96,14 +97,15 @@ def probability_of_improvement(
 ) -> dict[str, float]:
     """P(level `x` of `factor` beats level `y` on `metric`), the mean over tasks — each env and
     combination of the other factors — of P(X > Y) across seeds (P(X < Y) for costs),
-    with a stratified bootstrap 95% CI."""
+    with a stratified bootstrap 95% CI. Tasks with fewer than MIN_SEEDS seeds of either level
+    are left out (one seed says nothing of a distribution)."""
     higher = HIGHER_IS_BETTER.get(metric, True)
     others = ["env", *[c for c in _factor_columns(metrics) if c != factor]]
     pairs = []
     for _, task in metrics.dropna(subset=[metric]).groupby(others, observed=True):
         xs = task.loc[task[factor] == x, metric].to_numpy(dtype=float)
         ys = task.loc[task[factor] == y, metric].to_numpy(dtype=float)
-        if len(xs) and len(ys):
+        if len(xs) >= MIN_SEEDS and len(ys) >= MIN_SEEDS:
             pairs.append((xs, ys))
     if not pairs:
         return {"p": np.nan, "low": np.nan, "high": np.nan, "tasks": 0}

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles
-from study.analysis.labels import config_label, config_styles, ordered_configs
+from study.analysis.labels import config_label, config_styles, legend_title, level_label, ordered_configs
 from study.analysis.metrics import LABELS
 
 WIDTH = 7.0  # inches: a blog column at 150 dpi
@@ -89,40 +89,148 @@ def _bootstrap_mean_band(matrix: np.ndarray, reps: int = REPS, seed: int = 0) ->
     return np.nanpercentile(means, 100 * alpha, axis=0), np.nanpercentile(means, 100 * (1 - alpha), axis=0)
 
 
-def learning_curves(evaluations: pd.DataFrame, factors: Sequence[str], reps: int = 500) -> Figure:
-    """Evaluation return over training steps per configuration: mean over seeds, 95% CI band."""
+MANY_CONFIGS = 10  # past this, learning curves are small multiples: one panel per configuration
+
+
+def _mean_curves(evaluations: pd.DataFrame, reps: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per configuration: steps, mean over seeds and its 95% bootstrap band."""
+    curves = {}
+    for config, group in evaluations.groupby("config", sort=False):
+        matrix = group.pivot_table(index="run_id", columns="step", values="return_mean", observed=True)
+        with warnings.catch_warnings():  # steps some runs never reached (they stopped early)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(matrix.to_numpy(), axis=0)
+        curves[config] = (matrix.columns.to_numpy(), mean, *_bootstrap_mean_band(matrix.to_numpy(), reps=reps))
+    return curves
+
+
+def coinciding_curves(evaluations: pd.DataFrame, factors: Sequence[str]) -> dict[str, list[list[str]]]:
+    """Per env, the sets of configurations whose mean learning curves lie on top of each other
+    (equal to 1% of the env's return range at every evaluation): lines a reader cannot tell apart."""
+    frame = evaluations.assign(config=config_label(evaluations, factors))
+    out = {}
+    for env, rows in frame.groupby("env", sort=False):
+        curves = {c: pd.Series(mean, index=steps) for c, (steps, mean, *_) in _mean_curves(rows, reps=1).items()}
+        span = max(np.nanmax(c.to_numpy()) - np.nanmin(c.to_numpy()) for c in curves.values()) or 1.0
+        sets: list[list[str]] = []
+        for config, curve in curves.items():
+            for members in sets:
+                other = curves[members[0]]
+                if curve.index.equals(other.index) and np.allclose(curve, other, atol=0.01 * span, equal_nan=True):
+                    members.append(config)
+                    break
+            else:
+                sets.append([config])
+        if any(len(members) > 1 for members in sets):
+            out[env] = [members for members in sets if len(members) > 1]
+    return out
+
+
+def _warmup(ax: plt.Axes, steps: float | None) -> None:
+    """Shade the warm-up (random actions, no training) at the left of a learning-curve panel."""
+    if steps:
+        ax.axvspan(0, steps, color="grey", alpha=0.12, linewidth=0)
+        if steps >= 0.12 * ax.get_xlim()[1]:  # named where the name fits
+            ax.text(
+                steps / 2, 0.02, "warm-up", transform=ax.get_xaxis_transform(), ha="center", fontsize=7, color="dimgrey"
+            )
+
+
+def _trained_range(curves: dict[str, tuple[np.ndarray, ...]], warmup: float | None) -> tuple[float, float] | None:
+    """A y-range that shows the mean curves after the warm-up (an untrained policy's first
+    evaluations may lie far below and would flatten everything else)."""
+    values = [mean[steps > (warmup or 0)] for steps, mean, *_ in curves.values()]
+    values = np.concatenate(values) if values else np.array([])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    low, high = values.min(), values.max()
+    pad = 0.08 * (high - low) or max(abs(high), 1.0) * 0.1
+    return low - pad, high + pad
+
+
+def learning_curves(
+    evaluations: pd.DataFrame, factors: Sequence[str], reps: int = 500, warmup: dict[str, float] | None = None
+) -> Figure:
+    """Evaluation return over training steps per configuration: mean over seeds, 95% CI band,
+    the warm-up (`warmup`: its steps per env) shaded. Past MANY_CONFIGS configurations, one
+    panel per configuration (the others in grey behind it), one row of panels per env."""
     frame = evaluations.assign(config=config_label(evaluations, factors))
     envs = list(dict.fromkeys(frame["env"]))
+    warmup = warmup or {}
+    curves = {env: _mean_curves(frame[frame["env"] == env], reps) for env in envs}
+    if max(len(c) for c in curves.values()) > MANY_CONFIGS:
+        return _curve_multiples(curves, warmup)
     styles = config_styles(frame, factors)
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
-        for config, group in frame[frame["env"] == env].groupby("config", sort=False):
-            matrix = group.pivot_table(index="run_id", columns="step", values="return_mean", observed=True)
-            steps = matrix.columns.to_numpy()
-            mean = np.nanmean(matrix.to_numpy(), axis=0)
-            low, high = _bootstrap_mean_band(matrix.to_numpy(), reps=reps)
+        for config, (steps, mean, low, high) in curves[env].items():
             style = styles[config]
             ax.plot(steps, mean, color=style["color"], linestyle=style["linestyle"], label=config)
             ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
+        _warmup(ax, warmup.get(env))
+        ylim = _trained_range(curves[env], warmup.get(env))
+        if ylim:
+            ax.set_ylim(*ylim)
         ax.set_title(env)
         ax.set_xlabel("environment steps")
         ax.xaxis.set_major_formatter(STEPS)
         ax.set_ylabel("evaluation return")
-    return _finish(fig, axes, len(envs), " × ".join(factors))
+    return _finish(fig, axes, len(envs), legend_title(factors))
+
+
+def _curve_multiples(curves: dict[str, dict[str, tuple[np.ndarray, ...]]], warmup: dict[str, float]) -> Figure:
+    cols = 4
+    rows_per_env = {env: int(np.ceil(len(c) / cols)) for env, c in curves.items()}
+    fig, axes = plt.subplots(
+        sum(rows_per_env.values()), cols, figsize=(WIDTH * 1.2, 1.6 * sum(rows_per_env.values())), squeeze=False
+    )
+    row = 0
+    for env, configs in curves.items():
+        block = list(axes[row : row + rows_per_env[env]].flat)
+        ylim = _trained_range(configs, warmup.get(env))
+        for ax, (config, (steps, mean, low, high)) in zip(block, configs.items(), strict=False):
+            for other, (o_steps, o_mean, *_) in configs.items():
+                if other != config:
+                    ax.plot(o_steps, o_mean, color="lightgrey", linewidth=0.8)
+            ax.plot(steps, mean, color="C0", linewidth=1.4)
+            ax.fill_between(steps, low, high, color="C0", alpha=0.2, linewidth=0)
+            _warmup(ax, warmup.get(env))
+            if ylim:
+                ax.set_ylim(*ylim)
+            ax.set_title(config if len(curves) == 1 else f"{env}: {config}", fontsize="small")
+            ax.xaxis.set_major_formatter(STEPS)
+            ax.tick_params(labelsize=7)
+        for ax in block[len(configs) :]:
+            ax.set_visible(False)
+        axes[row, 0].set_ylabel("evaluation return", fontsize="small")
+        row += rows_per_env[env]
+    flat = list(axes.flat)
+    for i, ax in enumerate(flat):  # the lowest visible panel of each column
+        if ax.get_visible() and (i + cols >= len(flat) or not flat[i + cols].get_visible()):
+            ax.set_xlabel("environment steps", fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 def _interval_position(levels: Sequence[str]) -> dict[str, float]:
-    """x positions on a log2 axis: k itself; "episode" one octave-step past the largest k."""
+    """x positions on a log2 axis: k itself; "episode" two octaves past the largest k, apart."""
     ks = [int(level) for level in levels if level != EPISODE]
     top = max(ks) if ks else 1
     return {level: (float(level) if level != EPISODE else top * 4.0) for level in levels}
 
 
 def metric_vs_interval(
-    metrics: pd.DataFrame, interval: str, others: Sequence[str], metric: str, reps: int = REPS
+    metrics: pd.DataFrame,
+    interval: str,
+    others: Sequence[str],
+    metric: str,
+    reps: int = REPS,
+    episode_length: dict[str, float] | None = None,
 ) -> Figure:
-    """A metric against the sampling interval k (log scale, "episode" as the last tick): IQM
-    over seeds with its 95% stratified-bootstrap CI, per env."""
+    """A metric against the sampling interval k (log scale): IQM over seeds with its 95%
+    stratified-bootstrap CI, per env. `episode` (resampling at episode starts only) is drawn
+    apart, not joined to the numbers, and labelled with the env's mean episode length."""
     stats = cell_stats(metrics, metric, ["env", interval, *others], reps=reps)
     levels = [str(level) for level in metrics[interval].cat.categories]
     x = _interval_position(levels)
@@ -130,19 +238,41 @@ def metric_vs_interval(
     stats["config"] = config_label(stats, others)
     envs = list(dict.fromkeys(metrics["env"]))
     styles = config_styles(stats, others)
+    numbers = [level for level in levels if level != EPISODE]
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
         for config, group in stats[stats["env"] == env].groupby("config", sort=False):
             group = group.sort_values("x")
-            err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
-            ax.errorbar(group["x"], group["iqm"], yerr=err, capsize=3, label=config, **styles[config])
+            style = styles[config]
+            for part, line in (
+                (group[group[interval].astype(str) != EPISODE], True),
+                (group[group[interval].astype(str) == EPISODE], False),
+            ):
+                if len(part):
+                    err = [part["iqm"] - part["iqm_low"], part["iqm_high"] - part["iqm"]]
+                    ax.errorbar(
+                        part["x"],
+                        part["iqm"],
+                        yerr=err,
+                        capsize=3,
+                        marker=style["marker"],
+                        color=style["color"],
+                        linestyle=style["linestyle"] if line else "none",
+                        label=config if line or not len(numbers) else None,
+                    )
         ax.set_xscale("log", base=2)
-        ax.set_xticks(list(x.values()), labels=list(x))
+        labels = list(x)
+        if EPISODE in x:
+            length = (episode_length or {}).get(env)
+            labels[labels.index(EPISODE)] = EPISODE + (f"\n(≈{length:.0f})" if length else "")
+            if numbers:
+                ax.axvline(x[numbers[-1]] * 2.0, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xticks(list(x.values()), labels=labels)
         ax.minorticks_off()
         ax.set_title(env)
         ax.set_xlabel("sampling interval k (steps)")
         ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
-    return _finish(fig, axes, len(envs), " × ".join(others) if others else None)
+    return _finish(fig, axes, len(envs), legend_title(others) if others else None)
 
 
 def factor_comparison(
@@ -176,7 +306,7 @@ def factor_comparison(
         ax.set_title(env)
         ax.set_xlabel(factor)
         ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
-    return _finish(fig, axes, len(envs), " × ".join(others) if others else None)
+    return _finish(fig, axes, len(envs), legend_title(others) if others else None)
 
 
 def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train") -> Figure:
@@ -191,21 +321,32 @@ def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train
     styles = config_styles(stats, factors)
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
-        for row in stats[stats["env"] == env].itertuples():
+        rows = stats[stats["env"] == env]
+        for i, row in enumerate(rows.itertuples()):
             ax.errorbar(
                 row.mean_cost,
                 row.mean_return,
                 xerr=np.nan_to_num(row.se_cost),
                 yerr=np.nan_to_num(row.se_return),
                 fmt=styles[row.config]["marker"],
+                markersize=8 - 4 * i / max(len(rows) - 1, 1),  # later points smaller: a point on top of another
+                markerfacecolor="none",  # stays visible inside it
+                markeredgewidth=1.4,
                 capsize=3,
                 color=styles[row.config]["color"],
                 label=row.config,
             )
+        positive = rows["mean_cost"][rows["mean_cost"] > 0]
+        log = len(positive) > 1 and positive.max() / positive.min() > 100
+        if log:  # costs that span decades
+            if len(positive) == len(rows):
+                ax.set_xscale("log")
+            else:  # a cost of exactly 0 (no noise at all) stays on the axis
+                ax.set_xscale("symlog", linthresh=float(positive.min()))
         ax.set_title(env)
-        ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)")
+        ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)" + (", log scale" if log else ""))
         ax.set_ylabel("final return")
-    return _finish(fig, axes, len(envs), " × ".join(factors))
+    return _finish(fig, axes, len(envs), legend_title(factors))
 
 
 DISTANCE_LABELS = {
@@ -215,22 +356,46 @@ DISTANCE_LABELS = {
 }
 
 
+def _smooth(values: pd.Series, points: int = 40) -> pd.Series:
+    """A centered running mean over about 1/points of the series (the measured distance of one
+    adaptation is one batch's: noisy)."""
+    window = max(1, len(values) // points)
+    return values.rolling(window, center=True, min_periods=1).mean()
+
+
 def sigma_trajectories(
-    adaptations: pd.DataFrame, factors: Sequence[str], targets: pd.Series, distance: str = "rms"
+    adaptations: pd.DataFrame,
+    factors: Sequence[str],
+    targets: pd.Series,
+    distance: str = "rms",
+    columns: str | None = None,
 ) -> Figure:
-    """σ and the measured distance d over training (median over seeds, IQR band), per
-    configuration; dashed lines: the target distance δ of each configuration where fixed.
-    `distance` names the measure (a key of DISTANCE_LABELS); NoisyNet's σ is its mean |σ|."""
-    frame = adaptations.assign(config=config_label(adaptations, factors))
+    """σ and the measured distance d over training (median over seeds, IQR band; d smoothed
+    by a running mean), per configuration; dashed lines: the target distance δ of each
+    configuration where fixed. One column of panels per env, or with `columns` per level of
+    that factor (e.g. the chain length). `distance` names the measure (a key of
+    DISTANCE_LABELS); NoisyNet's σ is its mean |σ|."""
+    lines = [f for f in factors if f != columns]
+    frame = adaptations.assign(config=config_label(adaptations, lines))
     frame["delta"] = frame["run_id"].map(targets)
-    envs = list(dict.fromkeys(frame["env"]))
-    styles = config_styles(frame, factors)
-    cols = len(envs)
-    fig, axes = plt.subplots(2, cols, figsize=(WIDTH if cols > 1 else WIDTH * 0.62, 2 * PANEL_HEIGHT), squeeze=False)
-    for col, env in enumerate(envs):
-        for config, group in frame[frame["env"] == env].groupby("config", sort=False):
+    frame["panel"] = (
+        frame["env"] if columns is None else frame["env"].astype(str) + "\n" + config_label(frame, [columns])
+    )
+    if columns is not None and frame["env"].nunique() == 1:
+        frame["panel"] = config_label(frame, [columns])
+    panels = list(dict.fromkeys(frame.sort_values([c for c in ("env", columns) if c])["panel"]))
+    styles = config_styles(frame, lines)
+    cols = len(panels)
+    width = WIDTH * (1.5 if cols > 4 else 1.0 if cols > 1 else 0.62)
+    fig, axes = plt.subplots(
+        2, cols, figsize=(width, 2 * PANEL_HEIGHT), squeeze=False, sharey="row" if columns else False
+    )
+    for col, panel in enumerate(panels):
+        for config, group in frame[frame["panel"] == panel].groupby("config", sort=False):
             for row, value in enumerate(("sigma", "distance")):
                 q = group.groupby("step")[value].quantile([0.25, 0.5, 0.75]).unstack()
+                if value == "distance":
+                    q = q.apply(_smooth)
                 ax = axes[row, col]
                 color, linestyle = styles[config]["color"], styles[config]["linestyle"]
                 ax.plot(q.index, q[0.5], color=color, linestyle=linestyle, label=config)
@@ -238,16 +403,21 @@ def sigma_trajectories(
             for delta in group["delta"].dropna().unique():
                 color = "grey" if frame["delta"].nunique() == 1 else styles[config]["color"]
                 axes[1, col].axhline(delta, color=color, linestyle="--", linewidth=1)
-        axes[0, col].set_title(env)
-        noisy_net = frame.loc[frame["env"] == env, "distance"].isna().any()
-        axes[0, col].set_ylabel("σ (parameter noise std)" + ("\nNoisyNet: mean |σ|" if noisy_net else ""))
-        axes[1, col].set_ylabel(DISTANCE_LABELS[distance])
-        axes[1, col].set_xlabel("environment steps")
+        axes[0, col].set_title(panel)
+        if cols <= 4:
+            axes[1, col].set_xlabel("environment steps")
         axes[1, col].set_yscale("log")
         for ax in axes[:, col]:
             ax.xaxis.set_major_formatter(STEPS)
+            if cols > 4:
+                ax.tick_params(labelsize=7)
+    noisy_net = frame["distance"].isna().any()
+    axes[0, 0].set_ylabel("σ (parameter noise std)" + ("\nNoisyNet: mean |σ|" if noisy_net else ""))
+    axes[1, 0].set_ylabel(DISTANCE_LABELS[distance] + "\n(running mean)")
+    if cols > 4:
+        fig.supxlabel("environment steps", y=0.0, fontsize="medium")
     drawn = frame["delta"].notna().any()
-    _legend(fig, axes, " × ".join(factors) + ("   (dashed: target distance δ)" if drawn else ""))
+    _legend(fig, axes, legend_title(lines) + ("   (dashed: target distance δ)" if drawn else ""))
     fig.tight_layout()
     return fig
 
@@ -290,8 +460,8 @@ def episodes_to_solve_vs_n(
         ax.set_xlabel("chain length N")
         ax.set_ylabel("episodes to solve")
         if level is not None:
-            ax.set_title(f"{panel} = {level}")
-    title = " × ".join(lines) + "   (hollow marker: the median is only a lower bound)" if lines else None
+            ax.set_title(level_label(panel, level, first=False))
+    title = legend_title(lines) + "   (hollow marker: the median is only a lower bound)" if lines else None
     return _finish(fig, axes, len(levels), title)
 
 
@@ -313,7 +483,7 @@ def solved_fraction(metrics: pd.DataFrame, n: str, factors: Sequence[str], budge
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("training episodes")
         ax.set_ylabel("fraction of seeds solved")
-    return _finish(fig, axes, len(levels), " × ".join(factors) if factors else None)
+    return _finish(fig, axes, len(levels), legend_title(factors) if factors else None)
 
 
 def action_traces(traces: pd.DataFrame, factors: Sequence[str], env: str, dim: int = 0) -> Figure:

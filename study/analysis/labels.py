@@ -10,15 +10,47 @@ import pandas as pd
 ALL_RUNS = "all runs"
 
 
+SYMBOLS = {"interval": "k", "n": "N", "chain_length": "N", "target_distance": "δ", "initial_sigma": "σ₀", "beta": "β"}
+NAMING_FACTORS = ("method", "noise", "algo", "exploration")  # factors whose levels name themselves
+
+
+def factor_name(factor: str) -> str:
+    """How a reader names a factor: its symbol (k, N, δ) or its words."""
+    short = factor.rsplit(".", 1)[-1]
+    return SYMBOLS.get(short, short.replace("_", " "))
+
+
+def level_label(factor: str, level: object, first: bool = True) -> str:
+    """A level as readers name it: "k = 8", "layer norm on", "uniform replay", "ε-greedy"."""
+    text, name = str(level), factor_name(factor)
+    if text.lower() in ("true", "false"):
+        return f"{name} {'on' if text.lower() == 'true' else 'off'}"
+    if _numeric(text) or name in SYMBOLS.values():
+        return f"{name} = {text}"
+    if first or factor.rsplit(".", 1)[-1] in NAMING_FACTORS:
+        return text
+    return f"{text} {name}"
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def config_label(frame: pd.DataFrame, factors: Sequence[str]) -> pd.Series:
-    """A readable label per row for its combination of factor levels, as the YAML names them."""
+    """A readable label per row for its combination of factor levels ("ε-greedy, uniform replay, N = 20")."""
     if not factors:
         return pd.Series(ALL_RUNS, index=frame.index)
-    if len(factors) == 1:
-        return frame[factors[0]].astype(str)
-    label = f"{factors[0]}=" + frame[factors[0]].astype(str)
-    for factor in factors[1:]:
-        label = label + f", {factor}=" + frame[factor].astype(str)
+    parts = [
+        frame[factor].astype(str).map(lambda level, f=factor, i=i: level_label(f, level, first=i == 0))
+        for i, factor in enumerate(factors)
+    ]
+    label = parts[0]
+    for part in parts[1:]:
+        label = label + ", " + part
     return label
 
 
@@ -39,10 +71,14 @@ MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
 
 
 def palette(n: int) -> list[tuple[float, float, float]]:
-    """Distinct colors for n levels: the colorblind palette, or an ordered one past six."""
+    """Distinct colors for n levels: the colorblind palette's ten, then tab20's lighter ones, cycled
+    (styles past ten also change the line style and marker)."""
     import seaborn as sns
 
-    return sns.color_palette("colorblind", n) if n <= 6 else sns.color_palette("viridis", n)
+    blind = sns.color_palette("colorblind", 10)
+    blind = [blind[i] for i in (0, 1, 2, 4, 3, 5, 6, 7, 8, 9)]  # vermillion fifth: it is hard to tell from orange
+    colors = blind + sns.color_palette("tab20", 20)[1::2]
+    return [colors[i % len(colors)] for i in range(n)]
 
 
 def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict[str, object]]:
@@ -52,20 +88,12 @@ def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict
     more levels than there are line styles)."""
     configs = ordered_configs(frame, factors)
     if len(factors) < 2:
-        colors = palette(len(configs))
-        return {
-            c: {"color": colors[i], "linestyle": "-", "marker": MARKERS[i % len(MARKERS)]}
-            for i, c in enumerate(configs)
-        }
+        return _one_style_each(configs)
     ordered = _combinations(frame, factors)
     first = list(dict.fromkeys(ordered[factors[0]].astype(str)))
     second = list(dict.fromkeys(ordered[factors[1]].astype(str)))
     if len(second) > len(LINESTYLES):
-        colors = palette(len(configs))
-        return {
-            c: {"color": colors[i], "linestyle": "-", "marker": MARKERS[i % len(MARKERS)]}
-            for i, c in enumerate(configs)
-        }
+        return _one_style_each(configs)
     colors = palette(len(first))
     rest = config_label(ordered, factors[2:]).tolist() if len(factors) > 2 else [""] * len(ordered)
     shades = list(dict.fromkeys(rest))
@@ -75,6 +103,24 @@ def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict
         color = shade(colors[a], shades.index(level), len(shades))
         styles[label] = {"color": color, "linestyle": LINESTYLES[b], "marker": MARKERS[b]}
     return styles
+
+
+def _one_style_each(configs: Sequence[str]) -> dict[str, dict[str, object]]:
+    """A color per configuration; past ten, the line style changes with each round of colors."""
+    colors = palette(len(configs))
+    return {
+        c: {
+            "color": colors[i],
+            "linestyle": LINESTYLES[(i // 10) % len(LINESTYLES)],
+            "marker": MARKERS[i % len(MARKERS)],
+        }
+        for i, c in enumerate(configs)
+    }
+
+
+def legend_title(factors: Sequence[str]) -> str:
+    """The legend's title: the factors, as readers name them."""
+    return " × ".join(factor_name(f) for f in factors)
 
 
 def shade(color: tuple[float, float, float], i: int, n: int) -> tuple[float, float, float]:

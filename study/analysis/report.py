@@ -131,25 +131,33 @@ def build_report(
             lambda: figures.solved_fraction(metrics, chain_n, chain_others, budget),
         )
     else:
+        warmup = _warmup_steps(loaded)
         figure(
             "learning_curves",
             "Evaluation return (deterministic, unperturbed policy) over training, mean over seeds with a 95% "
-            "bootstrap confidence band, per configuration.",
-            lambda: figures.learning_curves(loaded.evaluations, factors, reps=min(reps, 500)),
+            "bootstrap confidence band, per configuration; shaded: the warm-up (random actions, no training), "
+            "whose evaluations of the untrained policy may lie below the y-range."
+            + _coinciding(figures.coinciding_curves(loaded.evaluations, factors)),
+            lambda: figures.learning_curves(loaded.evaluations, factors, reps=min(reps, 500), warmup=warmup),
         )
     if interval:
         figure(
             "return_vs_interval",
             "Final return against the noise sampling interval k: IQM over seeds with 95% bootstrap confidence "
-            "intervals; `episode` resamples only at episode starts.",
-            lambda: figures.metric_vs_interval(metrics, interval, others, "final_return", reps=reps),
+            "intervals; `episode` resamples only at episode starts (drawn apart, with the mean length of the "
+            "training episodes).",
+            lambda: figures.metric_vs_interval(
+                metrics, interval, others, "final_return", reps=reps, episode_length=_episode_length(loaded)
+            ),
         )
         if has_costs:
             figure(
                 "continuity_vs_interval",
                 "Continuity cost of the training episodes (C_train, 0–100, lower is smoother) against the "
                 "sampling interval k: IQM over seeds with 95% bootstrap confidence intervals.",
-                lambda: figures.metric_vs_interval(metrics, interval, others, "c_train", reps=reps),
+                lambda: figures.metric_vs_interval(
+                    metrics, interval, others, "c_train", reps=reps, episode_length=_episode_length(loaded)
+                ),
             )
     # a run that stops once solved ends at the optimum: its final return says nothing the
     # episodes to solve do not say better
@@ -173,9 +181,12 @@ def build_report(
         figure(
             "sigma",
             "Adaptive parameter noise: σ and the measured distance d over training (median over seeds, "
-            "interquartile band); dashed: the target distance δ where it is fixed. NoisyNet runs show the "
-            "mean |σ| of their noisy layers.",
-            lambda: figures.sigma_trajectories(loaded.adaptations, factors, _targets(loaded), _distance(loaded)),
+            "interquartile band; d as a running mean over 1/40 of the run, since one adaptation measures one "
+            "batch); dashed: the target distance δ where it is fixed. NoisyNet runs show the mean |σ| of their "
+            "noisy layers." + (" One column per chain length N." if chain_n else ""),
+            lambda: figures.sigma_trajectories(
+                loaded.adaptations, factors, _targets(loaded), _distance(loaded), columns=chain_n
+            ),
         )
     if len(loaded.traces):
         envs = list(dict.fromkeys(loaded.traces["env"]))
@@ -191,8 +202,8 @@ def build_report(
     table = tables.results_table(metrics, factors) if has_costs else None
     if table is not None:
         caption = (
-            f"{study.name}: final return ± standard error over seeds / continuity cost C_train, best return per "
-            "env in bold."
+            f"{study.name}: final return ± standard error over seeds / continuity cost C_train; in bold, per env, "
+            "the returns that cannot be told from the best (mean ± 1.96 s.e. overlapping), none where all overlap."
         )
         (report.folder / "results.md").write_text(tables.to_markdown(table))
         (report.folder / "results.tex").write_text(tables.to_latex(table, caption))
@@ -204,6 +215,36 @@ def build_report(
         _markdown(study, loaded, states, metrics, stats, captions, table, solve, include_warmup, reps)
     )
     return report
+
+
+def _warmup_steps(results: StudyResults) -> dict[str, float]:
+    """Per env, the warm-up steps of its runs (learning_starts), where all its runs share one."""
+    starts: dict[str, set[int]] = {}
+    for spec in results.specs.values():
+        value = spec.settings.hyperparams.learning_starts
+        if value is None:
+            value = ALGORITHMS[spec.settings.algo].default("learning_starts")
+        starts.setdefault(spec.env, set()).add(int(value))
+    return {env: float(values.pop()) for env, values in starts.items() if len(values) == 1}
+
+
+def _episode_length(results: StudyResults) -> dict[str, float]:
+    """Per env, the mean length of the training episodes (what `interval: episode` lasts)."""
+    episodes = results.episodes
+    if not len(episodes):
+        return {}
+    return episodes.groupby("env", observed=True)["length"].mean().to_dict()
+
+
+def _coinciding(sets: dict[str, list[list[str]]]) -> str:
+    """A caption's sentence naming the learning curves that lie on top of each other."""
+    if not sets:
+        return ""
+    named = " — ".join(
+        (f"{env}: " if len(sets) > 1 else "") + "; ".join(" and ".join(members) for members in groups)
+        for env, groups in sets.items()
+    )
+    return f" Curves on top of each other (equal to 1% of the return range): {named}."
 
 
 def _state(run_id: str, states: pd.Series, damaged: dict[str, str]) -> str:
@@ -272,8 +313,9 @@ def _markdown(
         lines += [
             "## Results table",
             "",
-            "Final return ± standard error over seeds / continuity cost C_train; best return per env in bold "
-            "(also as LaTeX: [results.tex](results.tex)).",
+            "Final return ± standard error over seeds / continuity cost C_train. In bold, per env, the returns "
+            "that cannot be told from the best (their mean ± 1.96 s.e. overlaps the best's), none where all "
+            "overlap (also as LaTeX: [results.tex](results.tex)).",
             "",
             tables.to_markdown(table),
         ]
@@ -290,7 +332,7 @@ def _markdown(
             "",
             tables.to_markdown(solve),
         ]
-    improvement = _improvement_table(metrics, loaded.study, reps)
+    improvement = "" if solve is not None else _improvement_table(metrics, loaded.study, reps)
     if improvement:
         lines += ["## Probability of improvement", "", improvement]
     lines += [
@@ -322,7 +364,7 @@ def _improvement_table(metrics: pd.DataFrame, study: Study, reps: int) -> str:
     """P(each level beats the factor's last level), on final return and on C_train."""
     lines = []
     for factor, levels in study.factor_levels.items():
-        if len(levels) < 2:
+        if len(levels) < 2 or factor in CHAIN_LENGTH_FACTORS:  # a task's size is not a choice to compare
             continue
         reference = levels[-1]
         for level in levels[:-1]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from study.analysis.aggregates import cell_stats, censored_quantiles
@@ -25,17 +26,43 @@ def _fmt(value: float, digits: int = 0) -> str:
     return "–" if pd.isna(value) else f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0"
 
 
+def _decimals(se: float, mean: float) -> int:
+    """Decimals that show a standard error to two significant digits (a mean without one to three)."""
+    scale = se if pd.notna(se) and se > 0 else abs(mean) / 10 if pd.notna(mean) and mean != 0 else 10.0
+    return int(min(6, max(0, 1 - np.floor(np.log10(scale)))))
+
+
+def mean_se(mean: float, se: float) -> str:
+    """ "mean ± se" at the standard error's precision: −116 ± 15, 94.49 ± 0.05, −0.0025 ± 0.0015."""
+    digits = _decimals(se, mean)
+    return _fmt(mean, digits) + ("" if pd.isna(se) else f" ± {_fmt(se, digits)}")
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """A value to `digits` significant digits: 22.1, 0.36, 8e-09."""
+    return "–" if pd.isna(value) else f"{value + 0.0:.{digits}g}"
+
+
+def tied_best(mean: pd.Series, se: pd.Series, z: float = 1.96) -> pd.Series:
+    """The configurations whose mean ± z·se interval overlaps the best one's: bests that cannot be
+    told apart. None when every configuration is tied (the column distinguishes nothing)."""
+    top = mean.idxmax()
+    spread = se.fillna(0.0) * z
+    tied = mean + spread >= mean[top] - spread[top]
+    return tied if len(mean) > 1 and not tied.all() else pd.Series(False, index=mean.index)
+
+
 def results_table(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train") -> pd.DataFrame:
-    """The table as strings (config × env), with a `best` mask for the bold cells."""
+    """The table as strings (config × env): "return ± s.e. / C", with a `best` mask for the
+    returns to set in bold (the tied bests of each column, `tied_best`)."""
     cells, configs, envs = _cells(metrics, factors, cost)
     table = pd.DataFrame("", index=configs, columns=envs)
     best = pd.DataFrame(False, index=configs, columns=envs)
     for env in envs:
-        column = cells[cells["env"] == env]
-        top = column["mean"].max()
-        for row in column.itertuples():
-            table.loc[row.config, env] = f"{_fmt(row.mean)} ± {_fmt(row.se)} / {_fmt(row.cost, 2)}"
-            best.loc[row.config, env] = row.mean == top
+        column = cells[cells["env"] == env].set_index("config")
+        for config, row in column.iterrows():
+            table.loc[config, env] = f"{mean_se(row['mean'], row['se'])} / {significant(row['cost'])}"
+        best.loc[column.index, env] = tied_best(column["mean"], column["se"])
     table.attrs["best"] = best
     return table
 
@@ -74,9 +101,15 @@ def to_markdown(table: pd.DataFrame, corner: str = "configuration") -> str:
         "|" + "---|" * (len(table.columns) + 1),
     ]
     for config, row in table.iterrows():
-        cells = [f"**{v}**" if best.loc[config, env] and v else (v or "–") for env, v in row.items()]
+        cells = [_bold(v, "**{}**") if best.loc[config, env] and v else (v or "–") for env, v in row.items()]
         lines.append("| " + " | ".join([str(config), *cells]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _bold(cell: str, style: str) -> str:
+    """`cell` in bold, but for a cost after " / " (bold is for the return's rule alone)."""
+    value, sep, cost = cell.partition(" / ")
+    return style.format(value) + sep + cost
 
 
 def _tex(text: str) -> str:
@@ -103,7 +136,10 @@ def to_latex(table: pd.DataFrame, caption: str, corner: str = "configuration") -
         r"\midrule",
     ]
     for config, row in table.iterrows():
-        cells = [rf"\textbf{{{_tex(v)}}}" if best.loc[config, env] and v else _tex(v or "–") for env, v in row.items()]
+        cells = [
+            _bold(_tex(v), r"\textbf{{{}}}") if best.loc[config, env] and v else _tex(v or "–")
+            for env, v in row.items()
+        ]
         lines.append(" & ".join([_tex(str(config)), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,138 @@
+"""How reports present numbers: precision, bold, labels, and what the figures draw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.analysis.aggregates import probability_of_improvement
+from study.analysis.figures import coinciding_curves, learning_curves, metric_vs_interval, tradeoff
+from study.analysis.labels import config_label, level_label
+from study.analysis.tables import mean_se, results_table, significant, tied_best, to_latex, to_markdown
+
+
+@pytest.mark.parametrize(
+    ("mean", "se", "text"),
+    [
+        (-116.4, 15.2, "-116 ± 15"),
+        (94.486, 0.048, "94.486 ± 0.048"),  # two significant digits of the s.e.
+        (-0.0025, 0.0015, "-0.0025 ± 0.0015"),
+        (-0.0004, 0.00004, "-0.000400 ± 0.000040"),
+        (3.0, float("nan"), "3.00"),  # one seed: no s.e., three significant digits
+        (0.0, 0.0, "0 ± 0"),
+        (-0.00001, 0.3, "0.00 ± 0.30"),  # never "-0.00"
+    ],
+)
+def test_mean_and_standard_error_at_the_standard_errors_precision(mean: float, se: float, text: str) -> None:
+    assert mean_se(mean, se) == text
+
+
+def test_costs_keep_three_significant_digits() -> None:
+    assert [significant(v) for v in (22.14, 0.35912, 8.08e-9, 0.0, float("nan"))] == [
+        "22.1",
+        "0.359",
+        "8.08e-09",
+        "0",
+        "–",
+    ]
+
+
+def test_tied_bests_are_those_whose_interval_overlaps_the_best() -> None:
+    mean = pd.Series({"a": 10.0, "b": 9.0, "c": 0.0})
+    se = pd.Series({"a": 0.5, "b": 0.5, "c": 0.5})  # a: [9.02, 10.98], b: [8.02, 9.98], c: [-0.98, 0.98]
+    assert tied_best(mean, se).to_dict() == {"a": True, "b": True, "c": False}
+    assert not tied_best(mean, pd.Series({"a": 9.0, "b": 9.0, "c": 9.0})).any()  # all tied: nothing stands out
+    assert tied_best(mean, pd.Series([np.nan] * 3, index=mean.index)).to_dict() == {"a": True, "b": False, "c": False}
+
+
+def test_results_table_bolds_the_return_and_never_the_cost() -> None:
+    metrics = pd.DataFrame(
+        {
+            "env": "E",
+            "noise": ["gSDE"] * 3 + ["none"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "final_return": [94.4, 94.5, 94.6, -0.001, -0.002, 0.0],
+            "c_train": [0.36, 0.35, 0.37, 1e-8, 2e-8, 3e-8],
+        }
+    )
+    table = results_table(metrics, ["noise"])
+    assert table.loc["gSDE", "E"] == "94.500 ± 0.058 / 0.36"
+    assert table.loc["none", "E"] == "-0.00100 ± 0.00058 / 2e-08"
+    assert "| gSDE | **94.500 ± 0.058** / 0.36 |" in to_markdown(table)
+    assert r"\textbf{94.500 $\pm$ 0.058} / 0.36" in to_latex(table, "caption")
+
+
+def test_levels_are_named_as_readers_name_them() -> None:
+    assert level_label("interval", "8") == "k = 8"
+    assert level_label("interval", "episode") == "k = episode"
+    assert level_label("layer_norm", "true") == "layer norm on"
+    assert level_label("exploration.param_noise.target_distance", "0.1") == "δ = 0.1"
+    assert level_label("replay", "uniform", first=False) == "uniform replay"
+    assert level_label("method", "NoisyNet", first=False) == "NoisyNet"
+    frame = pd.DataFrame({"method": ["epsilon-greedy"], "replay": ["uniform"], "n": ["20"]})
+    assert config_label(frame, ["method", "replay", "n"]).tolist() == ["epsilon-greedy, uniform replay, N = 20"]
+
+
+def test_probability_of_improvement_needs_two_seeds_of_each_level() -> None:
+    levels = pd.CategoricalDtype(["a", "b"], ordered=True)
+    one_seed = pd.DataFrame(
+        {"env": ["E", "E"], "f": pd.Categorical(["a", "b"], dtype=levels), "final_return": [1.0, 0.0]}
+    )
+    assert probability_of_improvement(one_seed, "f", "a", "b", "final_return", reps=20)["tasks"] == 0
+    two = pd.DataFrame(
+        {"env": "E", "f": pd.Categorical(["a", "a", "b", "b"], dtype=levels), "final_return": [2.0, 3.0, 0.0, 2.0]}
+    )
+    got = probability_of_improvement(two, "f", "a", "b", "final_return", reps=20)
+    assert got["tasks"] == 1 and got["p"] == pytest.approx((1 + 1 + 0.5 + 1) / 4)  # pairs: 2>0, 2=2, 3>0, 3>2
+
+
+def _evaluations(curves: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for config, values in curves.items():
+        for seed in range(2):
+            for i, value in enumerate(values):
+                rows.append({"env": "E", "noise": config, "run_id": f"{config}{seed}", "step": 1000 * (i + 1)})
+                rows[-1]["return_mean"] = value + 0.001 * seed
+    return pd.DataFrame(rows)
+
+
+def test_curves_on_top_of_each_other_are_named() -> None:
+    evaluations = _evaluations({"none": [0, 0, 0], "OU": [0, 0.05, 0], "gSDE": [0, 90, 94], "param": [0, 0, 0]})
+    assert coinciding_curves(evaluations, ["noise"]) == {"E": [["none", "OU", "param"]]}
+    assert coinciding_curves(_evaluations({"a": [0, 50], "b": [0, 90]}), ["noise"]) == {}
+
+
+def test_learning_curves_shade_the_warm_up_and_leave_the_untrained_evaluation_out_of_the_y_range() -> None:
+    fig = learning_curves(
+        _evaluations({"a": [-1500, -200, -150], "b": [-1400, -180, -120]}), ["noise"], 20, {"E": 1500}
+    )
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] > -300  # the first evaluation (at 1,000, in the warm-up) is not what sets the range
+    assert [(patch.get_x(), patch.get_width()) for patch in ax.patches] == [(0, 1500)]  # the warm-up, shaded
+
+
+def test_many_configurations_are_small_multiples() -> None:
+    fig = learning_curves(_evaluations({f"c{i}": [0, i, 2 * i] for i in range(12)}), ["noise"], 20)
+    titled = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titled == [f"c{i}" for i in range(12)]
+
+
+def test_episode_is_drawn_apart_from_the_sampling_intervals() -> None:
+    levels = pd.CategoricalDtype(["1", "8", "episode"], ordered=True)
+    metrics = pd.DataFrame(
+        {"env": "E", "interval": pd.Categorical(["1", "8", "episode"] * 2, dtype=levels), "seed": [0] * 3 + [1] * 3}
+    ).assign(final_return=[1.0, 2.0, 3.0, 1.5, 2.5, 3.5])
+    fig = metric_vs_interval(metrics, "interval", [], "final_return", reps=20, episode_length={"E": 200.0})
+    ax = fig.axes[0]
+    joined = [line for line in ax.get_lines() if line.get_linestyle() != "None" and len(line.get_xdata()) > 1]
+    assert [list(line.get_xdata()) for line in joined if line.get_color() != "grey"] == [[1.0, 8.0]]
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == "episode\n(≈200)"
+
+
+def test_tradeoff_goes_log_when_costs_span_decades() -> None:
+    metrics = pd.DataFrame(
+        {"env": "E", "noise": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "final_return": [0.0, 1.0, 90.0, 91.0]}
+    ).assign(c_train=[1e-8, 2e-8, 0.3, 0.4])
+    assert tradeoff(metrics, ["noise"]).axes[0].get_xscale() == "log"
+    assert tradeoff(metrics.assign(c_train=[1.0, 2.0, 3.0, 4.0]), ["noise"]).axes[0].get_xscale() == "linear"
