@@ -12,10 +12,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
 from study.buffers import REPLAY_BUFFERS
-from study.config import RunSettings
+from study.config import EPISODE_TRAINING, RunSettings
 from study.exploration.action_noise import make_action_noise
 from study.exploration.colored import ColoredSamplingCallback
 from study.exploration.ez_greedy import EzGreedyCallback
+from study.exploration.gsde import GSDEScheduleCallback
 from study.exploration.noisy import NoisyNetCallback
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
 from study.features import FEATURES
@@ -67,7 +68,11 @@ def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm
             callbacks.append(ColoredSamplingCallback(sampling.beta, dim, seq_len, seed_of))
     if exploration.gsde is not None:
         interval = exploration.gsde.interval
-        kwargs |= {"use_sde": True, "sde_sample_freq": -1 if interval == "episode" else interval}
+        if kwargs.get("train_freq") == EPISODE_TRAINING:  # SB3's own schedule: a rollout is an episode
+            kwargs |= {"use_sde": True, "sde_sample_freq": -1 if interval == "episode" else interval}
+        else:  # the noise held across the rollouts of single steps
+            kwargs |= {"use_sde": True, "sde_sample_freq": -1}
+            callbacks.append(GSDEScheduleCallback(interval))
         policy_kwargs["log_std_init"] = exploration.gsde.log_std_init
     noisy = exploration.noisy_net
     if noisy is not None:

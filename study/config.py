@@ -214,6 +214,9 @@ TrainFreq = PositiveInt | Literal["episode"] | tuple[PositiveInt, Literal["step"
 Rate = Annotated[PositiveFloat | str, BeforeValidator(canonical)]
 
 
+EPISODE_TRAINING = (1, "episode")  # SB3's train_freq for training at the end of each episode
+
+
 class Hyperparams(_Strict):
     """SB3 constructor arguments; unset ones keep SB3's defaults. Those named here are checked
     here; any other argument of the algorithm's constructor is taken as given and checked
@@ -246,8 +249,8 @@ class Hyperparams(_Strict):
         if "learning_rate" in kwargs:
             kwargs["learning_rate"] = schedule(kwargs["learning_rate"])
         if kwargs.get("train_freq") == "episode":
-            kwargs["train_freq"] = (1, "episode")
-        if kwargs.get("train_freq") == (1, "episode") and "gradient_steps" not in kwargs:
+            kwargs["train_freq"] = EPISODE_TRAINING
+        if kwargs.get("train_freq") == EPISODE_TRAINING and "gradient_steps" not in kwargs:
             kwargs["gradient_steps"] = -1  # as many gradient steps as environment steps
         return kwargs
 
@@ -416,11 +419,6 @@ class _SharedSettings(_Strict):
                 f"exploration.mean_actions: {self.algo} would act with its unperturbed mean, so "
                 "exploration.param_noise would never act; choose one"
             )
-        if exploration.gsde is not None and self.hyperparams.sb3_kwargs().get("train_freq") != (1, "episode"):
-            raise ValueError(
-                "exploration.gsde: needs hyperparams.train_freq: episode, so that the interval is not cut "
-                "by the rollout length"
-            )
         if exploration.noisy_net is not None and not algo.noisy:
             raise ValueError(f"exploration.noisy_net: {self.algo} has no NoisyNet policy (dqn has)")
         if self.replay.type != "uniform" and not algo.prioritized:
@@ -457,6 +455,10 @@ def stacked_engine_problem(settings: _SharedSettings) -> str | None:
         "env_wrapper": settings.env_wrapper != "none",
         "normalize": settings.normalize is not None,
     }
+    trained_in_steps = settings.hyperparams.sb3_kwargs().get("train_freq") != EPISODE_TRAINING
+    unsupported["exploration.gsde with hyperparams.train_freq in steps"] = (
+        exploration.gsde is not None and trained_in_steps
+    )
     optimizer = settings.policy_kwargs.get("optimizer_kwargs") or {}
     unsupported |= {f"policy_kwargs.optimizer_kwargs.{key}": key not in STACKED_ADAM for key in optimizer}
     for key, present in unsupported.items():

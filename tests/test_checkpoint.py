@@ -62,6 +62,10 @@ CASES = {
             "hyperparams.ent_coef": "auto",
         },
     ),
+    "sac-gsde-trained-every-step": (  # the held exploration matrices carry over
+        "sac",
+        {"exploration.param_noise": None, "exploration.gsde": {"interval": 6}, "hyperparams.train_freq": 1},
+    ),
     "dqn-ez-greedy": ("dqn", CHAIN_DQN | EPSILON_GREEDY | {"exploration.ez_greedy": {"mu": 1.5}}),
     "dqn-epsilon-greedy-prioritized": ("dqn", CHAIN_DQN | EPSILON_GREEDY | {"replay": {"type": "proportional"}}),
     "dqn-param-noise-prioritized": (

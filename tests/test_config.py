@@ -77,19 +77,7 @@ def test_env_overrides(write_study) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        "smoke",
-        "sampling_interval",
-        "layer_norm",
-        "adaptation",
-        "noise_types",
-        "noise_types_mountaincar",
-        "smoothness",
-        "exploration_traces",
-        "chain",
-        "minatar",
-        "atari",
-    ],
+    sorted(path.stem for path in (ROOT / "ablations").glob("*.yaml")),
 )
 def test_shipped_studies_are_valid(name: str) -> None:
     study = load_study(ROOT / "ablations" / f"{name}.yaml")

@@ -72,6 +72,23 @@ def test_gsde_episode_interval_resamples_only_at_episode_starts() -> None:
     assert changed(probe.states) == [j == 1 for j in in_episode_index(probe.dones)]
 
 
+@pytest.mark.parametrize(("interval", "k"), [(3, 3), ("episode", None)])
+def test_gsde_trained_every_step_keeps_its_interval(interval: int | str, k: int | None) -> None:
+    from study.exploration.gsde import GSDEScheduleCallback
+
+    probe = Exploration()
+    model = tiny_sac(use_sde=True, sde_sample_freq=-1, train_freq=1, gradient_steps=1, learning_starts=5)
+    model.learn(45, callback=CallbackList([probe, GSDEScheduleCallback(interval)]))
+    expected = [j == 1 or (k is not None and (j - 1) % k == 0) for j in in_episode_index(probe.dones)]
+    assert changed(probe.states) == expected
+    # SB3 alone redraws at every rollout start and gradient step: a rollout of one step explores with new noise each step
+    alone = Exploration()
+    tiny_sac(use_sde=True, sde_sample_freq=3, train_freq=1, gradient_steps=1, learning_starts=5).learn(
+        45, callback=alone
+    )
+    assert all(changed(alone.states)[6:])
+
+
 def test_sac_param_noise_acts_with_the_perturbed_mean_and_never_perturbs_the_learner() -> None:
     model = tiny_sac(learning_starts=1000)  # no gradient step: θ may not move at all
     policy = model.policy
@@ -170,8 +187,8 @@ def test_episodic_training_for_td3(write_study) -> None:
         ({"algo": "sac", "exploration.gsde": {"interval": 8}}, "param_noise and gsde: choose one"),
         ({"exploration.mean_actions": True}, "exploration.mean_actions: td3 always explores"),
         (
-            {"algo": "sac", "exploration.param_noise": None, "exploration.gsde": {"interval": 8}},
-            "hyperparams.train_freq: episode",
+            {"algo": "sac", "exploration.param_noise": None, "exploration.gsde": {"interval": 8}, "engine": "stacked"},
+            "exploration.gsde with hyperparams.train_freq in steps: not stacked yet",
         ),
         ({"algo": "sac", "exploration.gsde": {"interval": 0}}, "exploration.gsde.interval: must be a positive integer"),
         ({"algo": "sac", "hyperparams.ent_coef": "sometimes"}, "hyperparams.ent_coef"),

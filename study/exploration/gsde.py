@@ -1,0 +1,60 @@
+"""gSDE's exploration held across rollouts: its sampling interval, whatever the training schedule."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch as th
+
+from study.exploration.schedule import ResamplingCallback
+
+# the attributes of SB3's StateDependentNoiseDistribution that hold the current exploration
+MATRICES = ("exploration_mat", "exploration_matrices")
+
+
+class GSDEScheduleCallback(ResamplingCallback):
+    """Keep gSDE's exploration matrices from one resample to the next: redrawn (by SB3's own
+    `reset_noise`) at every episode start and every `interval` steps, whatever the training schedule.
+
+    SB3 redraws them at every rollout start and at every gradient step (SAC's `train()` samples
+    them for its loss), so a model trained every step would explore with new noise at every
+    step. For training in steps, the model runs with `sde_sample_freq = -1` and this callback puts
+    the matrices of the last resample back at every rollout start: between resamples the noise
+    function is fixed, as with training at episode ends, while the policy's mean keeps learning.
+
+    :param interval: "episode", or k: also resample every k environment steps
+    """
+
+    def __init__(self, interval: int | Literal["episode"] = "episode", verbose: int = 0) -> None:
+        super().__init__(interval, verbose)
+        self._held: dict[str, th.Tensor] | None = None
+
+    def _on_rollout_start(self) -> None:
+        if self._held is None:  # SB3 has just drawn the first matrices
+            self._hold()
+        else:
+            self._put_back()
+
+    def _on_step(self) -> bool:
+        if self._resample_due():
+            self.model.actor.reset_noise(self.training_env.num_envs)
+            self._hold()
+        return True
+
+    def _hold(self) -> None:
+        dist = self.model.actor.action_dist
+        self._held = {name: getattr(dist, name).detach().clone() for name in MATRICES}
+
+    def _put_back(self) -> None:
+        dist = self.model.actor.action_dist
+        for name, value in self._held.items():
+            setattr(dist, name, value.clone())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The held matrices and the step count within the episode (for checkpoints)."""
+        held = None if self._held is None else {name: value.clone() for name, value in self._held.items()}
+        return {"steps_in_episode": self._steps_in_episode, "held": held}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._steps_in_episode = state["steps_in_episode"]
+        self._held = state["held"]
