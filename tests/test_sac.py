@@ -81,7 +81,7 @@ def test_gsde_trained_every_step_keeps_its_interval(interval: int | str, k: int 
     model.learn(45, callback=CallbackList([probe, GSDEScheduleCallback(interval)]))
     expected = [j == 1 or (k is not None and (j - 1) % k == 0) for j in in_episode_index(probe.dones)]
     assert changed(probe.states) == expected
-    # SB3 alone redraws at every rollout start and gradient step: a rollout of one step explores with new noise each step
+    # SB3 alone redraws at every rollout start and gradient step: with rollouts of one step, new noise every step
     alone = Exploration()
     tiny_sac(use_sde=True, sde_sample_freq=3, train_freq=1, gradient_steps=1, learning_starts=5).learn(
         45, callback=alone
