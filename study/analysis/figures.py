@@ -383,7 +383,8 @@ def sigma_trajectories(
     )
     if columns is not None and frame["env"].nunique() == 1:
         frame["panel"] = config_label(frame, [columns])
-    panels = list(dict.fromkeys(frame.sort_values([c for c in ("env", columns) if c])["panel"]))
+    ordered = frame if columns is None else frame.sort_values(columns, kind="stable")  # YAML order of the levels
+    panels = list(dict.fromkeys(ordered["panel"]))
     styles = config_styles(frame, lines)
     cols = len(panels)
     width = WIDTH * (1.5 if cols > 4 else 1.0 if cols > 1 else 0.62)
