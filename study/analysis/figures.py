@@ -466,25 +466,49 @@ def episodes_to_solve_vs_n(
     return _finish(fig, axes, len(levels), title)
 
 
-def solved_fraction(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float) -> Figure:
+def solved_fraction(
+    metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: float, panel: str | None = None
+) -> Figure:
     """Fraction of seeds solved by each training episode, one panel per chain length N, one
-    line per configuration (runs never solved stay unsolved up to the budget)."""
-    frame = metrics.assign(config=config_label(metrics, factors))
+    line per configuration (runs never solved stay unsolved up to the budget). With `panel`,
+    one row of panels per level of that factor."""
+    lines = [f for f in factors if f != panel]
+    frame = metrics.assign(config=config_label(metrics, lines))
     levels = [str(level) for level in dict.fromkeys(frame.sort_values(n)[n])]
-    styles = config_styles(frame, factors)
+    rows = list(dict.fromkeys(frame.sort_values(panel)[panel])) if panel else [None]
+    styles = config_styles(frame, lines)
     episodes = np.arange(0, int(budget) + 1)
-    fig, axes = _panels([f"N = {level}" for level in levels], height=PANEL_HEIGHT * 0.8)
-    for ax, level in zip(axes.flat, levels, strict=False):
-        for config, group in frame[frame[n].astype(str) == level].groupby("config", sort=False):
-            solved = group["episodes_to_solve"].to_numpy(dtype=float)
-            fraction = (solved[None, :] <= episodes[:, None]).mean(axis=1)
-            style = styles[config]
-            ax.step(episodes, fraction, where="post", color=style["color"], linestyle=style["linestyle"], label=config)
-        ax.set_title(f"N = {level}")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("training episodes")
-        ax.set_ylabel("fraction of seeds solved")
-    return _finish(fig, axes, len(levels), legend_title(factors) if factors else None)
+    if panel:
+        fig, axes = plt.subplots(
+            len(rows), len(levels), figsize=(WIDTH * 1.5, PANEL_HEIGHT * 0.8 * len(rows)), squeeze=False, sharey=True
+        )
+    else:
+        fig, axes = _panels([f"N = {level}" for level in levels], height=PANEL_HEIGHT * 0.8)
+    for r, row in enumerate(rows):
+        subset = frame if row is None else frame[frame[panel] == row]
+        for c, level in enumerate(levels):
+            ax = axes[r, c] if panel else axes.flat[c]
+            for config, group in subset[subset[n].astype(str) == level].groupby("config", sort=False):
+                solved = group["episodes_to_solve"].to_numpy(dtype=float)
+                fraction = (solved[None, :] <= episodes[:, None]).mean(axis=1)
+                style = styles[config]
+                ax.step(
+                    episodes, fraction, where="post", color=style["color"], linestyle=style["linestyle"], label=config
+                )
+            if r == 0:
+                ax.set_title(f"N = {level}", fontsize="small")
+            ax.set_ylim(-0.03, 1.03)
+            ax.xaxis.set_major_formatter(STEPS)
+            if panel is None:
+                ax.set_xlabel("training episodes")
+                ax.set_ylabel("fraction of seeds solved")
+    if panel:
+        for ax, row in zip(axes[:, 0], rows, strict=True):
+            ax.set_ylabel(f"{level_label(panel, row, first=False)}\nfraction solved")
+        for ax in axes.flat:
+            ax.tick_params(labelsize=7)
+        fig.supxlabel("training episodes", y=0.0, fontsize="medium")
+    return _finish(fig, axes, len(levels) * len(rows), legend_title(lines) if lines else None)
 
 
 def action_traces(traces: pd.DataFrame, factors: Sequence[str], env: str, dim: int = 0) -> Figure:

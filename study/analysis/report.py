@@ -127,8 +127,9 @@ def build_report(
         figure(  # evaluations after each episode end at different steps in each run: curves over episodes
             "solved_fraction",
             "Fraction of seeds solved (greedy policy optimal in `solved_window` consecutive evaluations) by each "
-            "training episode, one panel per chain length N.",
-            lambda: figures.solved_fraction(metrics, chain_n, chain_others, budget),
+            "training episode, one panel per chain length N"
+            + (f" (one row per level of `{chain_panel}`)." if chain_panel else "."),
+            lambda: figures.solved_fraction(metrics, chain_n, chain_others, budget, chain_panel),
         )
     else:
         warmup = _warmup_steps(loaded)
