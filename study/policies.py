@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch as th
 from sb3_contrib.qrdqn.policies import QRDQNPolicy, QuantileNetwork
-from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy, ContinuousCritic
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from stable_baselines3.sac.policies import Actor as SACActor
@@ -18,6 +22,7 @@ from torch import nn
 from study.exploration.colored import ColoredNoiseProcess, colored_sample
 from study.exploration.distances import rms_action_distance, softmax_kl_distance
 from study.exploration.noisy import make_noisy, moved_generator, noise_off, noisy_layers
+from study.exploration.segments import SegmentNoise
 
 
 def insert_layer_norm(net: nn.Sequential, output_layer: bool = True) -> nn.Sequential:
@@ -299,3 +304,68 @@ class NoisyDQNPolicy(ParamNoiseDQNPolicy):
         targets = [eps for layer in noisy_layers(self.q_net) for eps in (layer.weight_epsilon, layer.bias_epsilon)]
         for eps, saved in zip(targets, state, strict=True):
             eps.copy_(saved)
+
+
+class ParamNoiseActorCriticPolicy(ActorCriticPolicy):
+    """PPO/TRPO policy whose mean path (the policy latent network and the action head; never the
+    log-std, the value network or LayerNorm) can act perturbed, each row of a batch under the
+    perturbation of its own segment (`study.exploration.segments`): collection acts with the
+    current segment's ε while `explore_perturbed` is set, and the update evaluates each step of
+    the rollout under the ε that chose it (`train_rows`, set by `SegmentRolloutBuffer` with
+    every batch). Predictions outside the update (evaluation) use the unperturbed mean.
+    `layer_norm`: a LayerNorm after each hidden Linear of the policy and value networks."""
+
+    def __init__(self, *args: Any, layer_norm: bool = False, **kwargs: Any) -> None:
+        self.layer_norm = layer_norm
+        super().__init__(*args, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        super()._build_mlp_extractor()
+        if self.layer_norm:
+            extractor = self.mlp_extractor
+            extractor.policy_net = insert_layer_norm(extractor.policy_net, output_layer=False).to(self.device)
+            extractor.value_net = insert_layer_norm(extractor.value_net, output_layer=False).to(self.device)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        layers = [m for net in (self.mlp_extractor.policy_net, self.action_net) for m in net.modules()]
+        self.segment_noise = SegmentNoise([m for m in layers if isinstance(m, nn.Linear)])
+        self.explore_perturbed = False
+        self.train_rows: th.Tensor | None = None
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return super()._get_constructor_parameters() | {"layer_norm": self.layer_norm}
+
+    def set_train_rows(self, segments: np.ndarray) -> None:
+        """The segment of each row of the batch the update evaluates next."""
+        self.train_rows = th.as_tensor(segments, device=self.device)
+
+    @contextmanager
+    def _rows(self, rows: th.Tensor | None) -> Iterator[None]:
+        self.segment_noise.rows = rows
+        try:
+            yield
+        finally:
+            self.segment_noise.rows = None
+
+    def _update_rows(self) -> th.Tensor | None:
+        return self.train_rows if self.training else None
+
+    def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        rows = None
+        if self.explore_perturbed and not deterministic:
+            rows = th.full((len(obs),), self.segment_noise.current, device=self.device)
+        with self._rows(rows):
+            return super().forward(obs, deterministic)
+
+    def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        with self._rows(self._update_rows()):
+            return super().evaluate_actions(obs, actions)
+
+    def get_distribution(self, obs: PyTorchObs) -> Distribution:
+        return self.distribution_under(obs, self._update_rows())
+
+    def distribution_under(self, obs: PyTorchObs, rows: th.Tensor | None) -> Distribution:
+        """The action distribution with row i of `obs` under segment rows[i] (None: unperturbed)."""
+        with self._rows(rows):
+            return super().get_distribution(obs)
