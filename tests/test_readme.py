@@ -19,6 +19,7 @@ CAP_STEPS = 300
 CAPPED = {  # section heading → why the snippet cannot run in full here
     "Parameter noise in your own script": "trains TD3 and SAC on HalfCheetah-v5 for 1M steps each",
     "Discrete actions: DQN, NoisyNet, prioritized replay, the chain MDP": "trains two DQNs for 50k steps each",
+    "On-policy: PPO and TRPO": "trains PPO on HalfCheetah-v5 for 1M steps",
 }
 CAP = f"""
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
