@@ -18,7 +18,9 @@ from study.exploration.colored import ColoredSamplingCallback
 from study.exploration.ez_greedy import EzGreedyCallback
 from study.exploration.gsde import GSDEScheduleCallback
 from study.exploration.noisy import NoisyNetCallback
+from study.exploration.onpolicy import OnPolicyParamNoiseCallback
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
+from study.exploration.segments import SegmentRolloutBuffer
 from study.features import FEATURES
 from study.registry import ALGORITHMS, resolve
 
@@ -54,7 +56,12 @@ def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm
     }
     kwargs = settings.hyperparams.sb3_kwargs()
     callbacks: list[BaseCallback] = []
-    if not algo.discrete:
+    if algo.on_policy and exploration.param_noise is not None:
+        noise = exploration.param_noise
+        kwargs["rollout_buffer_class"] = SegmentRolloutBuffer
+        options = noise.model_dump(include={"interval", "adaptive", "initial_sigma", "target_distance", "alpha"})
+        callbacks.append(OnPolicyParamNoiseCallback(**options, distance=noise.distance or "kl", seed=seed))
+    if not algo.discrete and not algo.on_policy:
         policy_kwargs["explore_mean"] = exploration.mean_actions
         noise, dim = exploration.action_noise, env.action_space.shape[0]
         seq_len = noise.seq_len or episode_limit(env)
@@ -98,8 +105,9 @@ def build(settings: RunSettings, env: gym.Env, seed: int) -> tuple[BaseAlgorithm
         ez = exploration.ez_greedy
         n_actions = int(env.action_space.n)
         callbacks.append(EzGreedyCallback(ez.mu, ez.max_duration, n_actions, derived_seed(seed, "ez-greedy")))
-    if exploration.param_noise is not None:
-        callbacks.append(ParamNoiseCallback(**exploration.param_noise.model_dump(), seed=seed))
+    if exploration.param_noise is not None and not algo.on_policy:
+        options = exploration.param_noise.model_dump(exclude={"distance"})
+        callbacks.append(ParamNoiseCallback(**options, seed=seed))
     if noisy is not None:
         callbacks.append(
             NoisyNetCallback(resample=noisy.resample, epsilon=noisy.epsilon, log_every=noisy.log_every, seed=seed)

@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 CHECKPOINT = "checkpoint.pkl"
 # the algorithms whose resume the tests prove exact (tests/test_checkpoint.py): a run resumed by
 # another engine, or by an earlier version of this one, is not a reference result
-EXACT_RESUME_ALGOS = frozenset({"td3", "ddpg", "sac", "dqn", "qrdqn"})
+EXACT_RESUME_ALGOS = frozenset({"td3", "ddpg", "sac", "dqn", "qrdqn", "ppo", "trpo"})
 # bumped whenever what a checkpoint holds changes: runs record it when they resume
 RESUME_VERSION = 2
 # gSDE's current exploration, which SB3 keeps outside the policy's state dict
@@ -90,7 +90,7 @@ def run_state(model: BaseAlgorithm, parts: dict[str, Stateful]) -> dict[str, Any
     return {
         "version": RESUME_VERSION,
         "algorithm": algorithm_state(model),
-        "replay_buffer": model.replay_buffer,
+        "replay_buffer": getattr(model, "replay_buffer", None),  # on-policy: a rollout starts afresh
         "env": model.get_env() if normalize is None else normalize.venv,
         "normalize": None if normalize is None else normalize_state(normalize),
         "sims": sim_states(model.get_env()),
@@ -213,7 +213,8 @@ class Checkpointer(BaseCallback):
             self.clear()
             return False
         load_run_state(model, state, self.parts)
-        model.replay_buffer = state["replay_buffer"]
+        if state["replay_buffer"] is not None:
+            model.replay_buffer = state["replay_buffer"]
         _set_rng_state(state["rng"])
         self._resume = {
             "action_noise": copy.deepcopy(state["algorithm"]["attributes"].get("action_noise")),

@@ -30,7 +30,14 @@ from pydantic import (
 )
 
 from study.messages import Problem, did_you_mean, problems, show
-from study.registry import ALGORITHMS, PARAM_NOISE_DEFAULTS, argument_problem, arguments, param_noise_defaults
+from study.registry import (
+    ALGORITHMS,
+    PARAM_NOISE_DEFAULTS,
+    Algorithm,
+    argument_problem,
+    arguments,
+    param_noise_defaults,
+)
 from study.schedules import canonical, schedule
 from study.yamlio import KeyLines, describe_error, load_yaml
 
@@ -77,6 +84,7 @@ class ParamNoiseSettings(_Strict):
     adapt_every: PositiveInt = 100
     alpha: float = Field(1.01, gt=1.0)
     follow_learner: bool = False
+    distance: Literal["kl", "rms"] | None = None  # on-policy algorithms: how d is measured (default: kl)
 
     def for_actions(self, discrete: bool) -> ParamNoiseSettings:
         """These settings with the defaults of a continuous or a discrete action space, from the
@@ -404,6 +412,9 @@ class _SharedSettings(_Strict):
             raise ValueError(
                 f"hyperparams.n_steps: n-step returns come from uniform replay only (replay.type: {self.replay.type})"
             )
+        on_policy_problem = _on_policy_problem(self, algo)
+        if on_policy_problem:
+            raise ValueError(on_policy_problem)
         if isinstance(self.net_arch, ActorCriticArch) and algo.discrete:
             raise ValueError(f"net_arch: {self.algo} has one network: a list of its hidden layers")
         if exploration.gsde is not None and "use_sde" not in algo.hyperparams():
@@ -440,6 +451,35 @@ class _SharedSettings(_Strict):
             if problem:
                 raise ValueError(f"{problem} (engine: stacked; engine: sb3 runs it)")
         return self
+
+
+def _on_policy_problem(settings: _SharedSettings, algo: Algorithm) -> str | None:
+    """What in `settings` only an off-policy algorithm can have (or the reverse), or None."""
+    exploration, noise = settings.exploration, settings.exploration.param_noise
+    if not algo.on_policy:
+        if noise is not None and noise.distance is not None:
+            return (
+                f"exploration.param_noise.distance: {settings.algo} measures d its own way (rms for continuous, "
+                "kl for discrete actions); the choice is for on-policy algorithms (ppo, trpo)"
+            )
+        return None
+    unsupported = {
+        "exploration.action_noise": exploration.action_noise.type != "none",
+        "exploration.gsde": exploration.gsde is not None,
+        "exploration.sampling_noise": exploration.sampling_noise is not None,
+        "exploration.mean_actions": exploration.mean_actions,
+        "replay.type": settings.replay.type != "uniform",
+        "net_arch": isinstance(settings.net_arch, ActorCriticArch),
+        "exploration.param_noise.adapt_every": noise is not None and "adapt_every" in noise.model_fields_set,
+        "exploration.param_noise.follow_learner": noise is not None and noise.follow_learner,
+    }
+    for key, present in unsupported.items():
+        if present:
+            return (
+                f"{key}: not for {settings.algo}, which learns on-policy (parameter noise, adapted once per "
+                "rollout, is its exploration besides its own Gaussian; net_arch: a list for both networks)"
+            )
+    return None
 
 
 def stacked_engine_problem(settings: _SharedSettings) -> str | None:

@@ -104,7 +104,7 @@ def calibrate(task: Sequence[RunSpec], steps: int = CALIBRATION_STEPS) -> tuple[
         for spec in task:
             parts.append(build_run(spec))
         model = parts[0].model
-        learning_starts = model.learning_starts
+        learning_starts = getattr(model, "learning_starts", 0)  # on-policy: none
         warm = min(learning_starts, WARMUP_STEPS)
         for part in parts:
             _shorten(part, warm)
@@ -148,9 +148,10 @@ def _shorten(parts: RunParts, warm: int) -> None:
     """The run's model and callbacks set for calibration: `warm` warm-up steps, one evaluation
     (at the end), no early stop, and one gradient step per step for episodic training."""
     model = parts.model
-    model.learning_starts = warm
-    if model.train_freq.unit == TrainFrequencyUnit.EPISODE and model.gradient_steps < 0:
-        model.train_freq, model.gradient_steps = TrainFreq(1, TrainFrequencyUnit.STEP), 1
+    if hasattr(model, "train_freq"):  # off-policy (on-policy models train after each rollout)
+        model.learning_starts = warm
+        if model.train_freq.unit == TrainFrequencyUnit.EPISODE and model.gradient_steps < 0:
+            model.train_freq, model.gradient_steps = TrainFreq(1, TrainFrequencyUnit.STEP), 1
     once = {"freq": NO_EVALUATION, "stop_when_solved": False}
     parts.evaluator.settings = parts.evaluator.settings.model_copy(update=once)
     parts.callbacks[:] = [callback for callback in parts.callbacks if not isinstance(callback, EpisodeLimit)]

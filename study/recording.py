@@ -90,7 +90,7 @@ class EpisodeRecorder(BaseCallback):
                     "continuity_cost": continuity,
                     "jerk_cost": jerk,
                     "sigma": self._sigma,
-                    "warmup": self._start < self.model.learning_starts,
+                    "warmup": self._start < getattr(self.model, "learning_starts", 0),  # on-policy: none
                     "switch_rate": switch_rate(self._actions, self.model.action_space),
                 }
             )

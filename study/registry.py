@@ -85,6 +85,7 @@ class Algorithm:
     discrete: bool = False  # acts in discrete action spaces (value-based)
     prioritized: bool = False  # learns from prioritized replay
     stacked: str | None = None  # its update over E stacked members (engine: stacked), "module:Class"
+    on_policy: bool = False  # learns from rollouts of its current policy (PPO, TRPO), not from replay
 
     @property
     def noisy(self) -> bool:
@@ -139,6 +140,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         discrete=True,
         stacked="study.stacked.dqn:StackedQRDQN",
     ),
+    "ppo": Algorithm("stable_baselines3:PPO", "study.policies:ParamNoiseActorCriticPolicy", on_policy=True),
+    "trpo": Algorithm("sb3_contrib:TRPO", "study.policies:ParamNoiseActorCriticPolicy", on_policy=True),
 }
 
 #: σ₀, δ and the ε-greedy rate on top, for settings left out (None), by action space (DESIGN.md §3)

@@ -24,6 +24,7 @@ from study.checkpoint import RESUME_VERSION, Checkpointer
 from study.config import RunSpec
 from study.envs import make_env
 from study.exploration.noisy import NoisyNetCallback
+from study.exploration.onpolicy import OnPolicyParamNoiseCallback
 from study.exploration.param_noise import ParamNoiseCallback, derived_seed
 from study.live import REPORT_EVERY_S
 from study.recording import EpisodeLimit, EpisodeRecorder, Evaluator, ProgressReporter
@@ -49,7 +50,7 @@ class RunParts:
     callbacks: list[BaseCallback]
     recorder: EpisodeRecorder
     evaluator: Evaluator
-    noise: ParamNoiseCallback | NoisyNetCallback | None
+    noise: ParamNoiseCallback | OnPolicyParamNoiseCallback | NoisyNetCallback | None
     envs: list[gym.Env]
     logger: Logger | None = None  # a TensorBoard logger set by `watch`
 
@@ -97,7 +98,8 @@ def build_run(spec: RunSpec, on_evaluation: OnEvaluation | None = None) -> RunPa
     ]
     try:
         model, callbacks = algos.build(settings, envs[0], spec.seed)
-        noise = next((cb for cb in callbacks if isinstance(cb, ParamNoiseCallback | NoisyNetCallback)), None)
+        noise_kinds = ParamNoiseCallback | OnPolicyParamNoiseCallback | NoisyNetCallback
+        noise = next((cb for cb in callbacks if isinstance(cb, noise_kinds)), None)
         recorder = EpisodeRecorder(sigma=(lambda: noise.sigma) if noise else None)
         evaluator = Evaluator(envs[1], settings.eval, derived_seed(spec.seed, "eval-env"), on_evaluation)
     except Exception:

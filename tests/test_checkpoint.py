@@ -31,6 +31,14 @@ EPSILON_GREEDY = {
 }
 SHORT_PENDULUM = {"env_kwargs": {"max_episode_steps": 50}}  # episodic training resumes at an episode start
 
+ON_POLICY = {  # rollouts of 50 steps: the checkpoint at 300 is a rollout start
+    "hyperparams": None,
+    "hyperparams.n_steps": 50,
+    "hyperparams.batch_size": 25,
+    "exploration.param_noise": None,
+    "exploration.param_noise.interval": "episode",
+}
+
 CASES = {
     "td3-param-noise": ("td3", {"exploration.param_noise.interval": 7}),
     "td3-ou": ("td3", {"exploration.param_noise": None, "exploration.action_noise": {"type": "ou"}}),
@@ -86,6 +94,9 @@ CASES = {
     # VecNormalize's statistics and running return carry over (rewards scaled, observations normalized)
     "td3-normalize": ("td3", {"normalize": True, "exploration.param_noise.interval": 7}),
     "sac-normalize-obs": ("sac", {"normalize": {"norm_reward": False}, "exploration.param_noise": None}),
+    # on-policy: the segments of the acting ε and the noise's stream carry over; σ adapted per rollout
+    "ppo-param-noise": ("ppo", ON_POLICY | {"hyperparams.n_epochs": 2, "exploration.param_noise.interval": 7}),
+    "trpo-param-noise-layer-norm": ("trpo", ON_POLICY | {"layer_norm": True}),
     "qrdqn-param-noise": ("qrdqn", CHAIN_DQN | {"algo": "qrdqn", "exploration.param_noise": {"interval": 5}}),
 }
 

@@ -140,3 +140,47 @@ def test_trpo_with_zero_sigma_trains_exactly_as_sb3_contrib_trpo() -> None:
     moved = TRPO(ParamNoiseActorCriticPolicy, env(), rollout_buffer_class=SegmentRolloutBuffer, **settings)
     moved.learn(120, callback=OnPolicyParamNoiseCallback(interval=3, initial_sigma=0.3, seed=0))
     assert not all(th.equal(a, b) for a, b in zip(parameters(plain), parameters(moved), strict=True))
+
+
+ON_POLICY_STUDY = {
+    "algo": "ppo",
+    "hyperparams": None,
+    "hyperparams.n_steps": 64,
+    "hyperparams.batch_size": 32,
+    "exploration.param_noise": None,
+    "exploration.param_noise.interval": 8,
+    "activation": "tanh",
+}
+
+
+@pytest.mark.parametrize("algo", ["ppo", "trpo"])
+def test_a_study_runs_ppo_and_trpo_with_parameter_noise(write_study, algo: str) -> None:
+    from study.config import load_study
+    from study.run import execute
+
+    spec = load_study(write_study(ON_POLICY_STUDY | {"algo": algo, "layer_norm": True})).runs[0]
+    result = execute(spec)
+    assert result.status == "done", result.error
+    adaptations = result.tables()["adaptations"]
+    assert list(adaptations["step"]) == [64, 128, 192, 256, 320]  # once per rollout
+    assert adaptations["sigma"].iloc[0] == 0.2 and adaptations["distance"].gt(0).all()
+    assert result.tables()["episodes"]["sigma"].notna().all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"exploration.action_noise": {"type": "normal"}}, "exploration.action_noise: not for ppo, which learns on"),
+        ({"exploration.param_noise.adapt_every": 10}, "exploration.param_noise.adapt_every: not for ppo"),
+        ({"exploration.param_noise.follow_learner": True}, "exploration.param_noise.follow_learner: not for ppo"),
+        ({"net_arch": {"pi": [8], "qf": [8]}}, "net_arch: not for ppo"),
+        ({"engine": "stacked"}, "algo: ppo has no stacked update yet"),
+        ({"hyperparams.buffer_size": 100}, "hyperparams.buffer_size: not a hyperparameter of ppo"),
+        ({"algo": "td3", "hyperparams": None, "exploration.param_noise.distance": "kl"}, "param_noise.distance: td3"),
+    ],
+)
+def test_bad_on_policy_settings(write_study, overrides, message) -> None:
+    from study.config import StudyError, load_study
+
+    with pytest.raises(StudyError, match=message):
+        load_study(write_study(ON_POLICY_STUDY | overrides))

@@ -352,6 +352,8 @@ def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train
 DISTANCE_LABELS = {
     "rms": "distance d\n(RMS, actions in [-1, 1])",
     "kl": "distance d\n(KL of softmax Q-values)",
+    "policy-kl": "distance d\n(KL of the Gaussian policies)",
+    "policy-rms": "distance d\n(RMS of the policy means)",
     "mixed": "distance d\n(RMS or KL)",
 }
 

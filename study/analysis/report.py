@@ -13,7 +13,7 @@ from study.analysis import figures, tables
 from study.analysis.aggregates import REPS, cell_stats, probability_of_improvement
 from study.analysis.labels import config_label
 from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
-from study.config import FULL_BUDGET, Study, StudyError
+from study.config import FULL_BUDGET, RunSettings, Study, StudyError
 from study.registry import ALGORITHMS
 from study.store import DAMAGED, DONE, FAILED, StudyResults, load_results
 
@@ -59,9 +59,17 @@ def _targets(results: StudyResults) -> pd.Series:
     return pd.Series(targets, dtype=float)
 
 
+def _distance_of(settings: RunSettings) -> str:
+    """The distance a run's parameter noise measures (a key of `figures.DISTANCE_LABELS`)."""
+    algo, noise = ALGORITHMS[settings.algo], settings.exploration.param_noise
+    if algo.on_policy:
+        return f"policy-{noise.distance or 'kl'}" if noise is not None else "policy-kl"
+    return "kl" if algo.discrete else "rms"
+
+
 def _distance(results: StudyResults) -> str:
     """The distance adaptive parameter noise measures in this study's runs: rms, kl or mixed."""
-    kinds = {"kl" if ALGORITHMS[spec.settings.algo].discrete else "rms" for spec in results.specs.values()}
+    kinds = {_distance_of(spec.settings) for spec in results.specs.values()}
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
@@ -224,7 +232,7 @@ def _warmup_steps(results: StudyResults) -> dict[str, float]:
     for spec in results.specs.values():
         value = spec.settings.hyperparams.learning_starts
         if value is None:
-            value = ALGORITHMS[spec.settings.algo].default("learning_starts")
+            value = ALGORITHMS[spec.settings.algo].default("learning_starts") or 0  # on-policy: no warm-up
         starts.setdefault(spec.env, set()).add(int(value))
     return {env: float(values.pop()) for env, values in starts.items() if len(values) == 1}
 

@@ -39,7 +39,7 @@ class OnPolicyParamNoiseCallback(ResamplingCallback):
         interval: int | Literal["episode"] = "episode",
         adaptive: bool = True,
         initial_sigma: float = 0.2,
-        target_distance: float = 0.01,
+        target_distance: float = 0.2,
         distance: Literal["kl", "rms"] = "kl",
         alpha: float = 1.01,
         seed: int | None = None,
