@@ -3,23 +3,25 @@
 On HalfCheetah-v5 (64-64 nets, batch 64), same hyperparameters within each group:
 - td3: SB3 TD3 with Gaussian action noise (the baseline) vs parameter noise, interval episode and 1;
 - sac (episodic training, as in the gSDE paper): SB3 SAC (the baseline) vs parameter noise
-  (interval episode) and gSDE-8.
+  (interval episode) and gSDE-8;
+- ppo (rollouts of one episode, 10 epochs of batches of 50): SB3 PPO (the baseline) vs on-policy
+  parameter noise, interval episode and 8 (each step evaluated under its own ε in the update).
 
 A repetition starts a fresh process (one torch thread) for every variant of a group, so that
 no model's caches, allocator or torch state reach another, and seeds them all with its index.
 Each process trains `--warmup` steps untimed (buffer past learning_starts, training running),
 one process after another. Then they take turns, one at a time while the others wait idle:
 in every round each trains one timed chunk (`--chunk` steps for TD3; one episode and its
-training for SAC, which trains at episode ends), in an order that rotates each round, until
-each has trained `--steps`. All variants' chunks of a round cover the same steps and run
-within seconds of each other. A round's ratio for a variant is the baseline's CPU time for
+training for SAC, which trains at episode ends; a rollout and its update for PPO), in an order
+that rotates each round, until each has trained `--steps`. All variants' chunks of a round
+cover the same steps and run within seconds of each other. A round's ratio for a variant is the baseline's CPU time for
 the chunk / the variant's (CPU time: a single-threaded process's wall time less the time it
 waited for a core); a repetition's ratio is the median over its rounds. Printed per variant,
 over repetitions: steps per wall and per CPU second, the median ratio with its min-max and
 interquartile range, and the same ratio from wall time (on a quiet machine the two agree).
 
     python benchmarks/overhead.py [--reps 5] [--steps 5000] [--warmup 3000] [--chunk 125]
-        [--groups td3,sac]
+        [--groups td3,sac,ppo]
     python benchmarks/overhead.py --quick  # smoke check: 1 repetition of short runs
 """
 
@@ -88,6 +90,24 @@ def sac(param_noise: bool = False, **kwargs: Any) -> Callable[[int], tuple[Any, 
     return make
 
 
+def ppo(param_noise: int | str | None = None) -> Callable[[int], tuple[Any, Any]]:
+    def make(seed: int) -> tuple[Any, Any]:
+        import gymnasium as gym
+        from stable_baselines3 import PPO
+
+        from study.exploration.onpolicy import OnPolicyParamNoiseCallback
+        from study.exploration.segments import SegmentRolloutBuffer
+        from study.policies import ParamNoiseActorCriticPolicy
+
+        settings = {"n_steps": EPISODE, "batch_size": 50, "policy_kwargs": NET, "seed": seed, "device": "cpu"}
+        if param_noise is None:
+            return PPO("MlpPolicy", gym.make(ENV), **settings), None
+        model = PPO(ParamNoiseActorCriticPolicy, gym.make(ENV), rollout_buffer_class=SegmentRolloutBuffer, **settings)
+        return model, OnPolicyParamNoiseCallback(interval=param_noise, adaptive=True, seed=seed)
+
+    return make
+
+
 #: per group: (variant, how to build it, target ratio or None); the first variant is the baseline
 GROUPS: dict[str, list[tuple[str, Callable[[int], tuple[Any, Any]], float | None]]] = {
     "td3": [
@@ -99,6 +119,11 @@ GROUPS: dict[str, list[tuple[str, Callable[[int], tuple[Any, Any]], float | None
         ("SB3 SAC", sac(), None),
         ("SAC + param noise, interval episode", sac(param_noise=True), 0.95),
         ("SAC + gSDE-8 (use_sde)", sac(use_sde=True, sde_sample_freq=8), None),
+    ],
+    "ppo": [
+        ("SB3 PPO", ppo(), None),
+        ("PPO + param noise, interval episode", ppo("episode"), 0.90),
+        ("PPO + param noise, interval 8", ppo(8), None),
     ],
 }
 
@@ -229,7 +254,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=3000, help=f"untimed steps first (> {LEARNING_STARTS:,})")
     parser.add_argument("--chunk", type=int, default=125, help="td3: steps per timed chunk (sac: an episode)")
-    parser.add_argument("--groups", default="td3,sac", help="comma-separated: td3, sac")
+    parser.add_argument("--groups", default="td3,sac", help="comma-separated: td3, sac, ppo")
     parser.add_argument("--quick", action="store_true", help="smoke check: --reps 1 --steps 1000 --warmup 2000")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # group:index:seed: serve one variant
     args = parser.parse_args()
@@ -253,7 +278,8 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, load average {load()} at the start\n"
         f"{args.reps} repetitions per group. A repetition starts one fresh process per variant; each trains "
         f"{args.warmup:,}\nsteps untimed (learning starts at {LEARNING_STARTS:,}), then {args.steps:,} timed "
-        f"steps in chunks (td3: {args.chunk} steps; sac: one\n{EPISODE:,}-step episode and its training); "
+        f"steps in chunks (td3: {args.chunk} steps; sac: one\n{EPISODE:,}-step episode and its training; ppo: "
+        "one rollout of an episode and its update); "
         "the processes take turns, one chunk at a time, order rotating.\n"
         "ratio: how fast the variant is relative to the baseline (variant 1), i.e. the baseline's CPU time\n"
         "for a chunk / the variant's for the same chunk, median over the rounds of a repetition; shown:\n"

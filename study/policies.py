@@ -331,30 +331,29 @@ class ParamNoiseActorCriticPolicy(ActorCriticPolicy):
         layers = [m for net in (self.mlp_extractor.policy_net, self.action_net) for m in net.modules()]
         self.segment_noise = SegmentNoise([m for m in layers if isinstance(m, nn.Linear)])
         self.explore_perturbed = False
-        self.train_rows: th.Tensor | None = None
+        self.train_rows: th.Tensor | int | None = None
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return super()._get_constructor_parameters() | {"layer_norm": self.layer_norm}
 
     def set_train_rows(self, segments: np.ndarray) -> None:
-        """The segment of each row of the batch the update evaluates next."""
-        self.train_rows = th.as_tensor(segments, device=self.device)
+        """The segment of each row of the batch the update evaluates next (one index where they share one)."""
+        one = len(segments) > 0 and (segments == segments[0]).all()
+        self.train_rows = int(segments[0]) if one else th.as_tensor(segments, device=self.device)
 
     @contextmanager
-    def _rows(self, rows: th.Tensor | None) -> Iterator[None]:
+    def _rows(self, rows: th.Tensor | int | None) -> Iterator[None]:
         self.segment_noise.rows = rows
         try:
             yield
         finally:
             self.segment_noise.rows = None
 
-    def _update_rows(self) -> th.Tensor | None:
+    def _update_rows(self) -> th.Tensor | int | None:
         return self.train_rows if self.training else None
 
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        rows = None
-        if self.explore_perturbed and not deterministic:
-            rows = th.full((len(obs),), self.segment_noise.current, device=self.device)
+        rows = self.segment_noise.current if self.explore_perturbed and not deterministic else None
         with self._rows(rows):
             return super().forward(obs, deterministic)
 
@@ -365,7 +364,7 @@ class ParamNoiseActorCriticPolicy(ActorCriticPolicy):
     def get_distribution(self, obs: PyTorchObs) -> Distribution:
         return self.distribution_under(obs, self._update_rows())
 
-    def distribution_under(self, obs: PyTorchObs, rows: th.Tensor | None) -> Distribution:
+    def distribution_under(self, obs: PyTorchObs, rows: th.Tensor | int | None) -> Distribution:
         """The action distribution with row i of `obs` under segment rows[i] (None: unperturbed)."""
         with self._rows(rows):
             return super().get_distribution(obs)

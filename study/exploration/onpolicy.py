@@ -116,8 +116,7 @@ class OnPolicyParamNoiseCallback(ResamplingCallback):
         self.noise.add(self.noise.draw(self.sigma, self._generator))  # a segment no step acts with
         try:
             unperturbed = policy.distribution_under(obs, None).distribution
-            rows = th.full((len(obs),), self.noise.current, device=policy.device)
-            perturbed = policy.distribution_under(obs, rows).distribution
+            perturbed = policy.distribution_under(obs, self.noise.current).distribution
         finally:
             self.noise.drop_last()
         mean, std, moved = unperturbed.mean, unperturbed.stddev, perturbed.mean

@@ -19,12 +19,16 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
+from torch.nn import functional as F
+
+FEW_SEGMENTS = 16  # up to this many segments in a rollout, a batch goes through all of them at once
 
 
 class SegmentNoise:
     """The ε of each segment of the current rollout for `layers`, and the forward hooks that
-    apply them: while `rows` is set (a segment index per row of the batch), each row's output
-    of a perturbed layer gets its segment's ε; while it is None the layers are untouched.
+    apply them: while `rows` is set (a segment index per row of the batch, or one index for all
+    rows), each row's output of a perturbed layer gets its segment's ε; while it is None the
+    layers are untouched.
 
     :param layers: the Linear layers to perturb (weights and biases)
     """
@@ -32,7 +36,7 @@ class SegmentNoise:
     def __init__(self, layers: Sequence[nn.Linear]) -> None:
         self.layers = list(layers)
         self.segments: list[list[th.Tensor]] = []  # per segment: [ε_W, ε_b] of each layer, in order
-        self.rows: th.Tensor | None = None
+        self.rows: th.Tensor | int | None = None  # a segment per row, or one for all rows
         self._stacked: list[th.Tensor] | None = None  # per tensor: [S, *shape], built on first use
         for i, layer in enumerate(self.layers):
             layer.register_forward_hook(partial(self._perturb, i))
@@ -68,17 +72,23 @@ class SegmentNoise:
         self._stacked = None
 
     def _perturb(self, i: int, module: nn.Linear, inputs: tuple[th.Tensor, ...], output: th.Tensor) -> th.Tensor | None:
-        if self.rows is None:
+        rows, x = self.rows, inputs[0]
+        if rows is None:
             return None
-        if len(self.rows) != len(inputs[0]):
+        if isinstance(rows, int):  # every row in one segment (collection, or a batch of one segment)
+            return output + F.linear(x, self.segments[rows][2 * i], self.segments[rows][2 * i + 1])
+        if len(rows) != len(x):
             raise ValueError(
-                f"segments given for {len(self.rows)} rows, a batch of {len(inputs[0])}: the batch must be the "
+                f"segments given for {len(rows)} rows, a batch of {len(x)}: the batch must be the "
                 "rollout buffer's (TRPO's sub_sampling_factor is not supported)"
             )
         if self._stacked is None:
             self._stacked = [th.stack(tensors) for tensors in zip(*self.segments, strict=True)]
-        weight, bias = self._stacked[2 * i][self.rows], self._stacked[2 * i + 1][self.rows]
-        return output + th.einsum("bi,boi->bo", inputs[0], weight) + bias
+        weights, biases = self._stacked[2 * i], self._stacked[2 * i + 1]
+        if len(self.segments) <= FEW_SEGMENTS:  # x through every segment's ε, then each row's own
+            every = th.einsum("bi,soi->bso", x, weights)
+            return output + every[th.arange(len(x), device=x.device), rows] + biases[rows]
+        return output + th.einsum("bi,boi->bo", x, weights[rows]) + biases[rows]
 
     def state_dict(self) -> dict[str, Any]:
         return {"segments": [[eps.clone() for eps in noise] for noise in self.segments]}
