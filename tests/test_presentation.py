@@ -136,3 +136,45 @@ def test_tradeoff_goes_log_when_costs_span_decades() -> None:
     ).assign(c_train=[1e-8, 2e-8, 0.3, 0.4])
     assert tradeoff(metrics, ["noise"]).axes[0].get_xscale() == "log"
     assert tradeoff(metrics.assign(c_train=[1.0, 2.0, 3.0, 4.0]), ["noise"]).axes[0].get_xscale() == "linear"
+
+
+def test_named_levels_that_set_k_are_drawn_against_k_with_the_others_as_baselines(write_study) -> None:
+    from types import SimpleNamespace
+
+    from study.analysis.report import _by_family
+    from study.config import load_study
+
+    grid = {
+        "none": {"exploration.mean_actions": True},
+        "param k=1": {"exploration.param_noise": {"interval": 1}},
+        "param k=episode": {"exploration.param_noise": {"interval": "episode"}},
+        "gSDE k=8": {"exploration.gsde": {"interval": 8}},
+        "gSDE k=2": {"exploration.gsde": {"interval": 2}},
+    }
+    overrides = {"algo": "sac", "exploration.param_noise": None, "hyperparams.train_freq": "episode"}
+    study = load_study(write_study(overrides | {"grid": {"noise": grid, "training": {"a": {}, "b": {}}}}))
+    results = SimpleNamespace(specs={spec.run_id: spec for spec in study.runs})
+    levels = pd.CategoricalDtype(list(grid), ordered=True)
+    metrics = pd.DataFrame(
+        [
+            {
+                "run_id": spec.run_id,
+                "env": spec.env,
+                "noise": spec.factors["noise"],
+                "training": spec.factors["training"],
+            }
+            for spec in study.runs
+        ]
+    ).astype({"noise": levels})
+    with_k, interval, others, baselines, baseline_factors = _by_family(metrics, results, ["noise", "training"])
+    assert list(with_k[interval].cat.categories) == ["1", "2", "8", "episode"]
+    assert set(zip(with_k["noise family"], with_k[interval], strict=True)) == {
+        ("parameter noise", "1"),
+        ("parameter noise", "episode"),
+        ("gSDE", "8"),
+        ("gSDE", "2"),
+    }
+    assert others == ["noise family", "training"]  # `noise` is drawn by family and k; `training` keeps its lines
+    assert set(baselines["noise"]) == {"none"} and baseline_factors == ["noise", "training"]
+    one_k = metrics[metrics["noise"].isin(["none", "param k=1", "gSDE k=8"])]
+    assert _by_family(one_k, results, ["noise", "training"]) is None  # no family with two values of k

@@ -15,7 +15,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles
-from study.analysis.labels import config_label, config_styles, legend_title, level_label, ordered_configs
+from study.analysis.labels import (
+    MARKERS,
+    config_label,
+    config_styles,
+    legend_title,
+    level_label,
+    ordered_configs,
+    palette,
+)
 from study.analysis.metrics import LABELS
 
 WIDTH = 7.0  # inches: a blog column at 150 dpi
@@ -227,10 +235,14 @@ def metric_vs_interval(
     metric: str,
     reps: int = REPS,
     episode_length: dict[str, float] | None = None,
+    baselines: pd.DataFrame | None = None,
+    baseline_factors: Sequence[str] = (),
 ) -> Figure:
     """A metric against the sampling interval k (log scale): IQM over seeds with its 95%
     stratified-bootstrap CI, per env. `episode` (resampling at episode starts only) is drawn
-    apart, not joined to the numbers, and labelled with the env's mean episode length."""
+    apart, not joined to the numbers, and labelled with the env's mean episode length.
+    `baselines`: runs without a sampling interval (rows of `metrics`' layout), drawn as
+    horizontal lines at their IQM with its CI as a band, one per combination of `baseline_factors`."""
     stats = cell_stats(metrics, metric, ["env", interval, *others], reps=reps)
     levels = [str(level) for level in metrics[interval].cat.categories]
     x = _interval_position(levels)
@@ -260,6 +272,8 @@ def metric_vs_interval(
                         linestyle=style["linestyle"] if line else "none",
                         label=config if line or not len(numbers) else None,
                     )
+        if baselines is not None and len(baselines):
+            _baseline_bands(ax, baselines[baselines["env"] == env], baseline_factors, metric, reps, len(styles))
         ax.set_xscale("log", base=2)
         labels = list(x)
         if EPISODE in x:
@@ -273,6 +287,22 @@ def metric_vs_interval(
         ax.set_xlabel("sampling interval k (steps)")
         ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
     return _finish(fig, axes, len(envs), legend_title(others) if others else None)
+
+
+def _baseline_bands(
+    ax: plt.Axes, runs: pd.DataFrame, factors: Sequence[str], metric: str, reps: int, offset: int
+) -> None:
+    """Each baseline configuration's IQM as a horizontal line, its 95% CI as a band."""
+    stats = cell_stats(runs, metric, list(factors), reps=reps) if len(runs) else pd.DataFrame()
+    if not len(stats):
+        return
+    stats["config"] = config_label(stats, factors)
+    colors = palette(offset + len(stats))[offset:]
+    for color, linestyle, row in zip(
+        colors, [":", "-.", (0, (1, 3)), (0, (5, 2))] * 8, stats.itertuples(), strict=False
+    ):
+        ax.axhline(row.iqm, color=color, linestyle=linestyle, linewidth=1.2, label=row.config)
+        ax.axhspan(row.iqm_low, row.iqm_high, color=color, alpha=0.1, linewidth=0)
 
 
 def factor_comparison(
@@ -336,17 +366,95 @@ def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train
                 color=styles[row.config]["color"],
                 label=row.config,
             )
-        positive = rows["mean_cost"][rows["mean_cost"] > 0]
-        log = len(positive) > 1 and positive.max() / positive.min() > 100
-        if log:  # costs that span decades
-            if len(positive) == len(rows):
-                ax.set_xscale("log")
-            else:  # a cost of exactly 0 (no noise at all) stays on the axis
-                ax.set_xscale("symlog", linthresh=float(positive.min()))
+        log = _cost_scale(ax, rows["mean_cost"])
         ax.set_title(env)
         ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)" + (", log scale" if log else ""))
         ax.set_ylabel("final return")
     return _finish(fig, axes, len(envs), legend_title(factors))
+
+
+def _cost_scale(ax: plt.Axes, costs: pd.Series) -> bool:
+    """A log-scaled cost axis where the costs span more than two decades (symlog where one is 0)."""
+    positive = costs[costs > 0]
+    if not (len(positive) > 1 and positive.max() / positive.min() > 100):
+        return False
+    if len(positive) == len(costs):
+        ax.set_xscale("log")
+    else:  # a cost of exactly 0 (no noise at all) stays on the axis
+        ax.set_xscale("symlog", linthresh=float(positive.min()))
+    return True
+
+
+def tradeoff_by_interval(
+    k_metrics: pd.DataFrame,
+    interval: str,
+    lines: Sequence[str],
+    baselines: pd.DataFrame,
+    baseline_factors: Sequence[str],
+    cost: str = "c_train",
+) -> Figure:
+    """Return against smoothness with each noise's sampling intervals joined in order of k (each
+    point labelled with its k), and the runs without a k as single points: mean ± standard
+    error over seeds on both axes; up and to the left is better."""
+
+    def cells(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+        ret = cell_stats(frame, "final_return", by, reps=1).set_index(by)
+        cst = cell_stats(frame, cost, by, reps=1).set_index(by)
+        return ret[["mean", "se"]].join(cst[["mean", "se"]], lsuffix="_return", rsuffix="_cost").reset_index()
+
+    curves = cells(k_metrics, ["env", *lines, interval])
+    curves["config"] = config_label(curves, lines)
+    points = cells(baselines, ["env", *baseline_factors]) if len(baselines) else pd.DataFrame()
+    if len(points):
+        points["config"] = config_label(points, baseline_factors)
+    envs = list(dict.fromkeys(k_metrics["env"]))
+    styles = config_styles(curves, lines)
+    colors = palette(len(styles) + len(points["config"].unique()) if len(points) else len(styles))[len(styles) :]
+    fig, axes = _panels(envs)
+    for ax, env in zip(axes.flat, envs, strict=False):
+        for config, group in curves[curves["env"] == env].groupby("config", sort=False):
+            group = group.sort_values(interval)
+            style = styles[config]
+            ax.errorbar(
+                group["mean_cost"],
+                group["mean_return"],
+                xerr=group["se_cost"].fillna(0),
+                yerr=group["se_return"].fillna(0),
+                color=style["color"],
+                marker=style["marker"],
+                linestyle=style["linestyle"],
+                capsize=2,
+                label=config,
+            )
+            for row in group.itertuples():
+                ax.annotate(
+                    "ep" if str(getattr(row, interval)) == EPISODE else str(getattr(row, interval)),
+                    (row.mean_cost, row.mean_return),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color=style["color"],
+                )
+        env_points = points[points["env"] == env] if len(points) else points
+        for color, marker, row in zip(colors, MARKERS * 4, env_points.itertuples(), strict=False):
+            ax.errorbar(
+                row.mean_cost,
+                row.mean_return,
+                xerr=np.nan_to_num(row.se_cost),
+                yerr=np.nan_to_num(row.se_return),
+                fmt=marker,
+                markerfacecolor="none",
+                markeredgewidth=1.4,
+                capsize=3,
+                color=color,
+                label=row.config,
+            )
+        costs = pd.concat([curves.loc[curves["env"] == env, "mean_cost"], env_points.get("mean_cost", pd.Series())])
+        log = _cost_scale(ax, costs)
+        ax.set_title(env)
+        ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)" + (", log scale" if log else ""))
+        ax.set_ylabel("final return")
+    return _finish(fig, axes, len(envs), legend_title(lines) + "   (numbers: the sampling interval k)")
 
 
 DISTANCE_LABELS = {

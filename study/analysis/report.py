@@ -149,23 +149,47 @@ def build_report(
             + _coinciding(figures.coinciding_curves(loaded.evaluations, factors)),
             lambda: figures.learning_curves(loaded.evaluations, factors, reps=min(reps, 500), warmup=warmup),
         )
+    k_metrics, k_others, baselines, baseline_factors = metrics, others, None, []
+    if interval is None:  # k set by named levels ("param k=8", "gSDE k=8")
+        by_family = _by_family(metrics, loaded, factors)
+        if by_family is not None:
+            k_metrics, interval, k_others, baselines, baseline_factors = by_family
+    drawn_apart = (
+        " Runs without a sampling interval are horizontal lines at their IQM, their CI a band."
+        if baselines is not None and len(baselines)
+        else ""
+    )
     if interval:
         figure(
             "return_vs_interval",
             "Final return against the noise sampling interval k: IQM over seeds with 95% bootstrap confidence "
             "intervals; `episode` resamples only at episode starts (drawn apart, with the mean length of the "
-            "training episodes).",
+            "training episodes)." + drawn_apart,
             lambda: figures.metric_vs_interval(
-                metrics, interval, others, "final_return", reps=reps, episode_length=_episode_length(loaded)
+                k_metrics,
+                interval,
+                k_others,
+                "final_return",
+                reps=reps,
+                episode_length=_episode_length(loaded),
+                baselines=baselines,
+                baseline_factors=baseline_factors,
             ),
         )
         if has_costs:
             figure(
                 "continuity_vs_interval",
                 "Continuity cost of the training episodes (C_train, 0–100, lower is smoother) against the "
-                "sampling interval k: IQM over seeds with 95% bootstrap confidence intervals.",
+                "sampling interval k: IQM over seeds with 95% bootstrap confidence intervals." + drawn_apart,
                 lambda: figures.metric_vs_interval(
-                    metrics, interval, others, "c_train", reps=reps, episode_length=_episode_length(loaded)
+                    k_metrics,
+                    interval,
+                    k_others,
+                    "c_train",
+                    reps=reps,
+                    episode_length=_episode_length(loaded),
+                    baselines=baselines,
+                    baseline_factors=baseline_factors,
                 ),
             )
     # a run that stops once solved ends at the optimum: its final return says nothing the
@@ -179,7 +203,15 @@ def build_report(
             "confidence intervals" + (f", one color per combination of {', '.join(rest)}." if rest else "."),
             lambda factor=factor, rest=rest: figures.factor_comparison(metrics, factor, rest, "final_return", reps),
         )
-    if has_costs:
+    if has_costs and baselines is not None:
+        figure(
+            "tradeoff",
+            "Return against smoothness: final return and continuity cost C_train (mean ± standard error over "
+            "seeds); each noise's sampling intervals joined in order of k (labelled, `ep`: once per episode), "
+            "runs without a k as single points. Up and to the left is better.",
+            lambda: figures.tradeoff_by_interval(k_metrics, interval, k_others, baselines, baseline_factors),
+        )
+    elif has_costs:
         figure(
             "tradeoff",
             "Return against smoothness: final return and continuity cost C_train (mean ± standard error over "
@@ -224,6 +256,42 @@ def build_report(
         _markdown(study, loaded, states, metrics, stats, captions, table, solve, include_warmup, reps)
     )
     return report
+
+
+#: the structured noises sampled on an interval k, and where a run's settings hold theirs
+INTERVAL_FAMILIES = {"parameter noise": "param_noise", "gSDE": "gsde"}
+FAMILY, INTERVAL = "noise family", "interval"
+
+
+def _by_family(
+    metrics: pd.DataFrame, results: StudyResults, factors: list[str]
+) -> tuple[pd.DataFrame, str, list[str], pd.DataFrame, list[str]] | None:
+    """For a study whose named levels set the sampling interval k ("param k=8", "gSDE k=8"):
+    the runs with a k, with columns for their noise family and k (ordered, `episode` last),
+    the factors left to tell their lines apart, the runs without a k (the baselines) and the
+    factors that name those. None where no family has two values of k."""
+    rows = {}
+    for run_id, spec in results.specs.items():
+        exploration = spec.settings.exploration
+        found = [(name, getattr(exploration, key)) for name, key in INTERVAL_FAMILIES.items()]
+        rows[run_id] = next(((name, str(noise.interval)) for name, noise in found if noise is not None), ("", ""))
+    family = metrics["run_id"].map(lambda run: rows[run][0])
+    k = metrics["run_id"].map(lambda run: rows[run][1])
+    with_k = metrics.assign(**{FAMILY: family, INTERVAL: k})[family != ""]
+    if not len(with_k) or with_k.groupby(FAMILY)[INTERVAL].nunique().max() < 2:
+        return None
+    # a factor whose levels each set one family and k is drawn by them; the others keep their lines
+    absorbed = [
+        f
+        for f in factors
+        if with_k[f].nunique() > 1 and (with_k.groupby(f, observed=True)[[FAMILY, INTERVAL]].nunique() == 1).all().all()
+    ]
+    levels = sorted(set(with_k[INTERVAL]), key=lambda level: (level == "episode", int(level) if level.isdigit() else 0))
+    with_k[INTERVAL] = pd.Categorical(with_k[INTERVAL], categories=levels, ordered=True)
+    families = [name for name in INTERVAL_FAMILIES if name in set(with_k[FAMILY])]
+    with_k[FAMILY] = pd.Categorical(with_k[FAMILY], categories=families, ordered=True)
+    others = [FAMILY, *(f for f in factors if f not in absorbed)]
+    return with_k, INTERVAL, others, metrics[family == ""], list(factors)
 
 
 def _warmup_steps(results: StudyResults) -> dict[str, float]:
