@@ -104,3 +104,15 @@ def test_every_reference_run_is_sealed_and_verifies() -> None:
         assert not problems, f"{folder.name}: {problems}"
         assert MANIFEST in meta, f"{folder.name} is not sealed"
         assert MODEL not in meta[MANIFEST] and not (folder / MODEL).exists(), f"{folder.name} keeps a model"
+
+
+def test_the_results_document_links_only_what_is_committed() -> None:
+    import re
+
+    text = (REFERENCE / "README.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(links) >= 9
+    for link in links:
+        assert (REFERENCE / link).is_file(), link
+    for command in re.findall(r"python -m study report (ablations/\S+\.yaml)", text):
+        assert (ROOT / command).is_file(), command
