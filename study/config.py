@@ -472,6 +472,9 @@ def _on_policy_problem(settings: _SharedSettings, algo: Algorithm) -> str | None
         "net_arch": isinstance(settings.net_arch, ActorCriticArch),
         "exploration.param_noise.adapt_every": noise is not None and "adapt_every" in noise.model_fields_set,
         "exploration.param_noise.follow_learner": noise is not None and noise.follow_learner,
+        # the update must see the rollout's rows in order, each with its segment
+        "hyperparams.sub_sampling_factor": noise is not None
+        and (settings.hyperparams.model_extra or {}).get("sub_sampling_factor", 1) != 1,
     }
     for key, present in unsupported.items():
         if present:

@@ -106,6 +106,8 @@ def evaluate_model(
     settings = spec.settings
     if explore and settings.exploration.sampling_noise is not None:
         raise StudyError("--explore: SAC's colored sampling noise is not restored from a saved model")
+    if explore and settings.exploration.param_noise is not None and ALGORITHMS[settings.algo].on_policy:
+        raise StudyError(f"--explore: {settings.algo}'s parameter noise (its segments' ε) is not in a saved model")
     kwargs = settings.env_kwargs | ({"render_mode": "rgb_array"} if video is not None else {})
     if video is not None and sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders offscreen, without a display
@@ -122,7 +124,10 @@ def evaluate_model(
     if explore and settings.exploration.param_noise is not None:
         policy.explore_perturbed = True
     noisy = explore and settings.exploration.noisy_net is not None
-    resample = getattr(model, "sde_sample_freq", -1) if explore and getattr(model, "use_sde", False) else None
+    gsde = settings.exploration.gsde
+    resample = None  # gSDE: new matrices at episode starts and every k steps, as the run drew them
+    if explore and gsde is not None:
+        resample = -1 if gsde.interval == "episode" else gsde.interval
     seed: int | None = derived_seed(spec.seed, "evaluate")
     out = Evaluation([], [], [], [])
     try:

@@ -175,6 +175,7 @@ def test_a_study_runs_ppo_and_trpo_with_parameter_noise(write_study, algo: str) 
         ({"exploration.param_noise.follow_learner": True}, "exploration.param_noise.follow_learner: not for ppo"),
         ({"net_arch": {"pi": [8], "qf": [8]}}, "net_arch: not for ppo"),
         ({"engine": "stacked"}, "algo: ppo has no stacked update yet"),
+        ({"algo": "trpo", "hyperparams.sub_sampling_factor": 2}, "hyperparams.sub_sampling_factor: not for trpo"),
         ({"hyperparams.buffer_size": 100}, "hyperparams.buffer_size: not a hyperparameter of ppo"),
         ({"algo": "td3", "hyperparams": None, "exploration.param_noise.distance": "kl"}, "param_noise.distance: td3"),
     ],
@@ -184,3 +185,39 @@ def test_bad_on_policy_settings(write_study, overrides, message) -> None:
 
     with pytest.raises(StudyError, match=message):
         load_study(write_study(ON_POLICY_STUDY | overrides))
+
+
+def test_discrete_actions_are_refused() -> None:
+    model = PPO(ParamNoiseActorCriticPolicy, "CartPole-v1", rollout_buffer_class=SegmentRolloutBuffer, n_steps=16)
+    with pytest.raises(TypeError, match="continuous"):
+        model.learn(16, callback=OnPolicyParamNoiseCallback())
+
+
+def test_rms_distance_is_measured_in_the_normalized_action_space() -> None:
+    class Measure(OnPolicyParamNoiseCallback):
+        def adapt(self) -> None:
+            self.before = (self._generator.get_state(), copy.deepcopy(self.model.policy.state_dict()))
+            super().adapt()
+
+    model = noisy_ppo(n_steps=20)
+    callback = Measure(interval=5, initial_sigma=0.3, distance="rms", seed=2)
+    model.learn(20, callback=callback)
+    generator_state, weights = callback.before
+    policy, noise = model.policy, model.policy.segment_noise
+    policy.load_state_dict(weights)
+    noise.add(noise.draw(0.3, th.Generator().set_state(generator_state)))
+    obs = th.as_tensor(model.rollout_buffer.observations.reshape(20, -1))
+    with th.no_grad():
+        plain = policy.distribution_under(obs, None).distribution.mean
+        moved = policy.distribution_under(obs, noise.current).distribution.mean
+    expected = th.sqrt((((plain - moved) / 2.0) ** 2).mean())  # Pendulum's actions in [-2, 2]
+    assert callback.adaptations[0]["distance"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_explored_evaluation_is_refused_for_on_policy_parameter_noise(write_study) -> None:
+    from study.config import StudyError, load_study
+    from study.evaluate import evaluate_model
+
+    spec = load_study(write_study(ON_POLICY_STUDY)).runs[0]
+    with pytest.raises(StudyError, match="--explore: ppo's parameter noise"):
+        evaluate_model(spec, noisy_ppo(), episodes=1, explore=True)

@@ -29,6 +29,10 @@ class GSDEScheduleCallback(ResamplingCallback):
         super().__init__(interval, verbose)
         self._held: dict[str, th.Tensor] | None = None
 
+    def _on_training_start(self) -> None:
+        if self.model.num_timesteps == 0:  # the env was just reset: SB3's first draw starts the episode
+            self._steps_in_episode, self._held = 0, None
+
     def _on_rollout_start(self) -> None:
         if self._held is None:  # SB3 has just drawn the first matrices
             self._hold()

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 
 from study.exploration.param_noise import derived_seed
 from study.exploration.schedule import ResamplingCallback
@@ -23,7 +24,8 @@ class OnPolicyParamNoiseCallback(ResamplingCallback):
     With `adaptive`, once per rollout a fresh ε with the current σ perturbs the policy on the
     rollout's states and its distance d to the unperturbed policy is measured: the mean KL
     divergence KL(π_φ ‖ π_φ+ε) of the Gaussians (same std, so Σ_j (μ_j − μ̃_j)² / 2σ_j² per
-    state), or the RMS distance of their means; σ ← σ/α if d > δ else σ·α.
+    state), or the RMS distance of their means in the normalized [-1, 1] action space; σ ← σ/α if
+    d > δ else σ·α.
 
     :param interval: "episode", or k: also resample every k environment steps
     :param adaptive: adapt σ towards the target distance once per rollout
@@ -69,6 +71,8 @@ class OnPolicyParamNoiseCallback(ResamplingCallback):
             raise TypeError("on-policy parameter noise needs rollout_buffer_class=SegmentRolloutBuffer")
         if self.model.n_envs != 1:
             raise ValueError("parameter noise supports a single training environment")
+        if not isinstance(self.model.action_space, spaces.Box):
+            raise TypeError("on-policy parameter noise perturbs a Gaussian policy: continuous (Box) actions only")
         self.noise = policy.segment_noise
         buffer.on_sample = policy.set_train_rows
         if self._generator is None:
@@ -122,8 +126,10 @@ class OnPolicyParamNoiseCallback(ResamplingCallback):
         mean, std, moved = unperturbed.mean, unperturbed.stddev, perturbed.mean
         if self.distance_kind == "kl":
             distance = float((((mean - moved) ** 2) / (2 * std**2)).sum(dim=-1).mean())
-        else:
-            distance = float(th.sqrt(((mean - moved) ** 2).mean()))
+        else:  # in the normalized [-1, 1] action space, as off-policy parameter noise measures it
+            space = self.model.action_space
+            half_range = th.as_tensor((space.high - space.low) / 2, dtype=mean.dtype, device=mean.device)
+            distance = float(th.sqrt((((mean - moved) / half_range) ** 2).mean()))
         self.adaptations.append(
             {"step": self.num_timesteps, "sigma": self.sigma, "distance": distance, "target": self.target_distance}
         )

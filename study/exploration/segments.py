@@ -91,7 +91,8 @@ class SegmentNoise:
         return output + th.einsum("bi,boi->bo", x, weights[rows]) + biases[rows]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"segments": [[eps.clone() for eps in noise] for noise in self.segments]}
+        """The acting segment's ε: what a rollout start keeps (checkpoints are taken there)."""
+        return {"segments": [[eps.clone() for eps in noise] for noise in self.segments[-1:]]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.segments = [[eps.clone() for eps in noise] for noise in state["segments"]]
