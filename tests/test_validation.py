@@ -311,7 +311,10 @@ def test_schema_errors_read_naturally(study_text, tmp_path, capsys, line, messag
 @pytest.mark.parametrize(
     ("replace", "message"),
     [
-        ({"algo: td3": "algo: td4"}, "2: algo: unknown algorithm 'td4' (known: ddpg, dqn, ppo, qrdqn, sac, td3, trpo); did you "),
+        (
+            {"algo: td3": "algo: td4"},
+            "2: algo: unknown algorithm 'td4' (known: ddpg, dqn, ppo, qrdqn, sac, td3, trpo); did you ",
+        ),
         ({"[Pendulum-v1]": "[Pendulm-v1]"}, "3: envs: unknown environment id 'Pendulm-v1'; did you mean 'Pendulum-v1'"),
         (
             {"  learning_starts: 100": "  learning_strats: 100"},
