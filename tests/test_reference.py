@@ -28,6 +28,16 @@ def test_reference_sampling_interval_study_loads_complete() -> None:
     assert (REFERENCE / "sampling_interval" / "report-reduced" / "report.md").is_file()
 
 
+def test_reference_td3_mountaincar_sampling_interval_loads_complete() -> None:
+    study = load_study(ROOT / "ablations" / "sampling_interval.yaml", budget="mountaincar")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert len(metrics) == 80 and (metrics.groupby("interval", observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 60_000).all() and metrics["c_train"].notna().all()
+    assert {spec.settings.engine for spec in results.specs.values()} == {"stacked"}
+    assert (REFERENCE / "sampling_interval" / "report-mountaincar" / "report.md").is_file()
+
+
 def test_reference_chain_study_loads_complete() -> None:
     study = load_study(ROOT / "ablations" / "chain.yaml")
     results = load_results(study, REFERENCE)
