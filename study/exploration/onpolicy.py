@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import torch as th
 from gymnasium import spaces
 
-from study.exploration.param_noise import derived_seed
-from study.exploration.schedule import ResamplingCallback
+from study.exploration.param_noise import AdaptedSigmaCallback
 from study.exploration.segments import SegmentRolloutBuffer
 
 DISTANCES = ("kl", "rms")
 
 
-class OnPolicyParamNoiseCallback(ResamplingCallback):
+class OnPolicyParamNoiseCallback(AdaptedSigmaCallback):
     """Explore with the Gaussian policy's mean network perturbed, φ + ε, ε redrawn at every
     episode start and every `interval` steps; the policy keeps its own action noise. Each step
     records the segment (the ε) that chose its action, and the update evaluates it under that
@@ -47,19 +45,12 @@ class OnPolicyParamNoiseCallback(ResamplingCallback):
         seed: int | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(interval, verbose)
+        super().__init__(interval, adaptive, alpha, seed, verbose)
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        self.adaptive = adaptive
         self.initial_sigma, self.target_distance = initial_sigma, target_distance
         self.distance_kind = distance
-        self.alpha = alpha
-        self.seed = seed
         self.sigma = initial_sigma
-        self.adaptations: list[dict[str, float]] = []
-        self.resamples = 0
-        self._generator: th.Generator | None = None
-        self._pending_state: dict[str, Any] | None = None
 
     def _init_callback(self) -> None:
         policy, buffer = self.model.policy, self.model.rollout_buffer
@@ -76,12 +67,8 @@ class OnPolicyParamNoiseCallback(ResamplingCallback):
         self.noise = policy.segment_noise
         buffer.on_sample = policy.set_train_rows
         if self._generator is None:
-            seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
-            self._generator = th.Generator(device=policy.device)
-            self._generator.manual_seed(derived_seed(seed, "perturbation"))
-        if self._pending_state is not None:
-            self._restore(self._pending_state)
-            self._pending_state = None
+            self._seed_streams(policy.device)
+        self._restore_pending()
 
     def _on_training_start(self) -> None:
         self.model.policy.explore_perturbed = True
@@ -130,32 +117,11 @@ class OnPolicyParamNoiseCallback(ResamplingCallback):
             space = self.model.action_space
             half_range = th.as_tensor((space.high - space.low) / 2, dtype=mean.dtype, device=mean.device)
             distance = float(th.sqrt((((mean - moved) / half_range) ** 2).mean()))
-        self.adaptations.append(
-            {"step": self.num_timesteps, "sigma": self.sigma, "distance": distance, "target": self.target_distance}
-        )
-        self.logger.record("param_noise/distance", distance)
-        self.sigma = self.sigma / self.alpha if distance > self.target_distance else self.sigma * self.alpha
-        self.logger.record("param_noise/sigma", self.sigma)
+        self._adapted(distance, self.target_distance)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the noise exactly (for checkpoints)."""
-        return {
-            "sigma": self.sigma,
-            "steps_in_episode": self._steps_in_episode,
-            "resamples": self.resamples,
-            "adaptations": list(self.adaptations),
-            "generator": self._generator.get_state(),
-            "noise": self.noise.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state_dict()`; takes effect when training starts."""
-        self._pending_state = state
+        return super().state_dict() | {"noise": self.noise.state_dict()}
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.sigma = state["sigma"]
-        self._steps_in_episode = state["steps_in_episode"]
-        self.resamples = state["resamples"]
-        self.adaptations = list(state["adaptations"])
-        self._generator.set_state(state["generator"])
+        super()._restore(state)
         self.noise.load_state_dict(state["noise"])

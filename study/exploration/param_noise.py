@@ -21,7 +21,72 @@ def derived_seed(seed: int, stream: str) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-class ParamNoiseCallback(ResamplingCallback):
+class AdaptedSigmaCallback(ResamplingCallback):
+    """Base of the parameter-noise callbacks: the current σ and its adaptations, the count of
+    resamples, the perturbations' own seeded random stream, and the checkpoint state they share.
+
+    :param interval: "episode", or k: also resample every k environment steps
+    :param adaptive: adapt σ towards the target distance
+    :param alpha: adaptation factor
+    :param seed: seed of the noise's own random streams
+    """
+
+    def __init__(
+        self, interval: int | Literal["episode"], adaptive: bool, alpha: float, seed: int | None, verbose: int = 0
+    ) -> None:
+        super().__init__(interval, verbose)
+        self.adaptive, self.alpha, self.seed = adaptive, alpha, seed
+        self.sigma: float | None = None  # the current σ
+        self.adaptations: list[dict[str, float]] = []
+        self.resamples = 0
+        self._generator: th.Generator | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def _seed_streams(self, device: th.device) -> int:
+        """Seed the perturbations' generator (from `seed`, or fresh entropy); the seed used."""
+        seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        self._generator = th.Generator(device=device)
+        self._generator.manual_seed(derived_seed(seed, "perturbation"))
+        return seed
+
+    def _adapted(self, distance: float, target: float) -> None:
+        """Record a measured distance d and move σ: σ/α if d > δ, else σ·α."""
+        self.adaptations.append(
+            {"step": self.num_timesteps, "sigma": self.sigma, "distance": distance, "target": target}
+        )
+        self.logger.record("param_noise/distance", distance)
+        self.logger.record("param_noise/target_distance", target)
+        self.sigma = self.sigma / self.alpha if distance > target else self.sigma * self.alpha
+        self.logger.record("param_noise/sigma", self.sigma)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the noise streams exactly (for checkpoints)."""
+        return {
+            "sigma": self.sigma,
+            "steps_in_episode": self._steps_in_episode,
+            "resamples": self.resamples,
+            "adaptations": list(self.adaptations),
+            "generator": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`; takes effect when training starts."""
+        self._pending_state = state
+
+    def _restore_pending(self) -> None:
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.sigma = state["sigma"]
+        self._steps_in_episode = state["steps_in_episode"]
+        self.resamples = state["resamples"]
+        self.adaptations = list(state["adaptations"])
+        self._generator.set_state(state["generator"])
+
+
+class ParamNoiseCallback(AdaptedSigmaCallback):
     """Explore with θ̃ = θ + ε, resampled at every episode start and every `interval` steps.
 
     Requires a policy with a perturbed copy of its acting network (see `study.policies`).
@@ -60,10 +125,9 @@ class ParamNoiseCallback(ResamplingCallback):
         seed: int | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(interval, verbose)
+        super().__init__(interval, adaptive, alpha, seed, verbose)
         if target_distance is not None and target_epsilon is not None:
             raise ValueError("target_distance and target_epsilon: choose one way to set δ")
-        self.adaptive = adaptive
         self._given = {
             "initial_sigma": initial_sigma,
             "target_distance": target_distance,
@@ -73,15 +137,9 @@ class ParamNoiseCallback(ResamplingCallback):
         # resolved for the model's action space when training starts
         self.initial_sigma, self.target_distance = initial_sigma, target_distance
         self.target_epsilon, self.epsilon = target_epsilon, epsilon
-        self.sigma: float | None = None  # the current σ
         self.adapt_every = adapt_every
-        self.alpha = alpha
         self.follow_learner = follow_learner
-        self.seed = seed
-        self.adaptations: list[dict[str, float]] = []
-        self.resamples = 0
         self._acting: Perturbation | None = None
-        self._pending_state: dict[str, Any] | None = None
 
     def _init_callback(self) -> None:
         policy = self.model.policy
@@ -102,15 +160,11 @@ class ParamNoiseCallback(ResamplingCallback):
         if self.sigma is None:
             self.sigma = self.initial_sigma
         if self._acting is None or self._acting.source is not policy.acting_net:
-            seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
-            self._generator = th.Generator(device=policy.device)
-            self._generator.manual_seed(derived_seed(seed, "perturbation"))
+            seed = self._seed_streams(policy.device)
             self._rng = np.random.default_rng(derived_seed(seed, "adaptation-states"))
             self._acting = Perturbation(policy.acting_net, policy.perturbed_net, policy.perturbed_parts)
             self._adaptive = Perturbation(policy.acting_net, policy.adaptive_net, policy.perturbed_parts)
-        if self._pending_state is not None:
-            self._restore(self._pending_state)
-            self._pending_state = None
+        self._restore_pending()
         if self.epsilon is not None:
             self.model.fixed_exploration_rate = self.epsilon
 
@@ -147,15 +201,7 @@ class ParamNoiseCallback(ResamplingCallback):
         """Measure d with a fresh perturbation of the adaptive copy and update σ."""
         obs = self._replay_states()
         self._adaptive.sample(self.sigma, self._generator)
-        distance = self.distance(obs)
-        target = self.current_target()
-        self.adaptations.append(
-            {"step": self.num_timesteps, "sigma": self.sigma, "distance": distance, "target": target}
-        )
-        self.logger.record("param_noise/distance", distance)
-        self.logger.record("param_noise/target_distance", target)
-        self.sigma = self.sigma / self.alpha if distance > target else self.sigma * self.alpha
-        self.logger.record("param_noise/sigma", self.sigma)
+        self._adapted(self.distance(obs), self.current_target())
 
     def current_target(self) -> float:
         """δ now: fixed, or matched to the target ε-greedy rate."""
@@ -181,27 +227,13 @@ class ParamNoiseCallback(ResamplingCallback):
         return self.model.policy.obs_to_tensor(obs)[0]
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the noise streams exactly (for checkpoints)."""
-        return {
-            "sigma": self.sigma,
-            "steps_in_episode": self._steps_in_episode,
-            "resamples": self.resamples,
-            "adaptations": list(self.adaptations),
-            "generator": self._generator.get_state(),
+        return super().state_dict() | {
             "rng": self._rng.bit_generator.state,
             "noise": [eps.clone() for eps in self._acting.noise],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state_dict()`; takes effect when training starts."""
-        self._pending_state = state
-
     def _restore(self, state: dict[str, Any]) -> None:
-        self.sigma = state["sigma"]
-        self._steps_in_episode = state["steps_in_episode"]
-        self.resamples = state["resamples"]
-        self.adaptations = list(state["adaptations"])
-        self._generator.set_state(state["generator"])
+        super()._restore(state)
         self._rng.bit_generator.state = state["rng"]
         for eps, saved in zip(self._acting.noise, state["noise"], strict=True):
             eps.copy_(saved)
