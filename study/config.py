@@ -681,6 +681,16 @@ class StudyFile(_SharedSettings):
         for factor, levels in grid.items():
             if len(levels) == 0:
                 raise ValueError(f"factor {factor!r} has no levels")
+            for label, over in levels.items() if isinstance(levels, dict) else ():
+                per_env = over.get(LEVEL_ENV_KEY, {}) if isinstance(over, dict) else {}
+                where = f"{factor}.{label}.{LEVEL_ENV_KEY}"
+                if not isinstance(per_env, dict) or not all(isinstance(v, dict) for v in per_env.values()):
+                    raise ValueError(f"{where}: must map env ids to settings (got {show(per_env)})")
+                for env in per_env:
+                    try:
+                        _check_env_id(str(env))
+                    except ValueError as err:
+                        raise ValueError(f"{where}.{env}: {err}") from None
         return grid
 
     @model_validator(mode="after")
@@ -851,6 +861,14 @@ def level_label(value: Any) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+LEVEL_ENV_KEY = "env_overrides"  # in a grid level: its settings for single envs, applied after it
+
+
+def _level_parts(over: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A grid level's settings for every env, and its settings for single envs."""
+    return {k: v for k, v in over.items() if k != LEVEL_ENV_KEY}, dict(over.get(LEVEL_ENV_KEY) or {})
 
 
 def _factor_levels(grid: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -1107,9 +1125,11 @@ def load_study(
 
 def _check_sets(sets: Mapping[str, Any], file: StudyFile) -> None:
     """Refuse a `--set` of a setting that grid levels or env overrides set: they would win over it."""
-    by_levels = {
-        f"grid.{column}": _dotted(over) for column, levels in _factor_levels(file.grid).items() for _, over in levels
-    }
+    by_levels: dict[str, set[str]] = {}
+    for column, levels in _factor_levels(file.grid).items():
+        for _, over in levels:
+            own, per_env = _level_parts(over)
+            by_levels.setdefault(f"grid.{column}", set()).update(_dotted(own), *map(_dotted, per_env.values()))
     by_levels |= {f"env_overrides.{env}": _dotted(over) for env, over in file.env_overrides.items()}
     for key in sets:
         for where, paths in by_levels.items():
@@ -1128,30 +1148,48 @@ def _dotted(doc: Mapping[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
-def _grid_layers(grid: dict[str, Any], source: _Layer) -> dict[str, list[_Layer]]:
-    """Each factor column's levels as layers, named as the file names them: `grid.KEY[i]`, `grid.KEY.LABEL`."""
-    out: dict[str, list[_Layer]] = {}
+@dataclass(frozen=True)
+class _Level:
+    """A grid level: its label, its settings for every env, and its settings for single envs."""
+
+    label: str
+    layer: _Layer
+    per_env: dict[str, _Layer]
+
+
+def _grid_layers(grid: dict[str, Any], source: _Layer) -> dict[str, list[_Level]]:
+    """Each factor column's levels as layers, named as the file names them: `grid.KEY[i]`, `grid.KEY.LABEL`
+    (and `grid.KEY.LABEL.env_overrides.ENV`)."""
+    out: dict[str, list[_Level]] = {}
     for (column, levels), (key, given) in zip(_factor_levels(grid).items(), grid.items(), strict=True):
         listed = isinstance(given, list)
-        out[column] = [
-            _Layer(
-                over,
-                source.file,
-                f"grid.{key}[{i}]" if listed else f"grid.{key}.{label}",
-                ("grid", key, i if listed else label),
-                source.lines,
+        out[column] = []
+        for i, (label, over) in enumerate(levels):
+            own, per_env = _level_parts(over)
+            where, at = (
+                (f"grid.{key}[{i}]", ("grid", key, i)) if listed else (f"grid.{key}.{label}", ("grid", key, label))
             )
-            for i, (label, over) in enumerate(levels)
-        ]
+            out[column].append(
+                _Level(
+                    label,
+                    _Layer(own, source.file, where, at, source.lines),
+                    {
+                        env: _Layer(
+                            sub, source.file, f"{where}.{LEVEL_ENV_KEY}.{env}", (*at, LEVEL_ENV_KEY, env), source.lines
+                        )
+                        for env, sub in per_env.items()
+                    },
+                )
+            )
     return out
 
 
-def _level_errors(file: StudyFile, shared: dict[str, Any], level_layers: dict[str, list[_Layer]]) -> list[str]:
+def _level_errors(file: StudyFile, shared: dict[str, Any], level_layers: dict[str, list[_Level]]) -> list[str]:
     """The problems of each grid level on its own, each naming the level and key that caused it."""
     errors = []
-    for column_layers, key in zip(level_layers.values(), file.grid, strict=True):
+    for column_levels, key in zip(level_layers.values(), file.grid, strict=True):
         listed = isinstance(file.grid[key], list)
-        for layer in column_layers:
+        for layer in (level.layer for level in column_levels):
             try:
                 RunSettings.model_validate(apply_overrides(shared, layer.settings) | {"env": file.envs[0]})
             except ValidationError as err:
@@ -1170,13 +1208,17 @@ def _expand(
     path: Path, budget: str, file: StudyFile, doc: dict[str, Any], layers: list[_Layer], grid_layer: _Layer
 ) -> Study:
     """The runs of a validated study file: every grid cell × env × seed, each checked on its own."""
-    levels = _factor_levels(file.grid)
     level_layers = _grid_layers(file.grid, grid_layer)
     env_layers = {
         env: _Layer(over, path, f"env_overrides.{env}", ("env_overrides", env), layers[0].lines)
         for env, over in file.env_overrides.items()
     }
-    settable = [("a grid level", layer) for column in level_layers.values() for layer in column]
+    settable = [
+        ("a grid level", layer)
+        for column in level_layers.values()
+        for level in column
+        for layer in (level.layer, *level.per_env.values())
+    ]
     settable += [("an env override", layer) for layer in env_layers.values()]
     errors = [
         f"{layer.prefix(('env',))}env: set by envs; {what} cannot change it"
@@ -1194,18 +1236,21 @@ def _expand(
     for env in file.envs:
         base = apply_overrides(shared, file.env_overrides.get(env, {})) | {"env": env}
         env_layer = [env_layers[env]] if env in env_layers else []
-        for combo in itertools.product(*(zip(lv, level_layers[c], strict=True) for c, lv in levels.items())):
+        for combo in itertools.product(*level_layers.values()):
             cells += 1
             settings_doc = base
-            for (_, over), _ in combo:
-                settings_doc = apply_overrides(settings_doc, over)
-            run_layers = [*layers, *env_layer, *(layer for _, layer in combo)]
+            run_layers = [*layers, *env_layer]
+            for level in combo:
+                for layer in (level.layer, level.per_env.get(env)):
+                    if layer is not None:
+                        settings_doc = apply_overrides(settings_doc, dict(layer.settings))
+                        run_layers.append(layer)
             try:
                 settings = RunSettings.model_validate(settings_doc)
             except ValidationError as err:
                 errors += [_message(p, run_layers) for p in problems(err, RunSettings, _study_wide())]
                 continue
-            factors = {col: label for col, ((label, _), _) in zip(levels, combo, strict=True)}
+            factors = {col: level.label for col, level in zip(level_layers, combo, strict=True)}
             run = " ".join([env, *(f"{col}={label}" for col, label in factors.items())])
             for violation in _bound_violations(settings, run_layers, path):
                 violations.setdefault(violation, []).append(run)
@@ -1231,7 +1276,7 @@ def _expand(
         path=path,
         budget=budget,
         file=file,
-        factor_levels={col: [label for label, _ in lv] for col, lv in levels.items()},
-        factor_keys=dict(zip(levels, file.grid, strict=True)),
+        factor_levels={col: [level.label for level in lv] for col, lv in level_layers.items()},
+        factor_keys=dict(zip(level_layers, file.grid, strict=True)),
         runs=runs,
     )

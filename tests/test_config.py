@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,52 @@ def test_env_overrides(write_study) -> None:
     )
     runs = load_study(path).runs
     assert [r.settings.hyperparams.gamma for r in runs] == [0.9, None]
+
+
+def test_a_grid_level_sets_its_own_settings_per_env(write_study) -> None:
+    path = write_study(
+        {
+            "envs": ["Pendulum-v1", "MountainCarContinuous-v0"],
+            "env_overrides": {"Pendulum-v1": {"hyperparams.gamma": 0.9, "hyperparams.tau": 0.01}},
+            "grid": {
+                "algo": {
+                    "TD3": {},
+                    "DDPG": {
+                        "algo": "ddpg",
+                        "hyperparams.policy_delay": None,
+                        "env_overrides": {"Pendulum-v1": {"hyperparams.gamma": 0.8}, "Hopper-v5": {"seeds": 3}},
+                    },
+                }
+            },
+        }
+    )
+    study = load_study(path)
+    got = {(r.env, r.factors["algo"]): (r.settings.hyperparams.gamma, r.settings.hyperparams.tau) for r in study.runs}
+    # after the study's env overrides and the level; an env the budget does not run is left unused
+    assert got == {
+        ("Pendulum-v1", "TD3"): (0.9, 0.01),
+        ("Pendulum-v1", "DDPG"): (0.8, 0.01),
+        ("MountainCarContinuous-v0", "TD3"): (None, None),
+        ("MountainCarContinuous-v0", "DDPG"): (None, None),
+    }
+    assert study.factor_levels == {"algo": ["TD3", "DDPG"]}
+
+
+@pytest.mark.parametrize(
+    ("level", "message"),
+    [
+        ({"env_overrides": {"Pendulum-v1": {"hyperparams.gama": 0.8}}}, "grid.algo.DDPG.env_overrides.Pendulum-v1"),
+        ({"env_overrides": {"Pendulm-v1": {}}}, "algo.DDPG.env_overrides.Pendulm-v1: unknown environment id"),
+        ({"env_overrides": {"Pendulum-v1": 3}}, "algo.DDPG.env_overrides: must map env ids to settings"),
+        ({"env_overrides": {"Pendulum-v1": {"env": "Hopper-v5"}}}, "env: set by envs"),
+    ],
+)
+def test_bad_per_env_settings_of_a_level_name_the_level(write_study, level, message) -> None:
+    path = write_study(
+        {"grid": {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg", "hyperparams.policy_delay": None} | level}}}
+    )
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(path)
 
 
 @pytest.mark.parametrize(
