@@ -1068,7 +1068,7 @@ def load_study(
     file_layer = _Layer(raw, path, lines=lines)
     doc, layers = raw, [file_layer]
 
-    budgets = raw.get("budgets")
+    budgets, picked = raw.get("budgets"), None
     if isinstance(budgets, dict) and budget not in budgets:
         have = ", ".join(map(str, budgets))
         raise StudyError(
@@ -1085,7 +1085,9 @@ def load_study(
         if _is_int(given) and given < 1:
             raise StudyError(f"{budget_layer.prefix()}a step count must be at least 1 (got {given})")
         if {"budgets", "grid", "name"} & set(chosen):
-            raise StudyError(f"{budget_layer.prefix()}may not set name, budgets or grid")
+            raise StudyError(f"{budget_layer.prefix()}may not set name, budgets or grid (levels: picks levels)")
+        picked = chosen.get(BUDGET_LEVELS_KEY)
+        chosen = {k: v for k, v in chosen.items() if k != BUDGET_LEVELS_KEY}
         doc = apply_overrides(doc, chosen)
         layers.append(budget_layer)
     grid_layer = file_layer
@@ -1120,7 +1122,35 @@ def load_study(
     except ValidationError as err:
         raise _fail([_message(p, layers) for p in problems(err, StudyFile)]) from None
     _check_sets(sets or {}, file)
-    return _expand(path, budget, file, doc, layers, grid_layer)
+    study = _expand(path, budget, file, doc, layers, grid_layer)
+    return study if picked is None else _pick_levels(study, picked, budget_layer)
+
+
+BUDGET_LEVELS_KEY = "levels"  # in a budget: the levels of grid factors it runs, e.g. {algo: [TD3]}
+
+
+def _pick_levels(study: Study, picked: Any, layer: _Layer) -> Study:
+    """The study with only the levels that a budget's `levels` keeps (factor column → levels)."""
+    head = layer.prefix((BUDGET_LEVELS_KEY,)) + f"{BUDGET_LEVELS_KEY}: "
+    if not isinstance(picked, dict) or not picked:
+        raise StudyError(f"{head}must map factor columns to the levels to run (got {show(picked)})")
+    keep: dict[str, list[str]] = {}
+    for column, given in picked.items():
+        have = study.factor_levels.get(str(column))
+        if have is None:
+            names = list(study.factor_levels)
+            raise StudyError(
+                f"{head}{column}: no such factor (have: {', '.join(names)})" + did_you_mean(str(column), names)
+            )
+        keep[str(column)] = [level_label(v) for v in (given if isinstance(given, list) else [given])]
+        for level in keep[str(column)]:
+            if level not in have:
+                raise StudyError(
+                    f"{head}{column}: no level {level!r} (have: {', '.join(have)})" + did_you_mean(level, have)
+                )
+    runs = [spec for spec in study.runs if all(spec.factors[c] in levels for c, levels in keep.items())]
+    kept = {c: [level for level in levels if level in keep.get(c, levels)] for c, levels in study.factor_levels.items()}
+    return study.model_copy(update={"runs": runs, "factor_levels": kept})
 
 
 def _check_sets(sets: Mapping[str, Any], file: StudyFile) -> None:

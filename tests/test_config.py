@@ -122,6 +122,40 @@ def test_bad_per_env_settings_of_a_level_name_the_level(write_study, level, mess
         load_study(path)
 
 
+def test_a_budget_picks_levels_of_the_grid(write_study) -> None:
+    grid = {"exploration.param_noise.interval": [1, 8, "episode"], "layer_norm": [True, False]}
+    small = {"total_steps": 500, "levels": {"interval": [8, "episode"], "layer_norm": True}}
+    path = write_study({"grid": grid, "budgets": {"full": 1000, "small": small, "all": 500}})
+    full, picked, everything = load_study(path), load_study(path, budget="small"), load_study(path, budget="all")
+    assert picked.factor_levels == {"interval": ["8", "episode"], "layer_norm": ["true"]}
+    assert [r.factors for r in picked.runs] == [
+        {"interval": "8", "layer_norm": "true"},
+        {"interval": "episode", "layer_norm": "true"},
+    ]
+    # the same runs as the whole grid's at the same settings
+    assert {r.run_id for r in picked.runs} < {r.run_id for r in everything.runs}
+    assert picked.runs[0].settings.total_steps == 500 and len(full.runs) == len(everything.runs) == 6
+    assert picked.only == {}  # the budget's grid, not a selection
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        (
+            {"intervall": [8]},
+            "budgets.small: levels: intervall: no such factor (have: interval); did you mean 'interval'?",
+        ),
+        ({"interval": [3]}, "budgets.small: levels: interval: no level '3' (have: 1, 8)"),
+        ([8], "budgets.small: levels: must map factor columns to the levels to run"),
+    ],
+)
+def test_bad_budget_levels_name_the_budget(write_study, levels, message) -> None:
+    budgets = {"full": 1000, "small": {"levels": levels}}
+    path = write_study({"grid": {"exploration.param_noise.interval": [1, 8]}, "budgets": budgets})
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(path, budget="small")
+
+
 @pytest.mark.parametrize(
     "name",
     sorted(path.stem for path in (ROOT / "ablations").glob("*.yaml")),
