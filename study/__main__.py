@@ -1,4 +1,4 @@
-"""Command line: python -m study run|status|report STUDY.yaml ..., python -m study tune TUNE.yaml ..."""
+"""Command line: python -m study run|status|rename|report|evaluate STUDY.yaml ..., python -m study tune TUNE.yaml ..."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"reruns of a run whose worker died (default {MAX_RETRIES})",
     )
     study_command("status", "runs of a study by state")
+    rename = study_command("rename", "give existing runs the ids of a changed grid (a factor added, a level renamed)")
+    rename.add_argument("--dry-run", action="store_true", help="print the renames and change nothing")
     report = study_command("report", "figures, tables and report.md from a study's results")
     report.add_argument("--include-warmup", action="store_true", help="keep warm-up episodes in C_train")
     evaluate = study_command("evaluate", "evaluate a run's saved model again")
@@ -186,6 +188,23 @@ def _duration(seconds: float) -> str:
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
     print_runs(_load(args), args.results, console)
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace, console: Console) -> int:
+    from study.rename import rename_runs
+    from study.store import DamagedRunError
+
+    study = _load(args)
+    try:
+        renames = rename_runs(study, args.results, dry_run=args.dry_run)
+    except DamagedRunError as err:
+        print(f"error: nothing renamed: {err}", file=sys.stderr)
+        return EXIT_FAILED_RUNS
+    for old, new in renames.items():
+        console.print(f"{old} → {new}", highlight=False)
+    verb = "would rename" if args.dry_run else "renamed"
+    console.print(f"{verb} {len(renames)} runs of {study.name} under {args.results / study.name}", highlight=False)
     return 0
 
 
@@ -380,7 +399,14 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-    commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "evaluate": cmd_evaluate, "tune": cmd_tune}
+    commands = {
+        "run": cmd_run,
+        "status": cmd_status,
+        "rename": cmd_rename,
+        "report": cmd_report,
+        "evaluate": cmd_evaluate,
+        "tune": cmd_tune,
+    }
     try:
         return commands[args.command](args, console)
     except StudyError as err:

@@ -1,0 +1,92 @@
+"""Renaming a study's runs after its grid changed: matched by seed and settings, records kept whole."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.__main__ import main
+from study.config import load_study
+from study.rename import rename_runs
+from study.store import CHECKPOINTS, DONE, MANIFEST, META, SPEC, DamagedRunError, check_run, load_results, manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def results(smoke_results, tmp_path) -> Path:
+    """A copy of the smoke study's results, free to change."""
+    return Path(shutil.copytree(smoke_results, tmp_path / "results"))
+
+
+@pytest.fixture
+def grown(tmp_path) -> Path:
+    """The smoke study with an algorithm factor in front and a level relabelled."""
+    doc = yaml.safe_load((ROOT / "ablations" / "smoke.yaml").read_text())
+    interval = doc["grid"].pop("exploration.param_noise.interval")
+    levels = {"k=4" if v == 4 else str(v): {"exploration.param_noise.interval": v} for v in interval}
+    doc["grid"] = {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}}, "interval": levels, **doc["grid"]}
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_runs_take_their_new_ids_and_stay_whole(results, grown) -> None:
+    old = load_study(ROOT / "ablations" / "smoke.yaml")
+    new = load_study(grown)
+    before = load_results(old, results)
+    renames = rename_runs(new, results)
+    by_old = {spec.run_id: spec for spec in old.runs}
+    assert len(renames) == len(old.runs) == 4
+    for old_id, new_id in renames.items():
+        assert new_id.startswith("Pendulum-v1_algo=TD3_interval=")
+        assert old_id.rsplit("_", 2)[1:] == new_id.rsplit("_", 2)[1:]  # seed and settings hash
+        assert not (results / "smoke" / old_id).exists()
+        spec = next(s for s in new.runs if s.run_id == new_id)
+        assert check_run(results, spec).state == DONE  # its manifest verifies
+        meta = json.loads((results / "smoke" / new_id / META).read_text())
+        assert meta["run_id"] == new_id and meta["factors"] == spec.factors and MANIFEST in meta
+        recorded = yaml.safe_load((results / "smoke" / new_id / SPEC).read_text())
+        assert recorded["factors"] == spec.factors
+        assert recorded["settings"] == by_old[old_id].settings.model_dump(mode="json")
+    assert {r.run_id for r in new.runs} - set(renames.values()) == {r.run_id for r in new.runs if "DDPG" in r.run_id}
+    after = load_results(new, results)
+    assert after.runs["final_return"].tolist() == before.runs["final_return"].tolist()
+    assert after.evaluations["return_mean"].tolist() == before.evaluations["return_mean"].tolist()
+    assert rename_runs(new, results) == {}  # nothing left to rename
+
+
+def test_a_dry_run_and_a_checkpoint(results, grown) -> None:
+    old = load_study(ROOT / "ablations" / "smoke.yaml").runs[0]
+    (results / "smoke" / CHECKPOINTS / old.run_id).mkdir(parents=True)
+    shutil.rmtree(results / "smoke" / old.run_id)  # a run in progress: only its checkpoint
+    listed = rename_runs(load_study(grown), results, dry_run=True)
+    assert len(listed) == 4 and (results / "smoke" / CHECKPOINTS / old.run_id).is_dir()
+    renames = rename_runs(load_study(grown), results)
+    assert renames == listed
+    assert (results / "smoke" / CHECKPOINTS / renames[old.run_id]).is_dir()
+
+
+def test_a_record_with_other_settings_stops_every_rename(results, grown) -> None:
+    victim = results / "smoke" / load_study(ROOT / "ablations" / "smoke.yaml").runs[-1].run_id
+    spec = yaml.safe_load((victim / SPEC).read_text())
+    spec["settings"]["hyperparams"]["batch_size"] = 7
+    (victim / SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
+    meta = json.loads((victim / META).read_text())
+    (victim / META).write_text(json.dumps(meta | {MANIFEST: manifest(victim)}))  # whole, but not that run
+    folders = sorted(p.name for p in (results / "smoke").glob("Pendulum*"))
+    with pytest.raises(DamagedRunError, match="does not hold the settings of run"):
+        rename_runs(load_study(grown), results)
+    assert sorted(p.name for p in (results / "smoke").glob("Pendulum*")) == folders
+
+
+def test_the_command_line(results, grown, capsys) -> None:
+    assert main(["rename", str(grown), "--results", str(results), "--dry-run"]) == 0
+    assert "would rename 4 runs of smoke" in capsys.readouterr().out
+    assert main(["rename", str(grown), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "renamed 4 runs of smoke" in out and "→ Pendulum-v1_algo=TD3_interval=k=4_layer_norm=true_s0_" in out
