@@ -1122,35 +1122,35 @@ def load_study(
     except ValidationError as err:
         raise _fail([_message(p, layers) for p in problems(err, StudyFile)]) from None
     _check_sets(sets or {}, file)
-    study = _expand(path, budget, file, doc, layers, grid_layer)
-    return study if picked is None else _pick_levels(study, picked, budget_layer)
+    keep = None if picked is None else _kept_levels(_factor_levels(file.grid), picked, budget_layer)
+    return _expand(path, budget, file, doc, layers, grid_layer, keep)
 
 
 BUDGET_LEVELS_KEY = "levels"  # in a budget: the levels of grid factors it runs, e.g. {algo: [TD3]}
 
 
-def _pick_levels(study: Study, picked: Any, layer: _Layer) -> Study:
-    """The study with only the levels that a budget's `levels` keeps (factor column → levels)."""
+def _kept_levels(
+    levels: dict[str, list[tuple[str, dict[str, Any]]]], picked: Any, layer: _Layer
+) -> dict[str, list[str]]:
+    """The levels that a budget's `levels` keeps (factor column → labels), checked against the grid."""
     head = layer.prefix((BUDGET_LEVELS_KEY,)) + f"{BUDGET_LEVELS_KEY}: "
     if not isinstance(picked, dict) or not picked:
         raise StudyError(f"{head}must map factor columns to the levels to run (got {show(picked)})")
     keep: dict[str, list[str]] = {}
     for column, given in picked.items():
-        have = study.factor_levels.get(str(column))
-        if have is None:
-            names = list(study.factor_levels)
+        if str(column) not in levels:
+            names = list(levels)
             raise StudyError(
                 f"{head}{column}: no such factor (have: {', '.join(names)})" + did_you_mean(str(column), names)
             )
+        have = [label for label, _ in levels[str(column)]]
         keep[str(column)] = [level_label(v) for v in (given if isinstance(given, list) else [given])]
         for level in keep[str(column)]:
             if level not in have:
                 raise StudyError(
                     f"{head}{column}: no level {level!r} (have: {', '.join(have)})" + did_you_mean(level, have)
                 )
-    runs = [spec for spec in study.runs if all(spec.factors[c] in levels for c, levels in keep.items())]
-    kept = {c: [level for level in levels if level in keep.get(c, levels)] for c, levels in study.factor_levels.items()}
-    return study.model_copy(update={"runs": runs, "factor_levels": kept})
+    return keep
 
 
 def _check_sets(sets: Mapping[str, Any], file: StudyFile) -> None:
@@ -1235,10 +1235,20 @@ def _level_errors(file: StudyFile, shared: dict[str, Any], level_layers: dict[st
 
 
 def _expand(
-    path: Path, budget: str, file: StudyFile, doc: dict[str, Any], layers: list[_Layer], grid_layer: _Layer
+    path: Path,
+    budget: str,
+    file: StudyFile,
+    doc: dict[str, Any],
+    layers: list[_Layer],
+    grid_layer: _Layer,
+    keep: dict[str, list[str]] | None = None,
 ) -> Study:
-    """The runs of a validated study file: every grid cell × env × seed, each checked on its own."""
-    level_layers = _grid_layers(file.grid, grid_layer)
+    """The runs of a validated study file: every grid cell × env × seed, each checked on its own;
+    with `keep`, only those levels of its factors (a budget's `levels`: the others go unchecked)."""
+    level_layers = {
+        column: [level for level in levels if keep is None or level.label in keep.get(column, [level.label])]
+        for column, levels in _grid_layers(file.grid, grid_layer).items()
+    }
     env_layers = {
         env: _Layer(over, path, f"env_overrides.{env}", ("env_overrides", env), layers[0].lines)
         for env, over in file.env_overrides.items()

@@ -138,6 +138,20 @@ def test_a_budget_picks_levels_of_the_grid(write_study) -> None:
     assert picked.only == {}  # the budget's grid, not a selection
 
 
+def test_levels_a_budget_leaves_out_need_not_fit_it(write_study) -> None:
+    grid = {"warmup": {"short": {}, "long": {"hyperparams.learning_starts": 700}}}
+    path = write_study(
+        {"grid": grid, "budgets": {"full": 1000, "small": {"total_steps": 500, "levels": {"warmup": "short"}}}}
+    )
+    assert len(load_study(path).runs) == 2
+    assert [r.factors["warmup"] for r in load_study(path, budget="small").runs] == ["short"]
+    path = write_study({"grid": grid, "budgets": {"full": 1000, "small": 500}})
+    with pytest.raises(
+        StudyError, match="grid.warmup.long: hyperparams.learning_starts: 700 must be below total_steps 500"
+    ):
+        load_study(path, budget="small")
+
+
 @pytest.mark.parametrize(
     ("levels", "message"),
     [
