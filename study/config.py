@@ -632,6 +632,20 @@ class TuneSettings(_Strict):
         return self
 
 
+class CellOverride(_Strict):
+    """Settings for the runs whose env and factor levels `match` names (a column: one level or several)."""
+
+    match: dict[str, list[str]] = Field(min_length=1)
+    set: dict[str, Any]
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _levels_as_written(cls, match: Any) -> Any:
+        if not isinstance(match, dict):
+            return match
+        return {k: [level_label(x) for x in v] if isinstance(v, list) else [level_label(v)] for k, v in match.items()}
+
+
 class StudyFile(_SharedSettings):
     """The schema of a study YAML file (after the chosen budget is applied)."""
 
@@ -642,6 +656,7 @@ class StudyFile(_SharedSettings):
     budgets: dict[str, PositiveInt | dict[str, Any]]
     env_overrides: dict[str, dict[str, Any]] = {}
     grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = {}
+    cell_overrides: list[CellOverride] = []  # settings of the grid cells they match, applied after their levels
     checkpoint_every: PositiveInt | None = None
     tune: TuneSettings | None = None  # for `python -m study tune`
 
@@ -681,16 +696,6 @@ class StudyFile(_SharedSettings):
         for factor, levels in grid.items():
             if len(levels) == 0:
                 raise ValueError(f"factor {factor!r} has no levels")
-            for label, over in levels.items() if isinstance(levels, dict) else ():
-                per_env = over.get(LEVEL_ENV_KEY, {}) if isinstance(over, dict) else {}
-                where = f"{factor}.{label}.{LEVEL_ENV_KEY}"
-                if not isinstance(per_env, dict) or not all(isinstance(v, dict) for v in per_env.values()):
-                    raise ValueError(f"{where}: must map env ids to settings (got {show(per_env)})")
-                for env in per_env:
-                    try:
-                        _check_env_id(str(env))
-                    except ValueError as err:
-                        raise ValueError(f"{where}.{env}: {err}") from None
         return grid
 
     @model_validator(mode="after")
@@ -861,14 +866,6 @@ def level_label(value: Any) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-LEVEL_ENV_KEY = "env_overrides"  # in a grid level: its settings for single envs, applied after it
-
-
-def _level_parts(over: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """A grid level's settings for every env, and its settings for single envs."""
-    return {k: v for k, v in over.items() if k != LEVEL_ENV_KEY}, dict(over.get(LEVEL_ENV_KEY) or {})
 
 
 def _factor_levels(grid: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -1155,12 +1152,12 @@ def _kept_levels(
 
 def _check_sets(sets: Mapping[str, Any], file: StudyFile) -> None:
     """Refuse a `--set` of a setting that grid levels or env overrides set: they would win over it."""
-    by_levels: dict[str, set[str]] = {}
-    for column, levels in _factor_levels(file.grid).items():
-        for _, over in levels:
-            own, per_env = _level_parts(over)
-            by_levels.setdefault(f"grid.{column}", set()).update(_dotted(own), *map(_dotted, per_env.values()))
+    by_levels = {
+        f"grid.{column}": set().union(*(_dotted(over) for _, over in levels))
+        for column, levels in _factor_levels(file.grid).items()
+    }
     by_levels |= {f"env_overrides.{env}": _dotted(over) for env, over in file.env_overrides.items()}
+    by_levels |= {f"cell_overrides[{i}]": _dotted(cell.set) for i, cell in enumerate(file.cell_overrides)}
     for key in sets:
         for where, paths in by_levels.items():
             if any(key == p or key.startswith(f"{p}.") or p.startswith(f"{key}.") for p in paths):
@@ -1180,38 +1177,66 @@ def _dotted(doc: Mapping[str, Any], prefix: str = "") -> set[str]:
 
 @dataclass(frozen=True)
 class _Level:
-    """A grid level: its label, its settings for every env, and its settings for single envs."""
+    """A grid level: its label and its settings."""
 
     label: str
     layer: _Layer
-    per_env: dict[str, _Layer]
 
 
 def _grid_layers(grid: dict[str, Any], source: _Layer) -> dict[str, list[_Level]]:
-    """Each factor column's levels as layers, named as the file names them: `grid.KEY[i]`, `grid.KEY.LABEL`
-    (and `grid.KEY.LABEL.env_overrides.ENV`)."""
+    """Each factor column's levels as layers, named as the file names them: `grid.KEY[i]`, `grid.KEY.LABEL`."""
     out: dict[str, list[_Level]] = {}
     for (column, levels), (key, given) in zip(_factor_levels(grid).items(), grid.items(), strict=True):
         listed = isinstance(given, list)
-        out[column] = []
-        for i, (label, over) in enumerate(levels):
-            own, per_env = _level_parts(over)
-            where, at = (
-                (f"grid.{key}[{i}]", ("grid", key, i)) if listed else (f"grid.{key}.{label}", ("grid", key, label))
+        out[column] = [
+            _Level(
+                label,
+                _Layer(
+                    over,
+                    source.file,
+                    f"grid.{key}[{i}]" if listed else f"grid.{key}.{label}",
+                    ("grid", key, i if listed else label),
+                    source.lines,
+                ),
             )
-            out[column].append(
-                _Level(
-                    label,
-                    _Layer(own, source.file, where, at, source.lines),
-                    {
-                        env: _Layer(
-                            sub, source.file, f"{where}.{LEVEL_ENV_KEY}.{env}", (*at, LEVEL_ENV_KEY, env), source.lines
-                        )
-                        for env, sub in per_env.items()
-                    },
-                )
-            )
+            for i, (label, over) in enumerate(levels)
+        ]
     return out
+
+
+def _cell_layers(file: StudyFile, source: _Layer) -> tuple[list[_Layer], list[str]]:
+    """The study's cell overrides as layers (`cell_overrides[i]`), and what is wrong with their
+    `match`: each names `env` (any env id) or a factor column, with levels of the whole grid."""
+    columns = {column: [label for label, _ in levels] for column, levels in _factor_levels(file.grid).items()}
+    errors = []
+    for i, cell in enumerate(file.cell_overrides):
+        head = _Layer({}, source.file, f"cell_overrides[{i}].match", ("cell_overrides", i, "match"), source.lines)
+        for column, levels in cell.match.items():
+            if column == "env":
+                for env in levels:
+                    try:
+                        _check_env_id(env)
+                    except ValueError as err:
+                        errors.append(f"{head.prefix()}env: {err}")
+                continue
+            if column not in columns:
+                have = ["env", *columns]
+                errors.append(
+                    f"{head.prefix()}{column}: no such column (have: {', '.join(have)})" + did_you_mean(column, have)
+                )
+                continue
+            for level in levels:
+                if level not in columns[column]:
+                    known = columns[column]
+                    errors.append(
+                        f"{head.prefix()}{column}: no level {level!r} (have: {', '.join(known)})"
+                        + did_you_mean(level, known)
+                    )
+    layers = [
+        _Layer(cell.set, source.file, f"cell_overrides[{i}]", ("cell_overrides", i, "set"), source.lines)
+        for i, cell in enumerate(file.cell_overrides)
+    ]
+    return layers, errors
 
 
 def _level_errors(file: StudyFile, shared: dict[str, Any], level_layers: dict[str, list[_Level]]) -> list[str]:
@@ -1253,14 +1278,11 @@ def _expand(
         env: _Layer(over, path, f"env_overrides.{env}", ("env_overrides", env), layers[0].lines)
         for env, over in file.env_overrides.items()
     }
-    settable = [
-        ("a grid level", layer)
-        for column in level_layers.values()
-        for level in column
-        for layer in (level.layer, *level.per_env.values())
-    ]
+    cell_layers, errors = _cell_layers(file, layers[0])
+    settable = [("a grid level", level.layer) for column in level_layers.values() for level in column]
     settable += [("an env override", layer) for layer in env_layers.values()]
-    errors = [
+    settable += [("a cell override", layer) for layer in cell_layers]
+    errors += [
         f"{layer.prefix(('env',))}env: set by envs; {what} cannot change it"
         for what, layer in settable
         if "env" in layer.settings
@@ -1280,11 +1302,15 @@ def _expand(
             cells += 1
             settings_doc = base
             run_layers = [*layers, *env_layer]
-            for level in combo:
-                for layer in (level.layer, level.per_env.get(env)):
-                    if layer is not None:
-                        settings_doc = apply_overrides(settings_doc, dict(layer.settings))
-                        run_layers.append(layer)
+            cell = {"env": env} | {col: level.label for col, level in zip(level_layers, combo, strict=True)}
+            matching = [
+                layer
+                for layer, override in zip(cell_layers, file.cell_overrides, strict=True)
+                if all(cell.get(col) in levels for col, levels in override.match.items())
+            ]
+            for layer in [*(level.layer for level in combo), *matching]:
+                settings_doc = apply_overrides(settings_doc, dict(layer.settings))
+                run_layers.append(layer)
             try:
                 settings = RunSettings.model_validate(settings_doc)
             except ValidationError as err:

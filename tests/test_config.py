@@ -76,48 +76,60 @@ def test_env_overrides(write_study) -> None:
     assert [r.settings.hyperparams.gamma for r in runs] == [0.9, None]
 
 
-def test_a_grid_level_sets_its_own_settings_per_env(write_study) -> None:
+def test_cell_overrides_set_the_cells_they_match(write_study) -> None:
     path = write_study(
         {
             "envs": ["Pendulum-v1", "MountainCarContinuous-v0"],
             "env_overrides": {"Pendulum-v1": {"hyperparams.gamma": 0.9, "hyperparams.tau": 0.01}},
             "grid": {
-                "algo": {
-                    "TD3": {},
-                    "DDPG": {
-                        "algo": "ddpg",
-                        "hyperparams.policy_delay": None,
-                        "env_overrides": {"Pendulum-v1": {"hyperparams.gamma": 0.8}, "Hopper-v5": {"seeds": 3}},
-                    },
-                }
+                "algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}},
+                "noise": {"param": {}, "action": {"exploration.param_noise": None}},
             },
+            "cell_overrides": [
+                {"match": {"algo": "DDPG", "env": "Pendulum-v1"}, "set": {"hyperparams.gamma": 0.8}},
+                {"match": {"algo": "DDPG", "env": "Hopper-v5"}, "set": {"seeds": 3}},  # an env the budget does not run
+                {"match": {"noise": ["action"]}, "set": {"exploration.action_noise": {"type": "normal"}}},
+            ],
         }
     )
     study = load_study(path)
-    got = {(r.env, r.factors["algo"]): (r.settings.hyperparams.gamma, r.settings.hyperparams.tau) for r in study.runs}
-    # after the study's env overrides and the level; an env the budget does not run is left unused
-    assert got == {
-        ("Pendulum-v1", "TD3"): (0.9, 0.01),
-        ("Pendulum-v1", "DDPG"): (0.8, 0.01),
-        ("MountainCarContinuous-v0", "TD3"): (None, None),
-        ("MountainCarContinuous-v0", "DDPG"): (None, None),
+    got = {
+        (r.env, r.factors["algo"], r.factors["noise"]): (
+            r.settings.hyperparams.gamma,
+            r.settings.hyperparams.tau,
+            r.settings.exploration.action_noise.type,
+        )
+        for r in study.runs
     }
-    assert study.factor_levels == {"algo": ["TD3", "DDPG"]}
+    # after the study's env overrides and the cell's levels, in the file's order
+    assert got == {
+        ("Pendulum-v1", "TD3", "param"): (0.9, 0.01, "none"),
+        ("Pendulum-v1", "TD3", "action"): (0.9, 0.01, "normal"),
+        ("Pendulum-v1", "DDPG", "param"): (0.8, 0.01, "none"),
+        ("Pendulum-v1", "DDPG", "action"): (0.8, 0.01, "normal"),
+        ("MountainCarContinuous-v0", "TD3", "param"): (None, None, "none"),
+        ("MountainCarContinuous-v0", "TD3", "action"): (None, None, "normal"),
+        ("MountainCarContinuous-v0", "DDPG", "param"): (None, None, "none"),
+        ("MountainCarContinuous-v0", "DDPG", "action"): (None, None, "normal"),
+    }
 
 
 @pytest.mark.parametrize(
-    ("level", "message"),
+    ("cell", "message"),
     [
-        ({"env_overrides": {"Pendulum-v1": {"hyperparams.gama": 0.8}}}, "grid.algo.DDPG.env_overrides.Pendulum-v1"),
-        ({"env_overrides": {"Pendulm-v1": {}}}, "algo.DDPG.env_overrides.Pendulm-v1: unknown environment id"),
-        ({"env_overrides": {"Pendulum-v1": 3}}, "algo.DDPG.env_overrides: must map env ids to settings"),
-        ({"env_overrides": {"Pendulum-v1": {"env": "Hopper-v5"}}}, "env: set by envs"),
+        ({"match": {"algo": "DDPG"}, "set": {"hyperparams.gama": 0.8}}, "cell_overrides[0]: hyperparams.gama: not an"),
+        (
+            {"match": {"env": "Pendulm-v1"}, "set": {}},
+            "cell_overrides[0].match: env: unknown environment id 'Pendulm-v1'",
+        ),
+        ({"match": {"algo": "DDGP"}, "set": {}}, "cell_overrides[0].match: algo: no level 'DDGP' (have: TD3, DDPG)"),
+        ({"match": {"algoo": "DDPG"}, "set": {}}, "cell_overrides[0].match: algoo: no such column (have: env, algo)"),
+        ({"match": {}, "set": {}}, "cell_overrides[0].match: needs at least 1 item"),
+        ({"match": {"algo": "DDPG"}, "set": {"env": "Hopper-v5"}}, "cell_overrides[0]: env: set by envs"),
     ],
 )
-def test_bad_per_env_settings_of_a_level_name_the_level(write_study, level, message) -> None:
-    path = write_study(
-        {"grid": {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg", "hyperparams.policy_delay": None} | level}}}
-    )
+def test_bad_cell_overrides_name_the_override(write_study, cell, message) -> None:
+    path = write_study({"grid": {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}}}, "cell_overrides": [cell]})
     with pytest.raises(StudyError, match=re.escape(message)):
         load_study(path)
 
