@@ -761,6 +761,16 @@ class Study(BaseModel):
     def name(self) -> str:
         return self.file.name
 
+    @property
+    def factors(self) -> list[str]:
+        """The factor columns whose levels vary among the runs (one at a single level is a constant)."""
+        return [column for column, levels in self.factor_levels.items() if len(levels) > 1]
+
+    @property
+    def constants(self) -> dict[str, str]:
+        """The factor columns held at one level (by the budget's `levels` or a selection), with it."""
+        return {column: levels[0] for column, levels in self.factor_levels.items() if len(levels) == 1}
+
 
 # ---------------------------------------------------------------------------
 # Overrides on plain dicts, keyed by dotted paths

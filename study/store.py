@@ -332,7 +332,8 @@ class StudyResults:
 
     @property
     def factors(self) -> list[str]:
-        return list(self.study.factor_levels)
+        """The factors compared: those whose levels vary among the study's runs."""
+        return self.study.factors
 
     @property
     def specs(self) -> dict[str, RunSpec]:

@@ -38,6 +38,18 @@ def test_reference_td3_mountaincar_sampling_interval_loads_complete() -> None:
     assert (REFERENCE / "sampling_interval" / "report-mountaincar" / "report.md").is_file()
 
 
+def test_reference_td3_mountaincar_layer_norm_loads_complete() -> None:
+    """Layer norm on and off, parameter noise (once per episode, or every 8 steps) and action noise."""
+    for budget, interval in (("mountaincar_episode", "episode"), ("mountaincar", 8)):
+        study = load_study(ROOT / "ablations" / "layer_norm.yaml", budget=budget)
+        metrics = run_metrics(load_results(study, REFERENCE))
+        assert len(metrics) == 40 and (metrics.groupby(["layer_norm", "noise"], observed=True).size() == 10).all()
+        assert {
+            s.settings.exploration.param_noise.interval for s in study.runs if s.factors["noise"] == "param noise"
+        } == {interval}
+        assert (REFERENCE / "layer_norm" / f"report-{budget}" / "report.md").is_file()
+
+
 def test_reference_chain_study_loads_complete() -> None:
     study = load_study(ROOT / "ablations" / "chain.yaml")
     results = load_results(study, REFERENCE)
@@ -104,6 +116,7 @@ def test_every_reference_run_is_sealed_and_verifies() -> None:
     folders = sorted(meta.parent for meta in REFERENCE.glob("*/*/meta.json"))
     assert {folder.parent.name for folder in folders} == {
         "sampling_interval",
+        "layer_norm",
         "chain",
         "noise_types_mountaincar",
         "engines",

@@ -361,7 +361,12 @@ def _markdown(
             if counts.get(DONE, 0) + counts.get(FAILED, 0) + counts.get(DAMAGED, 0) < total
             else ""
         )
-        + ".",
+        + "."
+        + (
+            " Every run at " + ", ".join(f"{column} = {level}" for column, level in study.constants.items()) + "."
+            if study.constants
+            else ""
+        ),
         "",
         "Metrics: final return = the last evaluation's mean return; C_train = mean continuity cost of the "
         "training episodes ("
@@ -424,7 +429,7 @@ def _markdown(
 
 def _runs_per_cell(study: Study, states: pd.Series) -> str:
     rows = pd.DataFrame([{"env": spec.env, **spec.factors, "state": states[spec.run_id]} for spec in study.runs])
-    factors = list(study.factor_levels)
+    factors = study.factors
     rows["config"] = config_label(rows, factors)
     counts = rows.pivot_table(index="config", columns="env", values="state", aggfunc=lambda s: (s == DONE).sum())
     planned = rows.pivot_table(index="config", columns="env", values="state", aggfunc="size")
