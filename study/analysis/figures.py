@@ -19,6 +19,7 @@ from study.analysis.labels import (
     MARKERS,
     config_label,
     config_styles,
+    factor_name,
     legend_title,
     level_label,
     ordered_configs,
@@ -326,15 +327,16 @@ def factor_comparison(
             err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
             style = styles[config]
             ax.errorbar(xs, group["iqm"], yerr=err, fmt=style["marker"], capsize=4, color=style["color"], label=config)
-        if sum(map(len, levels)) > 40:  # slanted, so that long level names do not run into each other
-            ax.set_xticks(range(len(levels)), labels=levels, rotation=30, ha="right")
+        names = [level_label(factor, level) for level in levels]
+        if sum(map(len, names)) > 40:  # slanted, so that long level names do not run into each other
+            ax.set_xticks(range(len(levels)), labels=names, rotation=30, ha="right")
         else:
             ax.set_xticks(
-                range(len(levels)), labels=[textwrap.fill(level, 10, break_long_words=False) for level in levels]
+                range(len(levels)), labels=[textwrap.fill(name, 10, break_long_words=False) for name in names]
             )
         ax.set_xlim(-0.5, len(levels) - 0.5)
         ax.set_title(env)
-        ax.set_xlabel(factor)
+        ax.set_xlabel(factor_name(factor))
         ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
     return _finish(fig, axes, len(envs), legend_title(others) if others else None)
 
