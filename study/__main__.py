@@ -14,7 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from study.config import FULL_BUDGET, Study, StudyError, load_study, parse_only, parse_sets, select_runs
+from study.config import FULL_BUDGET, Study, StudyError, load_study, parse_only, parse_sets
 
 if TYPE_CHECKING:
     import optuna
@@ -100,15 +100,15 @@ def _load(args: argparse.Namespace) -> Study:
         raise StudyError(f"--steps: must be a positive integer (got {args.steps})")
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise StudyError(f"--workers: must be at least 1 (got {args.workers})")
-    study = load_study(
+    return load_study(
         args.study,
         budget=args.budget,
         steps=args.steps,
         overlay=getattr(args, "overlay", None),
         engine=getattr(args, "engine", None),
         sets=parse_sets(getattr(args, "set", [])),
+        only=parse_only(getattr(args, "only", [])),
     )
-    return select_runs(study, parse_only(getattr(args, "only", [])))
 
 
 def print_runs(study: Study, results: Path, console: Console) -> None:

@@ -635,8 +635,12 @@ class TuneSettings(_Strict):
 class CellOverride(_Strict):
     """Settings for the runs whose env and factor levels `match` names (a column: one level or several)."""
 
-    match: dict[str, list[str]] = Field(min_length=1)
+    match: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(min_length=1)
     set: dict[str, Any]
+
+    def matches(self, cell: Mapping[str, str]) -> bool:
+        """Whether a run with these env and factor levels is one this override sets."""
+        return all(cell.get(column) in levels for column, levels in self.match.items())
 
     @field_validator("match", mode="before")
     @classmethod
@@ -1062,13 +1066,16 @@ def load_study(
     overlay: dict[str, Any] | str | Path | None = None,
     engine: str | None = None,
     sets: Mapping[str, Any] | None = None,
+    only: Mapping[str, Sequence[str]] | None = None,
 ) -> Study:
     """Read, validate and expand a study file; raises StudyError on any bad input.
 
     :param overlay: settings (dotted keys, or `grid:`) applied after the budget, e.g. the best
         configuration a tuning wrote; a path is read as a YAML file
     :param sets: settings by dotted key (`hyperparams.learning_rate`), applied after the overlay
-        (the command line's `--set`, see `parse_sets`)
+        (the command line's `--set`, see `parse_sets`); refused where a grid level, env override or
+        cell override sets the same key for one of the runs kept
+    :param only: the runs kept, by column and levels (the command line's `--only`, see `select_runs`)
     """
     path = Path(path)
     raw, lines = _read_yaml(path, "a study")
@@ -1091,8 +1098,10 @@ def load_study(
             raise StudyError(f"{budget_layer.prefix()}{what} (got {show(given)})")
         if _is_int(given) and given < 1:
             raise StudyError(f"{budget_layer.prefix()}a step count must be at least 1 (got {given})")
-        if {"budgets", "grid", "name"} & set(chosen):
-            raise StudyError(f"{budget_layer.prefix()}may not set name, budgets or grid (levels: picks levels)")
+        if {"budgets", "grid", "name", CELLS} & set(chosen):
+            raise StudyError(
+                f"{budget_layer.prefix()}may not set name, budgets, grid or {CELLS} (levels: picks levels of the grid)"
+            )
         picked = chosen.get(BUDGET_LEVELS_KEY)
         chosen = {k: v for k, v in chosen.items() if k != BUDGET_LEVELS_KEY}
         doc = apply_overrides(doc, chosen)
@@ -1104,8 +1113,8 @@ def load_study(
         else:
             settings, overlay_lines = _read_yaml(Path(overlay), "an overlay")
             overlay_layer = _Layer(settings, Path(overlay), lines=overlay_lines)
-        if {"budgets", "name"} & set(overlay_layer.settings):
-            raise StudyError(f"{overlay_layer.prefix()}an overlay may not set name or budgets")
+        if {"budgets", "name", CELLS} & set(overlay_layer.settings):
+            raise StudyError(f"{overlay_layer.prefix()}an overlay may not set name, budgets or {CELLS}")
         grid = overlay_layer.settings.get("grid")
         doc = apply_overrides(doc, {k: v for k, v in overlay_layer.settings.items() if k != "grid"})
         if grid is not None:
@@ -1113,8 +1122,8 @@ def load_study(
             layers[0] = _Layer({k: v for k, v in raw.items() if k != "grid"}, path, lines=lines)
         layers.append(overlay_layer)
     for key, value in (sets or {}).items():
-        if key.split(".")[0] in {"name", "budgets", "grid"}:
-            raise StudyError(f"--set {key}: may not set name, budgets or grid (--only picks runs of the grid)")
+        if key.split(".")[0] in {"name", "budgets", "grid", CELLS}:
+            raise StudyError(f"--set {key}: may not set name, budgets, grid or {CELLS} (--only picks runs of the grid)")
         doc = apply_overrides(doc, {key: value})
         layers.append(_Layer({key: value}, None, "--set"))
     if steps is not None:
@@ -1128,12 +1137,28 @@ def load_study(
         file = StudyFile.model_validate(doc)
     except ValidationError as err:
         raise _fail([_message(p, layers) for p in problems(err, StudyFile)]) from None
-    _check_sets(sets or {}, file)
     keep = None if picked is None else _kept_levels(_factor_levels(file.grid), picked, budget_layer)
-    return _expand(path, budget, file, doc, layers, grid_layer, keep)
+    envs = {
+        *_names(raw.get("envs")),
+        *(
+            e
+            for b in (budgets if isinstance(budgets, dict) else {}).values()
+            if isinstance(b, dict)
+            for e in _names(b.get("envs"))
+        ),
+    }
+    study = select_runs(_expand(path, budget, file, doc, layers, grid_layer, keep, envs | set(file.envs)), only or {})
+    _check_sets(sets or {}, study)
+    return study
+
+
+def _names(envs: Any) -> list[str]:
+    """The env ids a file's or budget's `envs` lists (nothing, if it is not a list)."""
+    return [str(e) for e in envs] if isinstance(envs, list) else []
 
 
 BUDGET_LEVELS_KEY = "levels"  # in a budget: the levels of grid factors it runs, e.g. {algo: [TD3]}
+CELLS = "cell_overrides"
 
 
 def _kept_levels(
@@ -1141,7 +1166,7 @@ def _kept_levels(
 ) -> dict[str, list[str]]:
     """The levels that a budget's `levels` keeps (factor column → labels), checked against the grid."""
     head = layer.prefix((BUDGET_LEVELS_KEY,)) + f"{BUDGET_LEVELS_KEY}: "
-    if not isinstance(picked, dict) or not picked:
+    if not isinstance(picked, dict) or not picked or any(v == [] for v in picked.values()):
         raise StudyError(f"{head}must map factor columns to the levels to run (got {show(picked)})")
     keep: dict[str, list[str]] = {}
     for column, given in picked.items():
@@ -1160,18 +1185,28 @@ def _kept_levels(
     return keep
 
 
-def _check_sets(sets: Mapping[str, Any], file: StudyFile) -> None:
-    """Refuse a `--set` of a setting that grid levels or env overrides set: they would win over it."""
+def _check_sets(sets: Mapping[str, Any], study: Study) -> None:
+    """Refuse a `--set` of a setting that a grid level, env override or cell override sets for
+    one of the study's runs: it would win over the `--set`."""
+    file = study.file
     by_levels = {
-        f"grid.{column}": set().union(*(_dotted(over) for _, over in levels))
+        f"grid.{column}": set().union(
+            *(_dotted(over) for label, over in levels if label in study.factor_levels[column])
+        )
         for column, levels in _factor_levels(file.grid).items()
     }
-    by_levels |= {f"env_overrides.{env}": _dotted(over) for env, over in file.env_overrides.items()}
-    by_levels |= {f"cell_overrides[{i}]": _dotted(cell.set) for i, cell in enumerate(file.cell_overrides)}
+    envs = {spec.env for spec in study.runs}
+    by_levels |= {f"env_overrides.{env}": _dotted(over) for env, over in file.env_overrides.items() if env in envs}
+    cells = [{"env": spec.env, **spec.factors} for spec in study.runs]
+    by_levels |= {
+        f"{CELLS}[{i}]": _dotted(cell.set)
+        for i, cell in enumerate(file.cell_overrides)
+        if any(cell.matches(run) for run in cells)
+    }
     for key in sets:
         for where, paths in by_levels.items():
             if any(key == p or key.startswith(f"{p}.") or p.startswith(f"{key}.") for p in paths):
-                raise StudyError(f"--set {key}: {where} sets it per run (pick its levels with --only)")
+                raise StudyError(f"--set {key}: {where} sets it per run (pick runs that it does not set with --only)")
 
 
 def _dotted(doc: Mapping[str, Any], prefix: str = "") -> set[str]:
@@ -1214,20 +1249,23 @@ def _grid_layers(grid: dict[str, Any], source: _Layer) -> dict[str, list[_Level]
     return out
 
 
-def _cell_layers(file: StudyFile, source: _Layer) -> tuple[list[_Layer], list[str]]:
+def _cell_layers(file: StudyFile, source: _Layer, envs: set[str]) -> tuple[list[_Layer], list[str]]:
     """The study's cell overrides as layers (`cell_overrides[i]`), and what is wrong with their
-    `match`: each names `env` (any env id) or a factor column, with levels of the whole grid."""
+    `match`: each names `env` (envs of the file or its budgets) or a factor column, with levels of
+    the whole grid."""
     columns = {column: [label for label, _ in levels] for column, levels in _factor_levels(file.grid).items()}
     errors = []
     for i, cell in enumerate(file.cell_overrides):
         head = _Layer({}, source.file, f"cell_overrides[{i}].match", ("cell_overrides", i, "match"), source.lines)
         for column, levels in cell.match.items():
             if column == "env":
-                for env in levels:
-                    try:
-                        _check_env_id(env)
-                    except ValueError as err:
-                        errors.append(f"{head.prefix()}env: {err}")
+                known = sorted(envs)
+                errors += [
+                    f"{head.prefix()}env: {env!r} is not an env of the study or its budgets (have: {', '.join(known)})"
+                    + did_you_mean(env, known)
+                    for env in levels
+                    if env not in envs
+                ]
                 continue
             if column not in columns:
                 have = ["env", *columns]
@@ -1277,6 +1315,7 @@ def _expand(
     layers: list[_Layer],
     grid_layer: _Layer,
     keep: dict[str, list[str]] | None = None,
+    envs: set[str] | None = None,
 ) -> Study:
     """The runs of a validated study file: every grid cell × env × seed, each checked on its own;
     with `keep`, only those levels of its factors (a budget's `levels`: the others go unchecked)."""
@@ -1288,7 +1327,7 @@ def _expand(
         env: _Layer(over, path, f"env_overrides.{env}", ("env_overrides", env), layers[0].lines)
         for env, over in file.env_overrides.items()
     }
-    cell_layers, errors = _cell_layers(file, layers[0])
+    cell_layers, errors = _cell_layers(file, layers[0], envs or set(file.envs))
     settable = [("a grid level", level.layer) for column in level_layers.values() for level in column]
     settable += [("an env override", layer) for layer in env_layers.values()]
     settable += [("a cell override", layer) for layer in cell_layers]
@@ -1316,7 +1355,7 @@ def _expand(
             matching = [
                 layer
                 for layer, override in zip(cell_layers, file.cell_overrides, strict=True)
-                if all(cell.get(col) in levels for col, levels in override.match.items())
+                if override.matches(cell)
             ]
             for layer in [*(level.layer for level in combo), *matching]:
                 settings_doc = apply_overrides(settings_doc, dict(layer.settings))

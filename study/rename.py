@@ -6,13 +6,25 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Collection
 from pathlib import Path
 
 import yaml
 
 from study.config import RunSpec, Study, StudyError
-from study.store import CHECKPOINTS, MANIFEST, META, SPEC, STAGING, DamagedRunError, check_folder, manifest, study_dir
+from study.store import (
+    CHECKPOINTS,
+    DONE,
+    MANIFEST,
+    META,
+    SPEC,
+    STAGING,
+    DamagedRunError,
+    check_folder,
+    clear_staging,
+    manifest,
+    study_dir,
+    sync_files,
+)
 from study.studylock import StudyLock
 
 
@@ -29,63 +41,83 @@ def rename_runs(study: Study, results: Path | str = "results", dry_run: bool = F
     factor levels may differ, and a renamed record must hold exactly the planned run's settings.
     A record's spec.yaml and meta.json take the new factors and id (its budget and everything
     else stay as recorded) and its manifest is renewed; each run is written whole under a
-    temporary name before it replaces the old folder. Holds the study's lock.
+    temporary name before it replaces the old folder. Every record is checked before any is
+    renamed (also with `dry_run`, which changes nothing). An old folder left beside its renamed
+    copy (an interrupted rename) is removed once the copy verifies. Holds the study's lock.
     """
     folder = study_dir(Path(results), study.name)
     planned = {spec.run_id: spec for spec in study.runs}
+    if dry_run:
+        return _plan(folder, planned)[0]
     with StudyLock(folder):
-        renames = _renames(folder, planned)
-        if dry_run:
-            return renames
-        records = {
-            old: _checked(folder / old, planned[new]) for old, new in renames.items() if (folder / old / META).is_file()
-        }
-        for old, new in renames.items():  # every record checked before any is renamed
-            if old in records:
-                _rename_record(folder, old, planned[new], *records[old], renames)
+        clear_staging(folder)
+        renames, records = _plan(folder, planned)
+        for old, new in renames.items():
+            if (folder / new / META).is_file():  # renamed before, its old folder left behind
+                shutil.rmtree(folder / old)
+            elif old in records:
+                _rename_record(folder, old, planned[new], *records[old], planned)
             if (folder / CHECKPOINTS / old).is_dir():
                 os.replace(folder / CHECKPOINTS / old, folder / CHECKPOINTS / new)
     return renames
 
 
-def _renames(folder: Path, planned: Collection[str]) -> dict[str, str]:
-    """Old id → new id for each folder or checkpoint outside the grid that one planned run without
-    a folder of its own matches by seed and settings hash."""
-    found = {p.name for p in folder.iterdir() if (p / META).is_file()} if folder.is_dir() else set()
-    found |= (
-        {p.name for p in (folder / CHECKPOINTS).iterdir() if p.is_dir()} if (folder / CHECKPOINTS).is_dir() else set()
-    )
-    orphans: dict[str, list[str]] = {}
-    for name in sorted(found - set(planned)):
-        orphans.setdefault(_key(name), []).append(name)
-    renames: dict[str, str] = {}
+def _plan(folder: Path, planned: dict[str, RunSpec]) -> tuple[dict[str, str], dict[str, tuple[dict, dict]]]:
+    """Old id → new id for each record or checkpoint outside the grid that one planned run matches
+    by seed and settings hash, and the checked meta.json and spec.yaml of each record to move."""
+    records = {p.name for p in folder.iterdir() if (p / META).is_file()} if folder.is_dir() else set()
+    saved = folder / CHECKPOINTS
+    checkpoints = {p.name for p in saved.iterdir() if p.is_dir()} if saved.is_dir() else set()
+    by_key: dict[str, list[str]] = {}
     for run_id in planned:
-        if run_id in found:
-            continue
-        same = orphans.get(_key(run_id), [])
-        if len(same) > 1:
-            raise StudyError(f"{folder}: {run_id} matches several runs ({', '.join(same)}); rename them by hand")
-        if same:
-            renames[same[0]] = run_id
-    return renames
+        by_key.setdefault(_key(run_id), []).append(run_id)
+    renames: dict[str, str] = {}
+    for old in sorted((records | checkpoints) - set(planned)):
+        claims = by_key.get(_key(old), [])
+        if len(claims) > 1:
+            raise StudyError(
+                f"{folder / old}: the runs {', '.join(claims)} have its seed and settings; rename it by hand"
+            )
+        if claims:
+            renames[old] = claims[0]
+    for new in set(renames.values()):
+        if len(olds := [old for old, n in renames.items() if n == new]) > 1:
+            raise StudyError(f"{folder}: {new} matches several runs ({', '.join(olds)}); rename them by hand")
+    checked = {}
+    for old, new in renames.items():
+        if (folder / new / META).is_file():  # the copy an interrupted rename made, or a rerun
+            if old in records and _whole(folder / old)["status"] == DONE != _whole(folder / new)["status"]:
+                raise StudyError(f"{folder}: {old} is done and {new}, the same run, is not; keep one by hand")
+            _whole(folder / new)
+        elif old in records:
+            checked[old] = _checked(folder / old, planned[new])
+    return renames, checked
+
+
+def _whole(run: Path) -> dict:
+    """A record's meta.json, once its files verify; DamagedRunError otherwise."""
+    meta, problems = check_folder(run)
+    if problems:
+        raise DamagedRunError(run.name, run, "; ".join(problems))
+    return meta
 
 
 def _checked(run: Path, spec: RunSpec) -> tuple[dict, dict]:
     """A record's meta.json and spec.yaml, once its files are whole and its settings are `spec`'s."""
-    meta, problems = check_folder(run)
-    if problems:
-        raise DamagedRunError(run.name, run, "; ".join(problems))
+    meta = _whole(run)
     recorded = yaml.safe_load((run / SPEC).read_text())
     try:
         same = RunSpec.model_validate(recorded | {"factors": spec.factors}).spec_hash == spec.spec_hash
     except ValueError:
         same = False
     if not same:
-        raise DamagedRunError(run.name, run, f"its {SPEC} does not hold the settings of run {spec.run_id}")
+        raise StudyError(f"{run}: its {SPEC} does not hold the settings of run {spec.run_id}; nothing renamed")
     return meta, recorded
 
 
-def _rename_record(folder: Path, old: str, spec: RunSpec, meta: dict, recorded: dict, renames: dict[str, str]) -> None:
+def _rename_record(
+    folder: Path, old: str, spec: RunSpec, meta: dict, recorded: dict, planned: dict[str, RunSpec]
+) -> None:
     """Write the record of `old` under `spec`'s id, whole, then remove the old folder."""
     staging = folder / STAGING
     staging.mkdir(exist_ok=True)
@@ -94,13 +126,12 @@ def _rename_record(folder: Path, old: str, spec: RunSpec, meta: dict, recorded: 
     recorded["factors"] = dict(spec.factors)
     (tmp / SPEC).write_text(yaml.safe_dump(recorded, sort_keys=False))
     meta |= {"run_id": spec.run_id, "factors": dict(spec.factors)}
-    if "group" in meta:
-        meta["group"] = [renames.get(member, member) for member in meta["group"]]
-    if MANIFEST in meta:  # the old folder's files were verified against it above
+    if "group" in meta:  # the stacked group it was trained in, by the members' planned ids
+        ids = {_key(run_id): run_id for run_id in planned}
+        meta["group"] = [ids.get(_key(member), member) for member in meta["group"]]
+    if MANIFEST in meta:  # the old folder's files were verified against it
         meta[MANIFEST] = manifest(tmp)
     (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
-    for path in (tmp / SPEC, tmp / META):
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
+    sync_files(tmp)
     os.replace(tmp, folder / spec.run_id)
     shutil.rmtree(folder / old)

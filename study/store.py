@@ -240,9 +240,7 @@ def write_run(result: RunResult, results: Path) -> Path:
         (tmp / NORMALIZE).write_bytes(result.normalize)
     meta = {**result.meta, MANIFEST: manifest(tmp)}
     (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
-    for path in tmp.iterdir():
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
+    sync_files(tmp)
     if final.exists():  # a failed or damaged earlier record
         if not _exchange(tmp, final):
             old = staging / f"{final.name}.old.{uuid.uuid4().hex[:8]}"
@@ -253,6 +251,13 @@ def write_run(result: RunResult, results: Path) -> Path:
     else:
         os.replace(tmp, final)
     return final
+
+
+def sync_files(folder: Path) -> None:
+    """Flush every file of a folder to disk, before the folder is renamed into place."""
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -332,8 +337,7 @@ class StudyResults:
 
     @property
     def factors(self) -> list[str]:
-        """The factors compared: those whose levels vary among the study's runs."""
-        return self.study.factors
+        return list(self.study.factor_levels)
 
     @property
     def specs(self) -> dict[str, RunSpec]:

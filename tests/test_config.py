@@ -81,14 +81,16 @@ def test_cell_overrides_set_the_cells_they_match(write_study) -> None:
         {
             "envs": ["Pendulum-v1", "MountainCarContinuous-v0"],
             "env_overrides": {"Pendulum-v1": {"hyperparams.gamma": 0.9, "hyperparams.tau": 0.01}},
+            "budgets": {"full": 300, "mujoco": {"envs": ["Hopper-v5"]}},
             "grid": {
-                "algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}},
+                "algo": {"TD3": {}, "DDPG": {"algo": "ddpg", "hyperparams.tau": 0.02}},
                 "noise": {"param": {}, "action": {"exploration.param_noise": None}},
             },
             "cell_overrides": [
-                {"match": {"algo": "DDPG", "env": "Pendulum-v1"}, "set": {"hyperparams.gamma": 0.8}},
-                {"match": {"algo": "DDPG", "env": "Hopper-v5"}, "set": {"seeds": 3}},  # an env the budget does not run
+                {"match": {"algo": "DDPG", "env": "Pendulum-v1"}, "set": {"hyperparams": {"gamma": 0.8, "tau": 0.03}}},
+                {"match": {"algo": "DDPG", "env": "Hopper-v5"}, "set": {"seeds": 3}},  # a budget's env
                 {"match": {"noise": ["action"]}, "set": {"exploration.action_noise": {"type": "normal"}}},
+                {"match": {"noise": "action", "algo": ["DDPG"]}, "set": {"hyperparams.tau": 0.04}},
             ],
         }
     )
@@ -105,12 +107,12 @@ def test_cell_overrides_set_the_cells_they_match(write_study) -> None:
     assert got == {
         ("Pendulum-v1", "TD3", "param"): (0.9, 0.01, "none"),
         ("Pendulum-v1", "TD3", "action"): (0.9, 0.01, "normal"),
-        ("Pendulum-v1", "DDPG", "param"): (0.8, 0.01, "none"),
-        ("Pendulum-v1", "DDPG", "action"): (0.8, 0.01, "normal"),
+        ("Pendulum-v1", "DDPG", "param"): (0.8, 0.03, "none"),
+        ("Pendulum-v1", "DDPG", "action"): (0.8, 0.04, "normal"),
         ("MountainCarContinuous-v0", "TD3", "param"): (None, None, "none"),
         ("MountainCarContinuous-v0", "TD3", "action"): (None, None, "normal"),
-        ("MountainCarContinuous-v0", "DDPG", "param"): (None, None, "none"),
-        ("MountainCarContinuous-v0", "DDPG", "action"): (None, None, "normal"),
+        ("MountainCarContinuous-v0", "DDPG", "param"): (None, 0.02, "none"),
+        ("MountainCarContinuous-v0", "DDPG", "action"): (None, 0.04, "normal"),
     }
 
 
@@ -118,10 +120,9 @@ def test_cell_overrides_set_the_cells_they_match(write_study) -> None:
     ("cell", "message"),
     [
         ({"match": {"algo": "DDPG"}, "set": {"hyperparams.gama": 0.8}}, "cell_overrides[0]: hyperparams.gama: not an"),
-        (
-            {"match": {"env": "Pendulm-v1"}, "set": {}},
-            "cell_overrides[0].match: env: unknown environment id 'Pendulm-v1'",
-        ),
+        ({"match": {"env": "Pendulm-v1"}, "set": {}}, "cell_overrides[0].match: env: 'Pendulm-v1' is not an env of"),
+        ({"match": {"env": "Hopper-v5"}, "set": {}}, "'Hopper-v5' is not an env of the study or its budgets"),
+        ({"match": {"algo": []}, "set": {}}, "cell_overrides[0].match.algo: needs at least 1 item"),
         ({"match": {"algo": "DDGP"}, "set": {}}, "cell_overrides[0].match: algo: no level 'DDGP' (have: TD3, DDPG)"),
         ({"match": {"algoo": "DDPG"}, "set": {}}, "cell_overrides[0].match: algoo: no such column (have: env, algo)"),
         ({"match": {}, "set": {}}, "cell_overrides[0].match: needs at least 1 item"),
@@ -191,6 +192,10 @@ def test_shipped_studies_are_valid(name: str) -> None:
     assert study.runs
     for budget in study.file.budgets:
         assert load_study(ROOT / "ablations" / f"{name}.yaml", budget=budget).runs
+    # every cell override fits the cells it sets, on envs no budget runs with all of the grid too
+    named = {env for cell in study.file.cell_overrides for env in cell.match.get("env", [])}
+    if named:
+        assert load_study(ROOT / "ablations" / f"{name}.yaml", sets={"envs": sorted(named)}).runs
 
 
 BAD = [

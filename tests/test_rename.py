@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from study.__main__ import main
-from study.config import load_study
+from study.config import StudyError, load_study
 from study.rename import rename_runs
 from study.store import CHECKPOINTS, DONE, MANIFEST, META, SPEC, DamagedRunError, check_run, load_results, manifest
+from study.studylock import StudyLock, StudyLocked
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,9 +80,50 @@ def test_a_record_with_other_settings_stops_every_rename(results, grown) -> None
     meta = json.loads((victim / META).read_text())
     (victim / META).write_text(json.dumps(meta | {MANIFEST: manifest(victim)}))  # whole, but not that run
     folders = sorted(p.name for p in (results / "smoke").glob("Pendulum*"))
-    with pytest.raises(DamagedRunError, match="does not hold the settings of run"):
-        rename_runs(load_study(grown), results)
+    for dry_run in (True, False):
+        with pytest.raises(StudyError, match="does not hold the settings of run .*; nothing renamed"):
+            rename_runs(load_study(grown), results, dry_run=dry_run)
     assert sorted(p.name for p in (results / "smoke").glob("Pendulum*")) == folders
+
+
+def test_a_damaged_record_stops_every_rename(results, grown) -> None:
+    victim = results / "smoke" / load_study(ROOT / "ablations" / "smoke.yaml").runs[-1].run_id
+    (victim / "episodes.parquet").write_bytes(b"not a table")
+    with pytest.raises(DamagedRunError):
+        rename_runs(load_study(grown), results)
+    assert victim.is_dir()
+
+
+def test_an_interrupted_rename_is_completed(results, grown, tmp_path) -> None:
+    old = load_study(ROOT / "ablations" / "smoke.yaml").runs[0].run_id
+    shutil.copytree(results / "smoke" / old, tmp_path / "kept")
+    first = rename_runs(load_study(grown), results)
+    shutil.copytree(tmp_path / "kept", results / "smoke" / old)  # as if the old folder's removal never happened
+    assert rename_runs(load_study(grown), results) == {old: first[old]}
+    assert not (results / "smoke" / old).exists() and (results / "smoke" / first[old]).is_dir()
+
+
+def test_a_record_two_planned_runs_claim_is_left_to_the_user(results, tmp_path) -> None:
+    doc = yaml.safe_load((ROOT / "ablations" / "smoke.yaml").read_text())
+    doc["grid"]["alias"] = {"a": {}, "b": {}}  # two cells with the same settings
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(StudyError, match="have its seed and settings; rename it by hand"):
+        rename_runs(load_study(path), results)
+
+
+def test_group_members_and_the_lock(results, grown) -> None:
+    runs = [spec.run_id for spec in load_study(ROOT / "ablations" / "smoke.yaml").runs]
+    record = results / "smoke" / runs[0]
+    meta = json.loads((record / META).read_text())
+    (record / META).write_text(json.dumps(meta | {"group": runs[:2]}))  # trained together (meta is not in the manifest)
+    assert rename_runs(load_study(grown), results, dry_run=True) and not (results / "smoke" / ".lock").exists()
+    with StudyLock(results / "smoke"), pytest.raises(StudyLocked):
+        rename_runs(load_study(grown), results)
+    renames = rename_runs(load_study(grown), results)
+    assert json.loads((results / "smoke" / renames[runs[0]] / META).read_text())["group"] == [
+        renames[r] for r in runs[:2]
+    ]
 
 
 def test_the_command_line(results, grown, capsys) -> None:

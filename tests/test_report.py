@@ -53,6 +53,22 @@ def test_report_of_the_smoke_study(smoke_results: Path, capsys) -> None:
         assert (folder / table).stat().st_size > 0
 
 
+def test_report_of_a_selection_at_one_interval(smoke_results: Path, tmp_path: Path) -> None:
+    """A factor held at one level is named once, not in every label, and the sampling interval
+    still draws its figures; the metrics keep every factor's column."""
+    import shutil
+
+    results = Path(shutil.copytree(smoke_results, tmp_path / "results"))
+    study = load_study(ROOT / "ablations" / "smoke.yaml", only={"interval": ["4"]})
+    assert study.constants == {"interval": "4"} and study.factors == ["layer_norm"]
+    report = build_report(study, results, reps=50)
+    assert {"return_vs_interval", "final_return_by_layer_norm"} <= set(report.figures)
+    text = report.markdown.read_text()
+    assert "Every run at interval = 4." in text
+    assert "| k = 4, layer norm on |" in text  # the interval stays in the labels: its figures are drawn on it
+    assert "interval" in (report.folder / "metrics.csv").read_text().splitlines()[0]
+
+
 @pytest.fixture
 def partial_study(write_study, tmp_path: Path):
     """2 envs × interval {1, 4, episode} × noise {param, action} × 3 seeds, synthetic results:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,8 @@ def test_only_keeps_the_runs_with_the_given_levels(grid_study) -> None:
     [
         ("--set", "hyperparams.gamam=0.9", "--set: hyperparams.gamam: not an argument of TD3; did you mean 'gamma'?"),
         ("--set", "hyperparams.gamma=high", "--set: hyperparams.gamma: must be a number (got 'high')"),
-        ("--set", "grid.interval=[1]", "--set grid.interval: may not set name, budgets or grid"),
-        ("--set", "name=other", "--set name: may not set name, budgets or grid"),
+        ("--set", "grid.interval=[1]", "--set grid.interval: may not set name, budgets, grid or cell_overrides"),
+        ("--set", "name=other", "--set name: may not set name, budgets, grid or cell_overrides"),
         (
             "--only",
             "intervall=8",
@@ -115,6 +116,25 @@ def test_a_set_of_what_the_grid_sets_per_run_is_refused(grid_study, key, value) 
     with pytest.raises(StudyError, match=f"--set {key}: grid.interval sets it per run"):
         load_study(grid_study, sets={key: value})
     load_study(grid_study, sets={"exploration.param_noise.initial_sigma": 0.3})  # beside it: fine
+
+
+def test_a_set_is_refused_only_where_a_kept_run_would_not_take_it(write_study) -> None:
+    path = write_study(
+        {
+            "grid": {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg", "hyperparams.tau": 0.02}}},
+            "cell_overrides": [{"match": {"algo": "TD3"}, "set": {"hyperparams.gamma": 0.9}}],
+            "budgets": {"full": 300, "ddpg": {"levels": {"algo": "DDPG"}}},
+        }
+    )
+    with pytest.raises(StudyError, match="--set hyperparams.tau: grid.algo sets it per run"):
+        load_study(path, sets={"hyperparams.tau": 0.01})
+    kept = load_study(path, sets={"hyperparams.tau": 0.01}, only={"algo": ["TD3"]})
+    assert [r.settings.hyperparams.tau for r in kept.runs] == [0.01]
+    with pytest.raises(StudyError, match=re.escape("--set hyperparams.gamma: cell_overrides[0] sets it per run")):
+        load_study(path, sets={"hyperparams.gamma": 0.5})
+    assert [
+        r.settings.hyperparams.gamma for r in load_study(path, budget="ddpg", sets={"hyperparams.gamma": 0.5}).runs
+    ] == [0.5]
 
 
 def test_a_set_of_what_an_env_override_sets_is_refused(write_study) -> None:

@@ -44,6 +44,13 @@ def report_dir(study: Study, results: Path) -> Path:
     return Path(results) / study.name / name
 
 
+def _compared(study: Study) -> list[str]:
+    """The factors a report compares: all but those held at one level (by the budget or a
+    selection), except the sampling interval and the chain length, on which its figures are drawn."""
+    keep = {interval_factor(study), *CHAIN_LENGTH_FACTORS}
+    return [f for f in study.factor_levels if f not in study.constants or f in keep]
+
+
 def interval_factor(study: Study) -> str | None:
     """The factor that varies the sampling interval k, if the study has one."""
     return next((col for col, key in study.factor_keys.items() if key == INTERVAL_KEY), None)
@@ -91,7 +98,7 @@ def build_report(
     figures.set_style()
     report = Report(report_dir(study, results), damaged=loaded.damaged)
     report.folder.mkdir(parents=True, exist_ok=True)
-    factors = loaded.factors
+    factors = _compared(study)
     metrics = run_metrics(loaded, include_warmup=include_warmup)
     metrics.to_csv(report.folder / "metrics.csv", index=False)
     interval = interval_factor(study)
@@ -345,7 +352,7 @@ def _markdown(
     include_warmup: bool,
     reps: int,
 ) -> str:
-    factors = loaded.factors
+    factors = _compared(study)
     counts = states.value_counts()
     total = len(states)
     lines = [
@@ -429,7 +436,7 @@ def _markdown(
 
 def _runs_per_cell(study: Study, states: pd.Series) -> str:
     rows = pd.DataFrame([{"env": spec.env, **spec.factors, "state": states[spec.run_id]} for spec in study.runs])
-    factors = study.factors
+    factors = _compared(study)
     rows["config"] = config_label(rows, factors)
     counts = rows.pivot_table(index="config", columns="env", values="state", aggfunc=lambda s: (s == DONE).sum())
     planned = rows.pivot_table(index="config", columns="env", values="state", aggfunc="size")
