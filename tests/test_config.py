@@ -198,6 +198,23 @@ def test_shipped_studies_are_valid(name: str) -> None:
         assert load_study(ROOT / "ablations" / f"{name}.yaml", sets={"envs": sorted(named)}).runs
 
 
+def test_the_three_ablations_set_up_their_algorithms_alike() -> None:
+    """sampling_interval, layer_norm and adaptation hold the same algorithm levels and per-env settings."""
+    import yaml
+
+    docs = [
+        yaml.safe_load((ROOT / "ablations" / f"{n}.yaml").read_text())
+        for n in ("sampling_interval", "layer_norm", "adaptation")
+    ]
+    assert docs[0]["grid"]["algo"] == docs[1]["grid"]["algo"] == docs[2]["grid"]["algo"]
+    assert (
+        docs[0]["cell_overrides"]
+        == docs[2]["cell_overrides"]
+        == docs[1]["cell_overrides"][: len(docs[0]["cell_overrides"])]
+    )
+    assert list(docs[0]["grid"]["algo"]) == ["TD3", "SAC", "PPO", "TRPO"]
+
+
 BAD = [
     ({"algo": "td4"}, "algo: unknown algorithm 'td4'"),
     ({"envs": ["NoSuchEnv-v0"]}, "envs: unknown environment id 'NoSuchEnv-v0'"),
