@@ -1351,7 +1351,8 @@ def _expand(
             cells += 1
             settings_doc = base
             run_layers = [*layers, *env_layer]
-            cell = {"env": env} | {col: level.label for col, level in zip(level_layers, combo, strict=True)}
+            factors = {col: level.label for col, level in zip(level_layers, combo, strict=True)}
+            cell = {"env": env} | factors
             matching = [
                 layer
                 for layer, override in zip(cell_layers, file.cell_overrides, strict=True)
@@ -1365,7 +1366,6 @@ def _expand(
             except ValidationError as err:
                 errors += [_message(p, run_layers) for p in problems(err, RunSettings, _study_wide())]
                 continue
-            factors = {col: level.label for col, level in zip(level_layers, combo, strict=True)}
             run = " ".join([env, *(f"{col}={label}" for col, label in factors.items())])
             for violation in _bound_violations(settings, run_layers, path):
                 violations.setdefault(violation, []).append(run)
