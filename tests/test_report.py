@@ -33,7 +33,7 @@ def check_report(folder: Path, expected: set[str]) -> str:
 def test_report_of_the_smoke_study(smoke_results: Path, capsys) -> None:
     path = ROOT / "ablations" / "smoke.yaml"
     assert main(["report", str(path), "--results", str(smoke_results)]) == 0
-    assert "7 figures, 2 tables" in capsys.readouterr().out
+    assert "8 figures, 2 tables" in capsys.readouterr().out
     folder = smoke_results / "smoke" / "report"
     text = check_report(
         folder,
@@ -43,6 +43,7 @@ def test_report_of_the_smoke_study(smoke_results: Path, capsys) -> None:
             "continuity_vs_interval",
             "final_return_by_layer_norm",
             "tradeoff",
+            "tradeoff_eval",
             "sigma",
             "action_traces",
         },
@@ -111,6 +112,7 @@ def test_report_of_a_partial_study_with_a_failed_run(partial_study) -> None:
             "continuity_vs_interval",
             "final_return_by_noise",
             "tradeoff",
+            "tradeoff_eval",
             "sigma",
         },
     )

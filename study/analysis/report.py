@@ -44,6 +44,13 @@ def report_dir(study: Study, results: Path) -> Path:
     return Path(results) / study.name / name
 
 
+#: the smoothness costs a report sets against the return: column, figure, what it measures
+COSTS = (
+    ("c_train", "tradeoff", "continuity cost C_train (the training episodes: exploration included)"),
+    ("c_eval", "tradeoff_eval", "continuity cost C_eval (the last evaluation: the deterministic, unperturbed policy)"),
+)
+
+
 def _compared(study: Study) -> list[str]:
     """The factors a report compares: all but those held at one level (by the budget or a
     selection), except the sampling interval and the chain length, on which its figures are drawn."""
@@ -210,21 +217,26 @@ def build_report(
             "confidence intervals" + (f", one color per combination of {', '.join(rest)}." if rest else "."),
             lambda factor=factor, rest=rest: figures.factor_comparison(metrics, factor, rest, "final_return", reps),
         )
-    if has_costs and baselines is not None:
-        figure(
-            "tradeoff",
-            "Return against smoothness: final return and continuity cost C_train (mean ± standard error over "
-            "seeds); each noise's sampling intervals joined in order of k (labelled, `ep`: once per episode), "
-            "runs without a k as single points. Up and to the left is better.",
-            lambda: figures.tradeoff_by_interval(k_metrics, interval, k_others, baselines, baseline_factors),
-        )
-    elif has_costs:
-        figure(
-            "tradeoff",
-            "Return against smoothness: final return and continuity cost C_train (mean ± standard error over "
-            "seeds), one point per configuration. Up and to the left is better.",
-            lambda: figures.tradeoff(metrics, factors),
-        )
+    for cost, name, what in COSTS if has_costs else ():
+        if metrics[cost].isna().all():
+            continue
+        if baselines is not None:
+            figure(
+                name,
+                f"Return against smoothness: final return and {what} (mean ± standard error over seeds); each "
+                "noise's sampling intervals joined in order of k (labelled, `ep`: once per episode), runs without "
+                "a k as single points. Up and to the left is better.",
+                lambda cost=cost: figures.tradeoff_by_interval(
+                    k_metrics, interval, k_others, baselines, baseline_factors, cost=cost
+                ),
+            )
+        else:
+            figure(
+                name,
+                f"Return against smoothness: final return and {what} (mean ± standard error over seeds), one "
+                "point per configuration. Up and to the left is better.",
+                lambda cost=cost: figures.tradeoff(metrics, factors, cost=cost),
+            )
     if len(loaded.adaptations):
         figure(
             "sigma",
