@@ -23,7 +23,7 @@ FOLDER = ROOT / "notebooks"
 NOTEBOOKS = sorted(FOLDER.glob("*.ipynb"))
 REFERENCE = ROOT / "results" / "reference"
 # no results of these notebooks' studies are committed: they fall back to a committed study
-FALLING_BACK = {"adaptation", "smoothness"}
+FALLING_BACK = {"smoothness"}
 ON_SMOKE = [p for p in NOTEBOOKS if p.stem == "layer_norm"]
 
 

@@ -70,6 +70,9 @@ def test_levels_are_named_as_readers_name_them() -> None:
     assert level_label("exploration.param_noise.target_distance", "0.1") == "δ = 0.1"
     assert level_label("replay", "uniform", first=False) == "uniform replay"
     assert level_label("method", "NoisyNet", first=False) == "NoisyNet"
+    assert level_label("adaptation", "fixed sigma=0.05", first=False) == "fixed σ = 0.05"  # names its parameter
+    assert level_label("noise", "param k=episode") == "param k = episode"
+    assert level_label("noise", "none, train every 8") == "none, train every 8"
     frame = pd.DataFrame({"method": ["epsilon-greedy"], "replay": ["uniform"], "n": ["20"]})
     assert config_label(frame, ["method", "replay", "n"]).tolist() == ["epsilon-greedy, uniform replay, N = 20"]
 

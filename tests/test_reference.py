@@ -50,6 +50,20 @@ def test_reference_td3_mountaincar_layer_norm_loads_complete() -> None:
         assert (REFERENCE / "layer_norm" / f"report-{budget}" / "report.md").is_file()
 
 
+def test_reference_td3_mountaincar_adaptation_loads_complete() -> None:
+    """Fixed σ at two values and adaptive σ at four δ, parameter noise every 8 steps."""
+    study = load_study(ROOT / "ablations" / "adaptation.yaml", budget="mountaincar")
+    metrics = run_metrics(load_results(study, REFERENCE))
+    assert len(metrics) == 60 and (metrics.groupby("adaptation", observed=True).size() == 10).all()
+    assert {s.settings.exploration.param_noise.interval for s in study.runs} == {8}
+    adaptive = metrics[metrics["adaptation"].str.startswith("delta")]
+    assert (
+        adaptive["final_sigma"].notna().all()
+        and metrics.loc[~metrics.index.isin(adaptive.index), "final_sigma"].isna().all()
+    )
+    assert (REFERENCE / "adaptation" / "report-mountaincar" / "report.md").is_file()
+
+
 def test_reference_chain_study_loads_complete() -> None:
     study = load_study(ROOT / "ablations" / "chain.yaml")
     results = load_results(study, REFERENCE)
@@ -117,6 +131,7 @@ def test_every_reference_run_is_sealed_and_verifies() -> None:
     assert {folder.parent.name for folder in folders} == {
         "sampling_interval",
         "layer_norm",
+        "adaptation",
         "chain",
         "noise_types_mountaincar",
         "engines",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,14 +21,22 @@ def factor_name(factor: str) -> str:
     return SYMBOLS.get(short, short.replace("_", " "))
 
 
+GREEK = {"sigma": "σ", "delta": "δ", "beta": "β", "alpha": "α", "epsilon": "ε"}
+
+
+def _spelled(text: str) -> str:
+    """A label's `name=value` parts as readers write them: "fixed sigma=0.05" → "fixed σ = 0.05"."""
+    return re.sub(r"\b(\w+)=(?=\S)", lambda m: f"{GREEK.get(m[1], m[1])} = ", text)
+
+
 def level_label(factor: str, level: object, first: bool = True) -> str:
-    """A level as readers name it: "k = 8", "layer norm on", "uniform replay", "ε-greedy"."""
-    text, name = str(level), factor_name(factor)
+    """A level as readers name it: "k = 8", "layer norm on", "uniform replay", "ε-greedy", "δ = 0.2"."""
+    text, name = _spelled(str(level)), factor_name(factor)
     if text.lower() in ("true", "false"):
         return f"{name} {'on' if text.lower() == 'true' else 'off'}"
     if _numeric(text) or name in SYMBOLS.values():
         return f"{name} = {text}"
-    if first or factor.rsplit(".", 1)[-1] in NAMING_FACTORS:
+    if first or factor.rsplit(".", 1)[-1] in NAMING_FACTORS or " = " in text:  # "δ = 0.2" names itself
         return text
     return f"{text} {name}"
 
