@@ -86,9 +86,9 @@ def _plan(folder: Path, planned: dict[str, RunSpec]) -> tuple[dict[str, str], di
     checked = {}
     for old, new in renames.items():
         if (folder / new / META).is_file():  # the copy an interrupted rename made, or a rerun
-            if old in records and _whole(folder / old)["status"] == DONE != _whole(folder / new)["status"]:
+            status = _whole(folder / new)["status"]  # it must verify before the old folder goes
+            if old in records and status != DONE and _whole(folder / old)["status"] == DONE:
                 raise StudyError(f"{folder}: {old} is done and {new}, the same run, is not; keep one by hand")
-            _whole(folder / new)
         elif old in records:
             checked[old] = _checked(folder / old, planned[new])
     return renames, checked
