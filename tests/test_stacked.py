@@ -13,13 +13,14 @@ from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.utils import polyak_update
 from torch import nn
 
 from study.buffers import PrioritizedReplayBuffer
 from study.dqn import DQN, QRDQN
 from study.policies import ParamNoiseDQNPolicy, ParamNoiseQRDQNPolicy, ParamNoiseSACPolicy, ParamNoiseTD3Policy
 from study.stacked.buffer import StackedReplayBuffer
-from study.stacked.common import StackedBatch
+from study.stacked.common import StackedBatch, polyak
 from study.stacked.dqn import StackedDQN, StackedQRDQN
 from study.stacked.nets import StackedLinear, Unsupported, stack_sequential
 from study.stacked.optim import StackedAdam
@@ -233,13 +234,14 @@ def test_the_stacked_q_update_is_each_members_update(case: str, uneven: bool) ->
                 th.testing.assert_close(state[key][i], expected_state[key], rtol=RTOL, atol=scale)
 
 
-def test_stacked_adam_steps_each_member_as_its_own_adam_and_leaves_masked_members_alone() -> None:
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_stacked_adam_steps_each_member_as_its_own_adam_and_leaves_masked_members_alone(weight_decay: float) -> None:
     th.manual_seed(0)
     initial = [th.randn(E, 4, 3), th.randn(E, 4)]
     reference = [[nn.Parameter(p[i].clone()) for p in initial] for i in range(E)]
-    optimizers = [th.optim.Adam(params, lr=1e-2) for params in reference]
+    optimizers = [th.optim.Adam(params, lr=1e-2, weight_decay=weight_decay) for params in reference]
     stacked = [nn.Parameter(p.clone()) for p in initial]
-    optimizer = StackedAdam(stacked, E, lr=1e-2)
+    optimizer = StackedAdam(stacked, E, lr=1e-2, weight_decay=weight_decay)
     masks = [None, None, th.tensor([True, False, True]), None, th.tensor([False, True, True])]
     for call, mask in enumerate(masks):
         grads = [th.randn_like(p) for p in initial]
@@ -257,6 +259,19 @@ def test_stacked_adam_steps_each_member_as_its_own_adam_and_leaves_masked_member
                     assert th.equal(param[i], expected)
                 th.testing.assert_close(param[i], expected, rtol=1e-6, atol=1e-7)
     assert optimizer.state[stacked[0]]["step"].tolist() == [4, 4, 5]
+
+
+@pytest.mark.parametrize("mask", [None, th.tensor([True, False, True])])
+def test_stacked_target_update_is_sb3_polyak_update_of_each_member(mask: th.Tensor | None) -> None:
+    th.manual_seed(0)
+    params, targets = [th.randn(E, 4, 3), th.randn(E, 4)], [th.randn(E, 4, 3), th.randn(E, 4)]
+    expected = [t.clone() for t in targets]
+    for i in range(E):
+        if mask is None or mask[i]:
+            polyak_update([p[i] for p in params], [t[i] for t in expected], 0.005)
+    polyak(params, targets, 0.005, mask)
+    for got, want in zip(targets, expected, strict=True):
+        assert th.equal(got, want)
 
 
 @pytest.mark.parametrize("kind", [ReplayBuffer, PrioritizedReplayBuffer])

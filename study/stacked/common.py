@@ -90,12 +90,13 @@ def member_normal(
     """[E, *like.shape]: member e's `like.clone().normal_(0, std)`, drawn from its own stream
     (zeros, drawing nothing, for the members `mask` leaves out)."""
     taken = [True] * len(generators) if mask is None else mask.tolist()
-    return th.stack(
-        [
-            th.empty_like(like).normal_(0, std, generator=generator) if take else th.zeros_like(like)
-            for generator, take in zip(generators, taken, strict=True)
-        ]
-    )
+    drawn = like.new_empty((len(generators), *like.shape))
+    for row, generator, take in zip(drawn, generators, taken, strict=True):
+        if take:  # a contiguous slice draws what a tensor of its own would
+            row.normal_(0, std, generator=generator)
+        else:
+            row.zero_()
+    return drawn
 
 
 def mse(prediction: th.Tensor, target: th.Tensor) -> th.Tensor:
@@ -109,11 +110,14 @@ def polyak(
     """SB3's `polyak_update` on stacked tensors (elementwise, so the same per member), of the
     members `mask` ([E] bool) selects, or of all."""
     with th.no_grad():
+        params, targets = [param.data for param in params], [target.data for target in targets]
+        if mask is None:  # `polyak_update`'s two ops, on all members' tensors at once
+            th._foreach_mul_(targets, 1 - tau)
+            th._foreach_add_(targets, params, alpha=tau)
+            return
         for param, target in zip(params, targets, strict=True):
-            updated = th.add(target.data * (1 - tau), param.data, alpha=tau)
-            if mask is not None:
-                updated = th.where(mask.to(target.device).view(-1, *([1] * (target.ndim - 1))), updated, target.data)
-            target.data.copy_(updated)
+            updated = th.add(target * (1 - tau), param, alpha=tau)
+            target.copy_(th.where(mask.to(target.device).view(-1, *([1] * (target.ndim - 1))), updated, target))
 
 
 def q_values(critics: nn.ModuleList, obs: th.Tensor, actions: th.Tensor) -> list[th.Tensor]:

@@ -45,6 +45,7 @@ class StackedAdam(th.optim.Optimizer):
     def step(self, closure: None = None, mask: th.Tensor | None = None) -> None:  # type: ignore[override]
         """One Adam step of the members where `mask` ([E] bool) is true; of all without it."""
         for group in self.param_groups:
+            together: list[th.Tensor] = []  # stepped at one count and rate: one foreach step
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -55,24 +56,33 @@ class StackedAdam(th.optim.Optimizer):
                     state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
                 if mask is None and state["step"].ndim == 0 and not isinstance(group["lr"], th.Tensor):
                     state["step"] += 1
-                    self._adam(param, state, group, group["lr"], float(state["step"]))  # torch's own arithmetic
+                    together.append(param)
                     continue
                 taken = None if mask is None else mask.cpu()
                 state["step"] = state["step"].expand(self.members) + (1 if taken is None else taken)
                 self._member_adam(param, state, group, taken)
+            if together:
+                self._adam(together, [self.state[param] for param in together], group)
 
     @staticmethod
-    def _adam(param: th.Tensor, state: dict, group: dict, lr: float, step: float) -> None:
-        """`torch.optim.Adam`'s step (single-tensor, as on a CPU) of all members at one step count."""
+    def _adam(params: list[th.Tensor], states: list[dict], group: dict) -> None:
+        """`torch.optim.Adam`'s step (multi-tensor, as on a GPU; elementwise the same as its
+        single-tensor step on a CPU) of all members at one step count each."""
         beta1, beta2 = group["betas"]
-        grad = param.grad if group["weight_decay"] == 0 else param.grad.add(param, alpha=group["weight_decay"])
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = lr / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        grads = [param.grad for param in params]
+        if group["weight_decay"] != 0:
+            grads = th._foreach_add(grads, params, alpha=group["weight_decay"])
+        exp_avgs, exp_avg_sqs = [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states]
+        th._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        th._foreach_mul_(exp_avg_sqs, beta2)
+        th._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        steps = [float(state["step"]) for state in states]
+        step_size = [-group["lr"] / (1 - beta1**step) for step in steps]
+        bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
+        denom = th._foreach_sqrt(exp_avg_sqs)
+        th._foreach_div_(denom, bias_correction2_sqrt)
+        th._foreach_add_(denom, group["eps"])
+        th._foreach_addcdiv_(params, exp_avgs, denom, step_size)
 
     def _member_adam(self, param: th.Tensor, state: dict, group: dict, taken: th.Tensor | None) -> None:
         """Adam's step with each member's own step count and rate, of the members `taken` selects."""
