@@ -190,6 +190,22 @@ def test_config_styles_shade_the_levels_of_a_third_factor() -> None:
     assert styles[label["y", "u", "2"]]["color"] != shades[1]
 
 
+def test_a_level_keeps_its_color_in_figures_that_show_some_levels_only() -> None:
+    """The σ figure shows the parameter-noise levels alone; each has the color it has in the
+    learning curves, which show every level."""
+    import pandas as pd
+
+    from study.analysis.labels import config_styles
+
+    levels = ["Gaussian only", "param k=episode", "param k=64"]
+    every = pd.DataFrame({"exploration": pd.Categorical(levels, categories=levels)})
+    some = every.iloc[1:]
+    all_styles, some_styles = config_styles(every, ["exploration"]), config_styles(some, ["exploration"])
+    for label in ("param k = episode", "param k = 64"):
+        assert some_styles[label]["color"] == all_styles[label]["color"]
+    assert all_styles["Gaussian only"]["color"] != all_styles["param k = episode"]["color"]
+
+
 def test_factor_comparison_wraps_long_level_names() -> None:
     import pandas as pd
 

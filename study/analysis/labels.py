@@ -95,12 +95,13 @@ def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict
     style and marker from the second's, and the color's shade (dark to light) from the
     remaining factors' levels (or one color per configuration when the second factor has
     more levels than there are line styles)."""
+    if len(factors) == 1:  # every level of the study, so that a level has one color in every figure
+        return _one_style_each([level_label(factors[0], level) for level in _levels(frame, factors[0])])
+    if not factors:
+        return _one_style_each([ALL_RUNS])
     configs = ordered_configs(frame, factors)
-    if len(factors) < 2:
-        return _one_style_each(configs)
     ordered = _combinations(frame, factors)
-    first = list(dict.fromkeys(ordered[factors[0]].astype(str)))
-    second = list(dict.fromkeys(ordered[factors[1]].astype(str)))
+    first, second = _levels(frame, factors[0]), _levels(frame, factors[1])
     if len(second) > len(LINESTYLES):
         return _one_style_each(configs)
     colors = palette(len(first))
@@ -112,6 +113,14 @@ def config_styles(frame: pd.DataFrame, factors: Sequence[str]) -> dict[str, dict
         color = shade(colors[a], shades.index(level), len(shades))
         styles[label] = {"color": color, "linestyle": LINESTYLES[b], "marker": MARKERS[b]}
     return styles
+
+
+def _levels(frame: pd.DataFrame, factor: str) -> list[str]:
+    """A factor's levels in YAML order: all of the study's where the column is categorical (as the
+    run table's factors are), else those present."""
+    column = frame[factor]
+    levels = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.drop_duplicates()
+    return [str(level) for level in levels]
 
 
 def _one_style_each(configs: Sequence[str]) -> dict[str, dict[str, object]]:
