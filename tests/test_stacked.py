@@ -56,6 +56,7 @@ def test_networks_with_other_layers_are_refused() -> None:
 def model(algo: type[OffPolicyAlgorithm], seed: int, layer_norm: bool, **kwargs: Any) -> OffPolicyAlgorithm:
     env = gym.make("Pendulum-v1")
     policy_kwargs = {"net_arch": [32, 32], "layer_norm": layer_norm, **kwargs.pop("policy_kwargs", {})}
+    kwargs.setdefault("device", "cpu")  # the members' CPU streams, also where a GPU is
     built = algo(
         ParamNoiseSACPolicy if algo is SAC else ParamNoiseTD3Policy,
         env,
@@ -313,3 +314,42 @@ def test_the_device_copy_of_the_stacked_replay_gives_the_batches_of_the_host_arr
         buffer.refresh()
     same_batches()
     assert (device.copy["observations"][1] == 7.0).all()
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_the_graphed_sac_step_on_a_gpu_is_the_eager_step() -> None:
+    """Replays of the captured gradient step leave the networks, the optimizers' state and the
+    members' random streams as the eager steps do (draws between the calls included), and a
+    step of members out of lockstep goes back to eager steps for good."""
+    learners, streams = [], []
+    for _ in range(2):
+        generators = [th.Generator(device="cuda").manual_seed(i) for i in range(E)]
+        learners.append(StackedSAC([model(SAC, i, True, device="cuda") for i in range(E)], generators))
+        streams.append(generators)
+    graphed, eager = learners
+    assert graphed.graphed is not None
+    eager.graphed = None
+    data = th.Generator(device="cuda").manual_seed(99)
+
+    def batch(mask: th.Tensor | None = None) -> StackedBatch:
+        shapes = ((E, BATCH, 3), (E, BATCH, 1), (E, BATCH, 3), (E, BATCH, 1), (E, BATCH, 1))
+        fields = [th.randn(shape, device="cuda", generator=data) for shape in shapes]
+        fields[3] = (fields[3] > 1).float()
+        return StackedBatch(*fields, mask=mask)
+
+    calls = [[batch() for _ in range(4)] for _ in range(3)] + [[batch(), batch(th.tensor([True, False, True]))]]
+    for progress, batches in zip((1.0, 0.8, 0.6, 0.4), calls, strict=True):
+        for learner, generators in zip(learners, streams, strict=True):
+            learner.train(batches, progress)
+            for generator in generators:  # acting between updates draws from the same streams
+                th.randn(5, device="cuda", generator=generator)
+        nets = (graphed.critics, graphed.latent_pi, graphed.mu), (eager.critics, eager.latent_pi, eager.mu)
+        for one, other in zip(*nets, strict=True):  # the same kernels on the same tensors: bit for bit
+            assert all(th.equal(a, b) for a, b in zip(one.parameters(), other.parameters(), strict=True))
+        assert th.equal(graphed.log_ent_coef, eager.log_ent_coef)
+        for a, b in zip(*streams, strict=True):
+            assert a.get_offset() == b.get_offset()
+        assert th.equal(graphed.n_updates, eager.n_updates)
+    assert graphed.graphed is None  # the masked step released the graph
+    for a, b in zip(graphed.actor_optimizer.state.values(), eager.actor_optimizer.state.values(), strict=True):
+        assert th.equal(a["step"], b["step"])

@@ -40,11 +40,35 @@ class StackedAdam(th.optim.Optimizer):
             raise Unsupported(f"optimizer_kwargs: {sorted(unsupported)} of Adam are not stacked")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.members = members
+        # captured in a CUDA graph: each group's step size and bias correction, written by `advance`
+        self.scalars: list[th.Tensor] | None = None
+
+    def graphed(self) -> None:
+        """Make `step()` of all members capturable: from now on it reads each group's −lr / (1 − β₁ᵗ)
+        and √(1 − β₂ᵗ) from device tensors, and `advance()` counts the steps before each replay."""
+        for group in self.param_groups:
+            steps = {float(self.state[param]["step"]) for param in group["params"]}
+            if len(steps) != 1 or any(self.state[param]["step"].ndim for param in group["params"]):
+                raise ValueError("a graphed Adam steps all members of all its parameters together")
+        self.scalars = [th.zeros(2, device=group["params"][0].device) for group in self.param_groups]
+
+    def advance(self) -> None:
+        """A replayed step's bookkeeping: every member's step count + 1, and the new count's scalars."""
+        for group, scalars in zip(self.param_groups, self.scalars or [], strict=True):
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                self.state[param]["step"] += 1
+            step = float(self.state[group["params"][0]]["step"])
+            scalars.copy_(th.tensor([-group["lr"] / (1 - beta1**step), (1 - beta2**step) ** 0.5]))
+
+    def ungraphed(self) -> None:
+        """Back to eager steps."""
+        self.scalars = None
 
     @th.no_grad()
     def step(self, closure: None = None, mask: th.Tensor | None = None) -> None:  # type: ignore[override]
         """One Adam step of the members where `mask` ([E] bool) is true; of all without it."""
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             together: list[th.Tensor] = []  # stepped at one count and rate: one foreach step
             for param in group["params"]:
                 if param.grad is None:
@@ -55,19 +79,25 @@ class StackedAdam(th.optim.Optimizer):
                     state["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
                     state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
                 if mask is None and state["step"].ndim == 0 and not isinstance(group["lr"], th.Tensor):
-                    state["step"] += 1
+                    if self.scalars is None:  # graphed: `advance` counts
+                        state["step"] += 1
                     together.append(param)
                     continue
+                if self.scalars is not None:
+                    raise ValueError("a graphed Adam steps all members together, at one rate")
                 taken = None if mask is None else mask.cpu()
                 state["step"] = state["step"].expand(self.members) + (1 if taken is None else taken)
                 self._member_adam(param, state, group, taken)
             if together:
-                self._adam(together, [self.state[param] for param in together], group)
+                scalars = None if self.scalars is None else self.scalars[index]
+                self._adam(together, [self.state[param] for param in together], group, scalars)
 
     @staticmethod
-    def _adam(params: list[th.Tensor], states: list[dict], group: dict) -> None:
+    def _adam(params: list[th.Tensor], states: list[dict], group: dict, scalars: th.Tensor | None = None) -> None:
         """`torch.optim.Adam`'s step (multi-tensor, as on a GPU; elementwise the same as its
-        single-tensor step on a CPU) of all members at one step count each."""
+        single-tensor step on a CPU) of all members at one step count each; with `scalars`
+        (step size, √(1 − β₂ᵗ) on the device) in a form a CUDA graph can capture, which on a GPU
+        all steps take (`addcdiv`'s fused rounding aside, the same arithmetic)."""
         beta1, beta2 = group["betas"]
         grads = [param.grad for param in params]
         if group["weight_decay"] != 0:
@@ -76,13 +106,23 @@ class StackedAdam(th.optim.Optimizer):
         th._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         th._foreach_mul_(exp_avg_sqs, beta2)
         th._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-        steps = [float(state["step"]) for state in states]
-        step_size = [-group["lr"] / (1 - beta1**step) for step in steps]
-        bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
+        if scalars is None:
+            steps = [float(state["step"]) for state in states]
+            step_size: list[float] | th.Tensor = [-group["lr"] / (1 - beta1**step) for step in steps]
+            bias_correction2_sqrt: list[float] | th.Tensor = [(1 - beta2**step) ** 0.5 for step in steps]
+        else:
+            step_size, bias_correction2_sqrt = scalars[0], scalars[1]
         denom = th._foreach_sqrt(exp_avg_sqs)
         th._foreach_div_(denom, bias_correction2_sqrt)
         th._foreach_add_(denom, group["eps"])
-        th._foreach_addcdiv_(params, exp_avgs, denom, step_size)
+        if scalars is None and not params[0].is_cuda:
+            th._foreach_addcdiv_(params, exp_avgs, denom, step_size)
+            return
+        # on a GPU, the arithmetic a graph can capture (the step size a tensor), also in eager
+        # steps, so that graphed and eager steps round alike
+        updates = th._foreach_div(exp_avgs, denom)
+        th._foreach_mul_(updates, step_size)
+        th._foreach_add_(params, updates)
 
     def _member_adam(self, param: th.Tensor, state: dict, group: dict, taken: th.Tensor | None) -> None:
         """Adam's step with each member's own step count and rate, of the members `taken` selects."""

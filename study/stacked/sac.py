@@ -24,6 +24,7 @@ from study.stacked.common import (
     q_values,
     stack_critics,
 )
+from study.stacked.graph import GraphedStep
 from study.stacked.nets import stack_parameters, stack_sequential
 from study.stacked.optim import StackedAdam, set_learning_rates
 
@@ -81,6 +82,11 @@ class StackedSAC:
         else:
             self.ent_coef_tensor = th.stack([model.ent_coef_tensor for model in models]).reshape(-1, 1, 1)
         self.optimizers = [self.actor_optimizer, self.critic_optimizer, *filter(None, [self.ent_coef_optimizer])]
+        # on a GPU, the lockstep gradient step as a CUDA graph (gSDE's matrices and target updates
+        # every few steps vary between steps: those stay eager)
+        self.graphed: GraphedStep | None = None
+        if first.device.type == "cuda" and not self.use_sde and self.target_update_interval == 1:
+            self.graphed = GraphedStep(self._gradient_step, self.optimizers, self.generators)
 
     def reset_noise(self, mask: th.Tensor | None = None) -> th.Tensor:
         """gSDE's `actor.reset_noise()` of the members in `mask` (all without it), each drawing
@@ -173,57 +179,80 @@ class StackedSAC:
 
     def train(self, batches: Iterable[StackedBatch], progress_remaining: float | Sequence[float]) -> None:
         """One SB3 `train()` call of every member: a gradient step per batch (of the members in
-        its mask); `progress_remaining` is all members' or each one's."""
+        its mask); `progress_remaining` is all members' or each one's. On a GPU, the steps that
+        all members take together at one learning rate replay a CUDA graph of the step."""
         set_learning_rates(self.optimizers, self.lr_schedule, progress_remaining)
         losses = LossLog(self.models)
         for gradient_step, batch in enumerate(batches):
             batch = batch.preprocessed()
-            mask = batch.mask
-            discounts = batch.discounts if batch.discounts is not None else self.gamma
-            if self.use_sde:
-                self.reset_noise(mask)
-            actions_pi, log_prob = self.action_log_prob(batch.observations, mask)
-
-            ent_coef_loss = None
-            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-                log_ent_coef = self.log_ent_coef.reshape(-1, 1, 1)
-                ent_coef = th.exp(log_ent_coef.detach())
-                ent_coef_loss = -(log_ent_coef * (log_prob + self.target_entropy).detach()).mean(dim=(1, 2))
+            if self.graphed is not None and self._graphable(batch, losses):
+                self.graphed(batch)
             else:
-                ent_coef = self.ent_coef_tensor
-
-            if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
-                self.ent_coef_optimizer.zero_grad()
-                ent_coef_loss.sum().backward()
-                self.ent_coef_optimizer.step(mask=mask)
-                losses.add("ent_coef_loss", ent_coef_loss, mask)
-            losses.add("ent_coef", ent_coef.reshape(-1).expand(len(self.models)), mask)
-
-            with th.no_grad():
-                next_actions, next_log_prob = self.action_log_prob(batch.next_observations, mask)
-                next_q_values = th.cat(q_values(self.critic_targets, batch.next_observations, next_actions), dim=-1)
-                next_q_values, _ = th.min(next_q_values, dim=-1, keepdim=True)
-                next_q_values = next_q_values - ent_coef * next_log_prob
-                target_q_values = batch.rewards + (1 - batch.dones) * discounts * next_q_values
-
-            current_q_values = q_values(self.critics, batch.observations, batch.actions)
-            critic_loss = 0.5 * sum(mse(current_q, target_q_values) for current_q in current_q_values)
-            self.critic_optimizer.zero_grad()
-            critic_loss.sum().backward()
-            self.critic_optimizer.step(mask=mask)
-            losses.add("critic_loss", critic_loss, mask)
-
-            q_values_pi = th.cat(q_values(self.critics, batch.observations, actions_pi), dim=-1)
-            min_qf_pi, _ = th.min(q_values_pi, dim=-1, keepdim=True)
-            actor_loss = (ent_coef * log_prob - min_qf_pi).mean(dim=(1, 2))
-            self.actor_optimizer.zero_grad()
-            actor_loss.sum().backward()
-            self.actor_optimizer.step(mask=mask)
-            losses.add("actor_loss", actor_loss, mask)
-
-            if gradient_step % self.target_update_interval == 0:
-                polyak(self.critics.parameters(), self.critic_targets.parameters(), self.tau, mask)
-            self.n_updates += 1 if mask is None else mask.long().cpu()
+                if self.graphed is not None:  # members out of lockstep: eager from now on
+                    self.graphed.release()
+                    self.graphed = None
+                self._gradient_step(batch, gradient_step, losses)
+            self.n_updates += 1 if batch.mask is None else batch.mask.long().cpu()
         for model, n_updates in zip(self.models, self.n_updates.tolist(), strict=True):
             model._n_updates = n_updates
         losses.record()
+
+    def _graphable(self, batch: StackedBatch, losses: LossLog) -> bool:
+        """Whether this gradient step is the one the graph holds: all members, one rate, no
+        losses to read back."""
+        rates = [group["lr"] for optimizer in self.optimizers for group in optimizer.param_groups]
+        return (
+            batch.mask is None
+            and batch.discounts is None
+            and not losses.on
+            and not any(isinstance(rate, th.Tensor) for rate in rates)
+        )
+
+    def _gradient_step(self, batch: StackedBatch, gradient_step: int = 0, losses: LossLog | None = None) -> None:
+        """One gradient step of the members in the batch's mask, SB3's `train()` loop body."""
+        losses = losses if losses is not None else LossLog([])
+        mask = batch.mask
+        discounts = batch.discounts if batch.discounts is not None else self.gamma
+        if self.use_sde:
+            self.reset_noise(mask)
+        actions_pi, log_prob = self.action_log_prob(batch.observations, mask)
+
+        ent_coef_loss = None
+        if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+            log_ent_coef = self.log_ent_coef.reshape(-1, 1, 1)
+            ent_coef = th.exp(log_ent_coef.detach())
+            ent_coef_loss = -(log_ent_coef * (log_prob + self.target_entropy).detach()).mean(dim=(1, 2))
+        else:
+            ent_coef = self.ent_coef_tensor
+
+        if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
+            self.ent_coef_optimizer.zero_grad()
+            ent_coef_loss.sum().backward()
+            self.ent_coef_optimizer.step(mask=mask)
+            losses.add("ent_coef_loss", ent_coef_loss, mask)
+        losses.add("ent_coef", ent_coef.reshape(-1).expand(len(self.models)), mask)
+
+        with th.no_grad():
+            next_actions, next_log_prob = self.action_log_prob(batch.next_observations, mask)
+            next_q_values = th.cat(q_values(self.critic_targets, batch.next_observations, next_actions), dim=-1)
+            next_q_values, _ = th.min(next_q_values, dim=-1, keepdim=True)
+            next_q_values = next_q_values - ent_coef * next_log_prob
+            target_q_values = batch.rewards + (1 - batch.dones) * discounts * next_q_values
+
+        current_q_values = q_values(self.critics, batch.observations, batch.actions)
+        critic_loss = 0.5 * sum(mse(current_q, target_q_values) for current_q in current_q_values)
+        self.critic_optimizer.zero_grad()
+        critic_loss.sum().backward()
+        self.critic_optimizer.step(mask=mask)
+        losses.add("critic_loss", critic_loss, mask)
+
+        q_values_pi = th.cat(q_values(self.critics, batch.observations, actions_pi), dim=-1)
+        min_qf_pi, _ = th.min(q_values_pi, dim=-1, keepdim=True)
+        actor_loss = (ent_coef * log_prob - min_qf_pi).mean(dim=(1, 2))
+        self.actor_optimizer.zero_grad()
+        actor_loss.sum().backward()
+        self.actor_optimizer.step(mask=mask)
+        losses.add("actor_loss", actor_loss, mask)
+
+        if gradient_step % self.target_update_interval == 0:
+            polyak(self.critics.parameters(), self.critic_targets.parameters(), self.tau, mask)
