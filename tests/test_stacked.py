@@ -353,3 +353,42 @@ def test_the_graphed_sac_step_on_a_gpu_is_the_eager_step() -> None:
     assert graphed.graphed is None  # the masked step released the graph
     for a, b in zip(graphed.actor_optimizer.state.values(), eager.actor_optimizer.state.values(), strict=True):
         assert th.equal(a["step"], b["step"])
+
+
+def test_only_steps_of_all_members_at_one_count_and_rate_go_to_the_graph() -> None:
+    """Where a graph would hold the step (on a GPU), a batch of all members goes to it; members
+    at different Adam step counts (resumed from different steps) or out of lockstep take eager
+    steps and release it."""
+
+    class Graph:
+        def __init__(self) -> None:
+            self.calls, self.released = 0, False
+
+        def __call__(self, batch: StackedBatch) -> None:
+            self.calls += 1
+
+        def release(self) -> None:
+            self.released = True
+
+    def learner() -> StackedSAC:
+        models = [model(SAC, i, False) for i in range(E)]
+        for member in models:
+            member._custom_logger = False  # no losses to read back
+        return StackedSAC(models, [th.Generator().manual_seed(i) for i in range(E)])
+
+    def batch(mask: th.Tensor | None = None) -> StackedBatch:
+        shapes = ((E, BATCH, 3), (E, BATCH, 1), (E, BATCH, 3), (E, BATCH, 1), (E, BATCH, 1))
+        return StackedBatch(*(th.zeros(shape) for shape in shapes), mask=mask)
+
+    lockstep = learner()
+    graph = lockstep.graphed = Graph()
+    lockstep.train([batch(), batch()], 1.0)
+    assert graph.calls == 2 and not graph.released and lockstep.n_updates.tolist() == [2] * E
+    lockstep.train([batch(th.tensor([True, False, True]))], 0.5)
+    assert graph.calls == 2 and graph.released and lockstep.graphed is None
+
+    apart = learner()
+    apart.train([batch(th.tensor([True, False, True]))], 1.0)  # the step counts now differ
+    graph = apart.graphed = Graph()
+    apart.train([batch()], 0.5)
+    assert graph.calls == 0 and graph.released and apart.n_updates.tolist() == [2, 1, 2]

@@ -198,14 +198,16 @@ class StackedSAC:
         losses.record()
 
     def _graphable(self, batch: StackedBatch, losses: LossLog) -> bool:
-        """Whether this gradient step is the one the graph holds: all members, one rate, no
-        losses to read back."""
+        """Whether this gradient step is the one the graph holds: all members, at one rate and
+        one step count (members resumed from different steps count apart), no losses to read back."""
         rates = [group["lr"] for optimizer in self.optimizers for group in optimizer.param_groups]
+        counts = [state["step"] for optimizer in self.optimizers for state in optimizer.state.values()]
         return (
             batch.mask is None
             and batch.discounts is None
             and not losses.on
             and not any(isinstance(rate, th.Tensor) for rate in rates)
+            and all(count.ndim == 0 for count in counts)
         )
 
     def _gradient_step(self, batch: StackedBatch, gradient_step: int = 0, losses: LossLog | None = None) -> None:
