@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch as th
 from stable_baselines3.common.callbacks import CallbackList
 
 import study.stacked.group as group_module
@@ -310,6 +311,7 @@ def test_what_the_stacked_engine_cannot_run_is_refused_at_load(write_study, over
     assert run.returncode == 2 and message in run.stderr + run.stdout
 
 
+GPU_CASE = "sac on a GPU (its gradient step a CUDA graph, captured anew after the resume)"
 RESUME_CASES = {
     "td3, OU noise": ("td3", {"action_noise": {"type": "ou", "sigma": 0.3}}, {}),
     "sac, parameter noise k = 5": ("sac", {"param_noise": {"interval": 5, "adapt_every": 20}}, {}),
@@ -329,10 +331,23 @@ RESUME_CASES = {
         {},
         {"env": "CartPole-v1", "env_kwargs": {}, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
     ),
+    GPU_CASE: (
+        "sac",
+        {"param_noise": {"interval": 5}},
+        {"resources": {"cpus": 1, "gpus": 1}},
+    ),
 }
 
 
-@pytest.mark.parametrize("case", list(RESUME_CASES))
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.skipif(not th.cuda.is_available(), reason="needs a GPU"))
+        if case == GPU_CASE
+        else case
+        for case in RESUME_CASES
+    ],
+)
 def test_a_resumed_group_equals_an_uninterrupted_one(case: str, tmp_path, monkeypatch) -> None:
     algo, exploration, env = RESUME_CASES[case]
     hyperparams = {"learning_starts": 100, "batch_size": 16, "gradient_steps": 1}
