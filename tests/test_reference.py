@@ -91,6 +91,19 @@ def test_reference_mountaincar_noise_types_loads_complete() -> None:
     assert (REFERENCE / "noise_types_mountaincar" / "report-reduced" / "report.md").is_file()
 
 
+def test_reference_onpolicy_study_loads_complete() -> None:
+    """PPO with its Gaussian alone and with parameter noise (k = episode, k = 64) on two MuJoCo tasks."""
+    study = load_study(ROOT / "ablations" / "onpolicy.yaml", budget="reduced")
+    metrics = run_metrics(load_results(study, REFERENCE))
+    assert len(metrics) == len(study.runs) == 30
+    assert (metrics.groupby(["env", "exploration"], observed=True).size() == 5).all()
+    assert (metrics["total_steps"] == 200_000).all() and metrics["final_return"].notna().all()
+    perturbed = metrics["exploration"] != "Gaussian only"
+    assert metrics.loc[perturbed, "final_sigma"].notna().all() and metrics.loc[~perturbed, "final_sigma"].isna().all()
+    assert {spec.settings.algo for spec in study.runs} == {"ppo"}
+    assert (REFERENCE / "onpolicy" / "report-reduced" / "report.md").is_file()
+
+
 def test_reference_exploration_traces_show_every_method() -> None:
     study = load_study(ROOT / "ablations" / "exploration_traces.yaml")
     results = load_results(study, REFERENCE)
@@ -136,6 +149,7 @@ def test_every_reference_run_is_sealed_and_verifies() -> None:
         "noise_types_mountaincar",
         "engines",
         "exploration_traces",
+        "onpolicy",
     }
     for folder in folders:
         meta, problems = check_folder(folder)
