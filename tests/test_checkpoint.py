@@ -97,6 +97,17 @@ CASES = {
     # on-policy: the segments of the acting ε and the noise's stream carry over; σ adapted per rollout
     "ppo-param-noise": ("ppo", ON_POLICY | {"hyperparams.n_epochs": 2, "exploration.param_noise.interval": 7}),
     "trpo-param-noise-layer-norm": ("trpo", ON_POLICY | {"layer_norm": True}),
+    # as the on-policy reference runs: VecNormalize, σ adapted on the KL from σ₀ = 0.05 by ×1.05
+    "ppo-normalize-param-noise": (
+        "ppo",
+        ON_POLICY
+        | {
+            "normalize": True,
+            "policy_kwargs": {"log_std_init": -2.0, "ortho_init": False},
+            "exploration.param_noise.initial_sigma": 0.05,
+            "exploration.param_noise.alpha": 1.05,
+        },
+    ),
     "qrdqn-param-noise": ("qrdqn", CHAIN_DQN | {"algo": "qrdqn", "exploration.param_noise": {"interval": 5}}),
 }
 
