@@ -47,8 +47,8 @@ class StackedAdam(th.optim.Optimizer):
         """Make `step()` of all members capturable: from now on it reads each group's −lr / (1 − β₁ᵗ)
         and √(1 − β₂ᵗ) from device tensors, and `advance()` counts the steps before each replay."""
         for group in self.param_groups:
-            steps = {float(self.state[param]["step"]) for param in group["params"]}
-            if len(steps) != 1 or any(self.state[param]["step"].ndim for param in group["params"]):
+            counts = [self.state[param]["step"] for param in group["params"]]
+            if any(count.ndim for count in counts) or len({float(count) for count in counts}) != 1:
                 raise ValueError("a graphed Adam steps all members of all its parameters together")
         self.scalars = [th.zeros(2, device=group["params"][0].device) for group in self.param_groups]
 
