@@ -64,6 +64,23 @@ def test_reference_td3_mountaincar_adaptation_loads_complete() -> None:
     assert (REFERENCE / "adaptation" / "report-mountaincar" / "report.md").is_file()
 
 
+def test_reference_sac_mountaincar_decoupling_loads_its_parameter_noise_half() -> None:
+    """Parameter noise (every 8 steps, once per episode) trained at episode ends or after every
+    step; the gSDE half is not committed yet."""
+    only = {"noise": ["param k=8", "param k=episode"]}
+    study = load_study(ROOT / "ablations" / "decoupling.yaml", budget="mountaincar", only=only)
+    metrics = run_metrics(load_results(study, REFERENCE))
+    assert len(metrics) == 40 and (metrics.groupby(["noise", "training"], observed=True).size() == 10).all()
+    assert {(s.factors["training"], s.settings.hyperparams.train_freq) for s in study.runs} == {
+        ("episode end", "episode"),
+        ("every step", 1),
+    }
+    assert {spec.settings.engine for spec in study.runs} == {"stacked"}
+    assert (
+        REFERENCE / "decoupling" / "report-mountaincar-only-noise=param_k=8+param_k=episode" / "report.md"
+    ).is_file()
+
+
 def test_reference_chain_study_loads_complete() -> None:
     study = load_study(ROOT / "ablations" / "chain.yaml")
     results = load_results(study, REFERENCE)
@@ -150,6 +167,7 @@ def test_every_reference_run_is_sealed_and_verifies() -> None:
         "engines",
         "exploration_traces",
         "onpolicy",
+        "decoupling",
     }
     for folder in folders:
         meta, problems = check_folder(folder)
