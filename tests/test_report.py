@@ -218,3 +218,22 @@ def test_factor_comparison_wraps_long_level_names() -> None:
     fig = factor_comparison(metrics, "noise", [], "final_return", reps=50)
     labels = [tick.get_text() for tick in fig.axes[0].get_xticklabels()]
     assert labels == ["none", "unstructured", "param\nnoise", "gSDE-8"]
+
+
+def test_curves_draw_each_run_up_to_its_budget() -> None:
+    """A run trained in whole episodes ends past its budget: its rows there are not drawn, a run
+    without a known budget keeps all of its rows."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from study.analysis.report import _within_budget
+
+    spec = SimpleNamespace(settings=SimpleNamespace(total_steps=60_000))
+    results = SimpleNamespace(specs={"a": spec, "b": spec})
+    frame = pd.DataFrame(
+        {"run_id": ["a", "a", "a", "b", "b", "c"], "step": [55_000, 60_000, 60_018, 60_000, 60_532, 70_000]}
+    )
+    kept = _within_budget(frame, results)  # type: ignore[arg-type]
+    assert kept["step"].tolist() == [55_000, 60_000, 60_000, 70_000]
+    assert kept["run_id"].tolist() == ["a", "a", "b", "c"]

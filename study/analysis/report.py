@@ -154,14 +154,16 @@ def build_report(
             lambda: figures.solved_fraction(metrics, chain_n, chain_others, budget, chain_panel),
         )
     else:
-        warmup = _warmup_steps(loaded)
+        warmup, curves = _warmup_steps(loaded), _within_budget(loaded.evaluations, loaded)
         figure(
             "learning_curves",
             "Evaluation return (deterministic, unperturbed policy) over training, mean over seeds with a 95% "
             "bootstrap confidence band, per configuration; shaded: the warm-up (random actions, no training), "
-            "whose evaluations of the untrained policy may lie below the y-range."
-            + _coinciding(figures.coinciding_curves(loaded.evaluations, factors)),
-            lambda: figures.learning_curves(loaded.evaluations, factors, reps=min(reps, 500), warmup=warmup),
+            "whose evaluations of the untrained policy may lie below the y-range. Each run is drawn up to its "
+            "budget: one trained in whole episodes or rollouts ends with the one that crosses it, and its "
+            "evaluation there (the tables' final return) is not drawn."
+            + _coinciding(figures.coinciding_curves(curves, factors)),
+            lambda: figures.learning_curves(curves, factors, reps=min(reps, 500), warmup=warmup),
         )
     k_metrics, k_others, baselines, baseline_factors = metrics, others, None, []
     if interval is None:  # k set by named levels ("param k=8", "gSDE k=8")
@@ -245,7 +247,11 @@ def build_report(
             "batch); dashed: the target distance δ where it is fixed. NoisyNet runs show the mean |σ| of their "
             "noisy layers." + (" One column per chain length N." if chain_n else ""),
             lambda: figures.sigma_trajectories(
-                loaded.adaptations, factors, _targets(loaded), _distance(loaded), columns=chain_n
+                _within_budget(loaded.adaptations, loaded),
+                factors,
+                _targets(loaded),
+                _distance(loaded),
+                columns=chain_n,
             ),
         )
     if len(loaded.traces):
@@ -311,6 +317,14 @@ def _by_family(
     with_k[FAMILY] = pd.Categorical(with_k[FAMILY], categories=families, ordered=True)
     others = [FAMILY, *(f for f in factors if f not in absorbed)]
     return with_k, INTERVAL, others, metrics[family == ""], list(factors)
+
+
+def _within_budget(frame: pd.DataFrame, results: StudyResults) -> pd.DataFrame:
+    """Each run's rows up to its budget (`total_steps`). A run trained in whole episodes or
+    rollouts ends with the one that crosses its budget, so only some runs have steps past it,
+    and a curve's mean there would be over those few."""
+    budgets = {run_id: spec.settings.total_steps for run_id, spec in results.specs.items()}
+    return frame[frame["step"] <= frame["run_id"].map(budgets).astype(float).fillna(float("inf"))]
 
 
 def _warmup_steps(results: StudyResults) -> dict[str, float]:
