@@ -63,14 +63,12 @@ def _warm_up() -> None:
     import study.stacked.group  # noqa: F401
 
 
-def in_process(study) -> tuple[float, float]:  # noqa: ANN001
-    """The grid one after the other here: its wall time and a half's mean wall time."""
+def in_process(study) -> float:  # noqa: ANN001
+    """The grid one after the other here: its wall time."""
     start = time.perf_counter()
-    halves = [time.perf_counter() - start]
     for half in (0, 1):
         _half(study, half)
-        halves.append(time.perf_counter() - start)
-    return halves[-1], (halves[-1] - halves[0]) / 2
+    return time.perf_counter() - start
 
 
 def bare(steps: int, engine: str) -> float:
@@ -135,13 +133,12 @@ def main() -> None:
                 measured[name].append(phases[name]())
             order.reverse()
 
-    seq = statistics.mean(wall for wall, _ in measured["in-process"])
-    half_alone = statistics.mean(half for _, half in measured["in-process"])
+    seq = statistics.mean(measured["in-process"])
     pair = statistics.mean(measured["bare"])
     ray_ = {key: statistics.mean(m[key] for m in measured["launcher"]) for key in measured["launcher"][0]}
     fixed = ray_["ray"] + ray_["warm"]
     rounds = {
-        "in-process": [wall for wall, _ in measured["in-process"]],
+        "in-process": measured["in-process"],
         "bare": measured["bare"],
         "launcher": [m["wall"] for m in measured["launcher"]],
     }
@@ -156,7 +153,7 @@ def main() -> None:
     print(f"  fixed: 2 workers' imports       {ray_['warm']:7.1f} s   (fixed total {fixed:.1f} s, target < 10 s)")
     print(f"  launcher overhead per run       {ray_['per_run']:7.2f} s   (dispatch, transfer, writes; target < 0.5 s)")
     half = "group of 2" if args.engine == "stacked" else "pair of runs"
-    print(f"  a {half}, in-process {half_alone:7.1f} s;  in a worker, beside the other: {ray_['half']:.1f} s")
+    print(f"  a {half}, in-process {seq / 2:7.1f} s;  in a worker, beside the other: {ray_['half']:.1f} s")
     print(
         "  each round's wall time: "
         + "; ".join(f"{k} " + ", ".join(f"{v:.1f}" for v in vs) for k, vs in rounds.items())
