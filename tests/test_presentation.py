@@ -28,6 +28,40 @@ def test_mean_and_standard_error_at_the_standard_errors_precision(mean: float, s
     assert mean_se(mean, se) == text
 
 
+def test_the_per_cell_table_keeps_the_digits_of_small_returns() -> None:
+    from study.analysis.report import _stats_markdown
+
+    stats = pd.DataFrame(
+        [
+            {
+                "env": "E",
+                "k": "1",
+                "seeds": 10,
+                "mean": -0.00204,
+                "se": 0.00113,
+                "iqm": -0.0011,
+                "iqm_low": -0.0031,
+                "iqm_high": -0.0002,
+            },
+            {
+                "env": "E",
+                "k": "8",
+                "seeds": 10,
+                "mean": 85.04,
+                "se": 9.46,
+                "iqm": 94.41,
+                "iqm_low": 78.6,
+                "iqm_high": 94.6,
+            },
+        ]
+    )
+    rows = _stats_markdown(stats, ["k"]).splitlines()[2:]
+    assert rows == [
+        "| E | 1 | 10 | -0.0020 | 0.0011 | -0.0011 | -0.0031 | -0.0002 |",
+        "| E | 8 | 10 | 85.0 | 9.5 | 94.4 | 78.6 | 94.6 |",
+    ]
+
+
 def test_costs_keep_three_significant_digits() -> None:
     assert [significant(v) for v in (22.14, 0.35912, 8.08e-9, 0.0, float("nan"))] == [
         "22.1",
@@ -131,6 +165,33 @@ def test_episode_is_drawn_apart_from_the_sampling_intervals() -> None:
     joined = [line for line in ax.get_lines() if line.get_linestyle() != "None" and len(line.get_xdata()) > 1]
     assert [list(line.get_xdata()) for line in joined if line.get_color() != "grey"] == [[1.0, 8.0]]
     assert [t.get_text() for t in ax.get_xticklabels()][-1] == "episode\n(≈200)"
+
+
+def test_configurations_equal_at_a_k_are_drawn_side_by_side() -> None:
+    levels = pd.CategoricalDtype(["1", "8", "episode"], ordered=True)
+    metrics = pd.DataFrame(
+        {
+            "env": "E",
+            "interval": pd.Categorical(["1", "8", "episode"] * 4, dtype=levels),
+            "training": ["a"] * 6 + ["b"] * 6,
+            "seed": ([0] * 3 + [1] * 3) * 2,
+        }
+    ).assign(final_return=[1.0, 2.0, 3.0, 1.5, 2.5, 3.5] * 2)  # both trainings give the same returns
+    ax = metric_vs_interval(metrics, "interval", ["training"], "final_return", reps=20).axes[0]
+    joined = [line for line in ax.get_lines() if line.get_linestyle() != "None" and len(line.get_xdata()) > 1]
+    xs = [list(line.get_xdata()) for line in joined if line.get_color() != "grey"]
+    assert np.allclose(xs, [[2**-0.12, 8 * 2**-0.12], [2**0.12, 8 * 2**0.12]])
+
+
+def test_the_episode_label_is_the_length_of_the_runs_that_resample_once_per_episode() -> None:
+    from types import SimpleNamespace
+
+    from study.analysis.report import _episode_length
+
+    metrics = pd.DataFrame({"run_id": ["a", "b"], "k": ["8", "episode"]})
+    episodes = pd.DataFrame({"run_id": ["a", "a", "a", "b"], "env": "E", "length": [100, 100, 100, 999]})
+    assert _episode_length(SimpleNamespace(episodes=episodes), metrics, "k") == {"E": 999.0}
+    assert _episode_length(SimpleNamespace(episodes=episodes), metrics.assign(k="8"), "k") == {"E": 324.75}
 
 
 def test_tradeoff_goes_log_when_costs_span_decades() -> None:

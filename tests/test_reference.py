@@ -64,21 +64,30 @@ def test_reference_td3_mountaincar_adaptation_loads_complete() -> None:
     assert (REFERENCE / "adaptation" / "report-mountaincar" / "report.md").is_file()
 
 
-def test_reference_sac_mountaincar_decoupling_loads_its_parameter_noise_half() -> None:
-    """Parameter noise (every 8 steps, once per episode) trained at episode ends or after every
-    step; the gSDE half is not committed yet."""
-    only = {"noise": ["param k=8", "param k=episode"]}
-    study = load_study(ROOT / "ablations" / "decoupling.yaml", budget="mountaincar", only=only)
+def test_reference_sac_mountaincar_decoupling_loads_complete() -> None:
+    """Parameter noise and gSDE (every 8 steps, once per episode) trained at episode ends or after
+    every step; gSDE's runs by the SB3 engine, parameter noise's stacked."""
+    study = load_study(ROOT / "ablations" / "decoupling.yaml", budget="mountaincar")
     metrics = run_metrics(load_results(study, REFERENCE))
-    assert len(metrics) == 40 and (metrics.groupby(["noise", "training"], observed=True).size() == 10).all()
+    assert len(metrics) == 80 and (metrics.groupby(["noise", "training"], observed=True).size() == 10).all()
     assert {(s.factors["training"], s.settings.hyperparams.train_freq) for s in study.runs} == {
         ("episode end", "episode"),
         ("every step", 1),
     }
-    assert {spec.settings.engine for spec in study.runs} == {"stacked"}
-    assert (
-        REFERENCE / "decoupling" / "report-mountaincar-only-noise=param_k=8+param_k=episode" / "report.md"
-    ).is_file()
+    engines = {(s.factors["noise"].split()[0], s.settings.engine) for s in study.runs}
+    assert engines == {("param", "stacked"), ("gSDE", "sb3")}
+    solved = metrics.assign(solved=metrics["final_return"] > 90).groupby(["noise", "training"], observed=True)
+    assert solved["solved"].sum().to_dict() == {
+        ("param k=8", "episode end"): 9,
+        ("param k=8", "every step"): 9,
+        ("param k=episode", "episode end"): 0,
+        ("param k=episode", "every step"): 0,
+        ("gSDE k=8", "episode end"): 9,
+        ("gSDE k=8", "every step"): 10,
+        ("gSDE k=episode", "episode end"): 0,
+        ("gSDE k=episode", "every step"): 2,
+    }
+    assert (REFERENCE / "decoupling" / "report-mountaincar" / "report.md").is_file()
 
 
 def test_reference_chain_study_loads_complete() -> None:

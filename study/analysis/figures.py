@@ -31,6 +31,8 @@ WIDTH = 7.0  # inches: a blog column at 150 dpi
 PANEL_HEIGHT = 3.0
 STEPS = EngFormatter(sep="")  # step counts as 20k, 1M
 EPISODE = "episode"
+#: how far apart (in octaves of k, either side) the configurations of an interval figure are drawn
+DODGE_OCTAVES = 0.12
 
 
 def set_style() -> None:
@@ -241,7 +243,8 @@ def metric_vs_interval(
 ) -> Figure:
     """A metric against the sampling interval k (log scale): IQM over seeds with its 95%
     stratified-bootstrap CI, per env. `episode` (resampling at episode starts only) is drawn
-    apart, not joined to the numbers, and labelled with the env's mean episode length.
+    apart, not joined to the numbers, and labelled with `episode_length` (per env). Configurations
+    are drawn side by side at each k, a fraction of an octave apart.
     `baselines`: runs without a sampling interval (rows of `metrics`' layout), drawn as
     horizontal lines at their IQM with its CI as a band, one per combination of `baseline_factors`."""
     stats = cell_stats(metrics, metric, ["env", interval, *others], reps=reps)
@@ -252,10 +255,13 @@ def metric_vs_interval(
     envs = list(dict.fromkeys(metrics["env"]))
     styles = config_styles(stats, others)
     numbers = [level for level in levels if level != EPISODE]
+    # configurations side by side at each k (a fraction of an octave apart), so that equal ones stay visible
+    offsets = np.linspace(-DODGE_OCTAVES, DODGE_OCTAVES, len(styles)) if len(styles) > 1 else np.zeros(1)
+    dodge = dict(zip(styles, offsets, strict=True))
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
         for config, group in stats[stats["env"] == env].groupby("config", sort=False):
-            group = group.sort_values("x")
+            group = group.sort_values("x").assign(x=lambda g, c=config: g["x"] * 2.0 ** dodge[c])
             style = styles[config]
             for part, line in (
                 (group[group[interval].astype(str) != EPISODE], True),

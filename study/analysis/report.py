@@ -179,15 +179,15 @@ def build_report(
         figure(
             "return_vs_interval",
             "Final return against the noise sampling interval k: IQM over seeds with 95% bootstrap confidence "
-            "intervals; `episode` resamples only at episode starts (drawn apart, with the mean length of the "
-            "training episodes)." + drawn_apart,
+            "intervals; `episode` resamples only at episode starts (drawn apart, with the mean length of those "
+            "runs' training episodes); configurations side by side at each k." + drawn_apart,
             lambda: figures.metric_vs_interval(
                 k_metrics,
                 interval,
                 k_others,
                 "final_return",
                 reps=reps,
-                episode_length=_episode_length(loaded),
+                episode_length=_episode_length(loaded, k_metrics, interval),
                 baselines=baselines,
                 baseline_factors=baseline_factors,
             ),
@@ -203,7 +203,7 @@ def build_report(
                     k_others,
                     "c_train",
                     reps=reps,
-                    episode_length=_episode_length(loaded),
+                    episode_length=_episode_length(loaded, k_metrics, interval),
                     baselines=baselines,
                     baseline_factors=baseline_factors,
                 ),
@@ -338,9 +338,13 @@ def _warmup_steps(results: StudyResults) -> dict[str, float]:
     return {env: float(values.pop()) for env, values in starts.items() if len(values) == 1}
 
 
-def _episode_length(results: StudyResults) -> dict[str, float]:
-    """Per env, the mean length of the training episodes (what `interval: episode` lasts)."""
+def _episode_length(results: StudyResults, metrics: pd.DataFrame, interval: str) -> dict[str, float]:
+    """Per env, the mean length of the training episodes of the runs that resample once per
+    episode (what `interval: episode` lasts there); of all runs where none does."""
     episodes = results.episodes
+    once = metrics.loc[metrics[interval].astype(str) == figures.EPISODE, "run_id"]
+    if len(once):
+        episodes = episodes[episodes["run_id"].isin(once)]
     if not len(episodes):
         return {}
     return episodes.groupby("env", observed=True)["length"].mean().to_dict()
@@ -506,9 +510,13 @@ def _improvement_table(metrics: pd.DataFrame, study: Study, reps: int) -> str:
 
 
 def _stats_markdown(stats: pd.DataFrame, factors: list[str]) -> str:
+    """The per-cell table: mean and se at the se's precision, the IQM and its CI at the CI's."""
     columns = ["env", *factors, "seeds", "mean", "se", "iqm", "iqm_low", "iqm_high"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in stats[columns].itertuples(index=False):
-        cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in row]
+    for row in stats[columns].to_dict("records"):
+        at_se = tables.decimals(row["se"], row["mean"])
+        at_ci = tables.decimals((row["iqm_high"] - row["iqm_low"]) / 2, row["iqm"])
+        digits = {"mean": at_se, "se": at_se, "iqm": at_ci, "iqm_low": at_ci, "iqm_high": at_ci}
+        cells = [tables.fmt(row[c], digits[c]) if c in digits else str(row[c]) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -22,11 +22,12 @@ def _cells(metrics: pd.DataFrame, factors: Sequence[str], cost: str) -> tuple[pd
     return cells, ordered_configs(cells, factors), list(dict.fromkeys(metrics["env"]))
 
 
-def _fmt(value: float, digits: int = 0) -> str:
+def fmt(value: float, digits: int = 0) -> str:
+    """`value` to `digits` decimals: "–" where missing, never "-0"."""
     return "–" if pd.isna(value) else f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0"
 
 
-def _decimals(se: float, mean: float) -> int:
+def decimals(se: float, mean: float) -> int:
     """Decimals that show a standard error to two significant digits (a mean without one to three)."""
     scale = se if pd.notna(se) and se > 0 else abs(mean) / 10 if pd.notna(mean) and mean != 0 else 10.0
     return int(min(6, max(0, 1 - np.floor(np.log10(scale)))))
@@ -34,8 +35,8 @@ def _decimals(se: float, mean: float) -> int:
 
 def mean_se(mean: float, se: float) -> str:
     """ "mean ± se" at the standard error's precision: −116 ± 15, 94.49 ± 0.05, −0.0025 ± 0.0015."""
-    digits = _decimals(se, mean)
-    return _fmt(mean, digits) + ("" if pd.isna(se) else f" ± {_fmt(se, digits)}")
+    digits = decimals(se, mean)
+    return fmt(mean, digits) + ("" if pd.isna(se) else f" ± {fmt(se, digits)}")
 
 
 def significant(value: float, digits: int = 3) -> str:
