@@ -420,7 +420,8 @@ def tradeoff_by_interval(
     colors = palette(len(styles) + len(points["config"].unique()) if len(points) else len(styles))[len(styles) :]
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
-        for config, group in curves[curves["env"] == env].groupby("config", sort=False):
+        configs = curves[curves["env"] == env].groupby("config", sort=False)
+        for i, (config, group) in enumerate(configs):
             group = group.sort_values(interval)
             style = styles[config]
             ax.errorbar(
@@ -430,6 +431,9 @@ def tradeoff_by_interval(
                 yerr=group["se_return"].fillna(0),
                 color=style["color"],
                 marker=style["marker"],
+                markersize=8 - 4 * i / max(len(configs) - 1, 1),  # as in `tradeoff`: points on top of
+                markerfacecolor="none",  # each other stay visible
+                markeredgewidth=1.4,
                 linestyle=style["linestyle"],
                 capsize=2,
                 label=config,
@@ -439,7 +443,7 @@ def tradeoff_by_interval(
                     "ep" if str(getattr(row, interval)) == EPISODE else str(getattr(row, interval)),
                     (row.mean_cost, row.mean_return),
                     textcoords="offset points",
-                    xytext=(4, 4),
+                    xytext=(4, 4) if i % 2 == 0 else (4, -10),  # alternate curves' labels above and below
                     fontsize=7,
                     color=style["color"],
                 )
