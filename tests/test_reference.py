@@ -90,6 +90,23 @@ def test_reference_sac_mountaincar_decoupling_loads_complete() -> None:
     assert (REFERENCE / "decoupling" / "report-mountaincar" / "report.md").is_file()
 
 
+def test_reference_sac_mountaincar_smoothness_loads_its_committed_levels() -> None:
+    """SAC with parameter noise at every k beside no noise, unstructured and OU noise (10 seeds each,
+    stacked engine); C_train falls with k while only intermediate k solve the task."""
+    study = load_study(ROOT / "ablations" / "smoothness.yaml", budget="mountaincar")
+    metrics = run_metrics(load_results(study, REFERENCE))
+    ks = ["1", "2", "4", "8", "16", "64", "256", "episode"]
+    committed = ["none", "unstructured", "OU", *(f"param k={k}" for k in ks)]
+    assert set(metrics["noise"]) == set(committed) and (metrics.groupby("noise", observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 60_000).all() and {s.settings.engine for s in study.runs} == {"stacked"}
+    by_noise = metrics.groupby("noise", observed=True)
+    solved = (metrics["final_return"] > 90).groupby(metrics["noise"], observed=True).sum()
+    assert solved[solved > 0].to_dict() == {"param k=4": 2, "param k=8": 9, "param k=16": 10, "param k=64": 9}
+    c_train = by_noise["c_train"].mean()[[f"param k={k}" for k in ks]]
+    assert (np.diff(c_train.to_numpy()) < 0).all()
+    assert (REFERENCE / "smoothness" / "report-mountaincar" / "report.md").is_file()
+
+
 def test_reference_chain_study_loads_complete() -> None:
     study = load_study(ROOT / "ablations" / "chain.yaml")
     results = load_results(study, REFERENCE)
@@ -177,6 +194,7 @@ def test_every_reference_run_is_sealed_and_verifies() -> None:
         "exploration_traces",
         "onpolicy",
         "decoupling",
+        "smoothness",
     }
     for folder in folders:
         meta, problems = check_folder(folder)
