@@ -498,10 +498,6 @@ def stacked_engine_problem(settings: _SharedSettings) -> str | None:
         "env_wrapper": settings.env_wrapper != "none",
         "normalize": settings.normalize is not None,
     }
-    trained_in_steps = settings.hyperparams.sb3_kwargs().get("train_freq") != EPISODE_TRAINING
-    unsupported["exploration.gsde with hyperparams.train_freq in steps"] = (
-        exploration.gsde is not None and trained_in_steps
-    )
     optimizer = settings.policy_kwargs.get("optimizer_kwargs") or {}
     unsupported |= {f"policy_kwargs.optimizer_kwargs.{key}": key not in STACKED_ADAM for key in optimizer}
     for key, present in unsupported.items():

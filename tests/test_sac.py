@@ -186,10 +186,6 @@ def test_episodic_training_for_td3(write_study) -> None:
         ({"exploration.param_noise": None, "exploration.gsde": {"interval": 8}}, "exploration.gsde: td3 has no gSDE"),
         ({"algo": "sac", "exploration.gsde": {"interval": 8}}, "param_noise and gsde: choose one"),
         ({"exploration.mean_actions": True}, "exploration.mean_actions: td3 always explores"),
-        (
-            {"algo": "sac", "exploration.param_noise": None, "exploration.gsde": {"interval": 8}, "engine": "stacked"},
-            "exploration.gsde with hyperparams.train_freq in steps: not stacked yet",
-        ),
         ({"algo": "sac", "exploration.gsde": {"interval": 0}}, "exploration.gsde.interval: must be a positive integer"),
         ({"algo": "sac", "hyperparams.ent_coef": "sometimes"}, "hyperparams.ent_coef"),
     ],

@@ -72,6 +72,7 @@ EXPLORATION = {
     "sac own noise": ("sac", {}),
     "sac parameter noise, episode": ("sac", {"param_noise": {"interval": "episode", "adapt_every": 20}}),
     "sac gSDE, k = 8, rollouts of an episode": ("sac", {"gsde": {"interval": 8}}, {"train_freq": "episode"}),
+    "sac gSDE, k = 8, held across rollouts of one step": ("sac", {"gsde": {"interval": 8}}),
     "td3 parameter noise, rollouts of an episode": (
         "td3",
         {"param_noise": {"interval": 30, "adapt_every": 20}},
@@ -162,8 +163,13 @@ def test_a_dqn_group_trains_each_member_as_its_sb3_run(case: str) -> None:
         assert member.model.exploration_rate == parts.model.exploration_rate
 
 
-def test_a_group_trains_each_member_as_its_sb3_run_to_float_tolerance_at_first() -> None:
-    runs = specs("td3", gradient_steps=1, total_steps=150, exploration={"param_noise": {"interval": 5}})
+@pytest.mark.parametrize(
+    ("algo", "exploration"),
+    [("td3", {"param_noise": {"interval": 5}}), ("sac", {"gsde": {"interval": 8}})],
+    ids=["td3 parameter noise", "sac gSDE held across rollouts, drawn anew in each gradient step"],
+)
+def test_a_group_trains_each_member_as_its_sb3_run_to_float_tolerance_at_first(algo: str, exploration: dict) -> None:
+    runs = specs(algo, gradient_steps=1, total_steps=150, exploration=exploration)
     group = stacked_group(runs)
     for member, spec in zip(group.members, runs, strict=True):
         model = sb3_run(spec)[1].model
@@ -321,6 +327,7 @@ RESUME_CASES = {
         {},
         {"env": "study/Chain-v0", "env_kwargs": {"n": 8}, "replay": {"type": "proportional"}},
     ),
+    "sac, gSDE k = 8, trained every step": ("sac", {"gsde": {"interval": 8}}, {}),
     "sac, gSDE k = 8, training at episode ends": (
         "sac",
         {"gsde": {"interval": 8}},

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
 
 from study.exploration.schedule import ResamplingCallback
 
 # the attributes of SB3's StateDependentNoiseDistribution that hold the current exploration
 MATRICES = ("exploration_mat", "exploration_matrices")
+
+
+class ActorMatrices:
+    """The current exploration matrices of an SB3 model's gSDE actor: redrawn by SB3's own
+    `reset_noise`, read, and put back."""
+
+    def __init__(self, model: BaseAlgorithm) -> None:
+        self.model = model
+
+    def draw(self) -> None:
+        self.model.actor.reset_noise(self.model.get_env().num_envs)
+
+    def get(self) -> dict[str, th.Tensor]:
+        dist = self.model.actor.action_dist
+        return {name: getattr(dist, name).detach().clone() for name in MATRICES}
+
+    def put(self, held: dict[str, th.Tensor]) -> None:
+        dist = self.model.actor.action_dist
+        for name, value in held.items():
+            setattr(dist, name, value.clone())
+
+
+class Matrices(Protocol):
+    """Where a run's gSDE exploration matrices live (`ActorMatrices`, or a stacked member's)."""
+
+    def draw(self) -> None: ...
+    def get(self) -> dict[str, th.Tensor]: ...
+    def put(self, held: dict[str, th.Tensor]) -> None: ...
 
 
 class GSDEScheduleCallback(ResamplingCallback):
@@ -28,6 +57,11 @@ class GSDEScheduleCallback(ResamplingCallback):
     def __init__(self, interval: int | Literal["episode"] = "episode", verbose: int = 0) -> None:
         super().__init__(interval, verbose)
         self._held: dict[str, th.Tensor] | None = None
+        self.matrices: Matrices | None = None  # the model's actor's, unless an engine sets others
+
+    def _init_callback(self) -> None:
+        if self.matrices is None:
+            self.matrices = ActorMatrices(self.model)
 
     def _on_training_start(self) -> None:
         if self.model.num_timesteps == 0:  # the env was just reset: SB3's first draw starts the episode
@@ -35,24 +69,15 @@ class GSDEScheduleCallback(ResamplingCallback):
 
     def _on_rollout_start(self) -> None:
         if self._held is None:  # SB3 has just drawn the first matrices
-            self._hold()
+            self._held = self.matrices.get()
         else:
-            self._put_back()
+            self.matrices.put(self._held)
 
     def _on_step(self) -> bool:
         if self._resample_due():
-            self.model.actor.reset_noise(self.training_env.num_envs)
-            self._hold()
+            self.matrices.draw()
+            self._held = self.matrices.get()
         return True
-
-    def _hold(self) -> None:
-        dist = self.model.actor.action_dist
-        self._held = {name: getattr(dist, name).detach().clone() for name in MATRICES}
-
-    def _put_back(self) -> None:
-        dist = self.model.actor.action_dist
-        for name, value in self._held.items():
-            setattr(dist, name, value.clone())
 
     def state_dict(self) -> dict[str, Any]:
         """The held matrices and the step count within the episode (for checkpoints)."""

@@ -26,6 +26,7 @@ from stable_baselines3.common.utils import should_collect_more_steps
 
 from study.config import RunSpec
 from study.exploration.colored import ColoredActionNoise
+from study.exploration.gsde import GSDEScheduleCallback
 from study.recording import Evaluator
 from study.registry import ALGORITHMS, resolve
 from study.result import RunResult
@@ -140,6 +141,10 @@ class Group:
         self.policy = first.policy
         self.box = isinstance(first.action_space, spaces.Box)
         self.use_sde = bool(getattr(first, "use_sde", False))
+        for i, member in enumerate(members):  # gSDE held across rollouts: the member's slice of the stacked matrices
+            for callback in member.parts.callbacks:
+                if isinstance(callback, GSDEScheduleCallback):
+                    callback.matrices = self.learner.member_matrices(i)
         self._filler = np.zeros((1, *first.action_space.shape), dtype=first.action_space.dtype)
         n = len(members)
         self._obs = np.zeros((n, *first.observation_space.shape), dtype=first.observation_space.dtype)

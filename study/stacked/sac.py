@@ -105,6 +105,10 @@ class StackedSAC:
         self.exploration_mat = th.stack(matrices)
         return self.exploration_mat
 
+    def member_matrices(self, i: int) -> MemberMatrices:
+        """Member i's gSDE exploration matrices, for its `GSDEScheduleCallback`."""
+        return MemberMatrices(self, i)
+
     def _gaussian(
         self, obs: th.Tensor, mask: th.Tensor | None, colored: bool = False
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -258,3 +262,25 @@ class StackedSAC:
 
         if gradient_step % self.target_update_interval == 0:
             polyak(self.critics.parameters(), self.critic_targets.parameters(), self.tau, mask)
+
+
+class MemberMatrices:
+    """Member i's slice of a stacked SAC's gSDE exploration matrices, drawn from its own stream:
+    what `study.exploration.gsde.ActorMatrices` is for an SB3 model."""
+
+    def __init__(self, learner: StackedSAC, i: int) -> None:
+        self.learner, self.i = learner, i
+
+    def draw(self) -> None:
+        mask = th.zeros(len(self.learner.models), dtype=th.bool)
+        mask[self.i] = True
+        with th.no_grad():
+            self.learner.reset_noise(mask)
+
+    def get(self) -> dict[str, th.Tensor]:
+        return {"exploration_mat": self.learner.exploration_mat[self.i].detach().clone()}
+
+    def put(self, held: dict[str, th.Tensor]) -> None:
+        matrices = self.learner.exploration_mat.detach().clone()
+        matrices[self.i] = held["exploration_mat"].to(matrices.device)
+        self.learner.exploration_mat = matrices
