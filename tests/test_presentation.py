@@ -242,3 +242,24 @@ def test_named_levels_that_set_k_are_drawn_against_k_with_the_others_as_baseline
     assert set(baselines["noise"]) == {"none"} and baseline_factors == ["noise", "training"]
     one_k = metrics[metrics["noise"].isin(["none", "param k=1", "gSDE k=8"])]
     assert _by_family(one_k, results, ["noise", "training"]) is None  # no family with two values of k
+
+
+def test_point_labels_go_where_they_cover_no_other_point_and_no_other_label() -> None:
+    import matplotlib.pyplot as plt
+
+    from study.analysis.figures import place_labels
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    # "a" would go right above its point, where "b"'s marker is; "c" and "d" are one point
+    points = [(50.0, 50.0, 0.0, 0.0), (52.0, 52.0, 0.0, 0.0), (20.0, 20.0, 0.0, 0.0), (20.0, 20.0, 0.0, 0.0)]
+    labels = [(name, (x, y), "k", 0) for name, (x, y, _, _) in zip("abcd", points, strict=True)]
+    boxes = place_labels(ax, labels, points)
+    b_x, b_y = ax.transData.transform((52.0, 52.0)) * 72 / fig.dpi
+    a = boxes[0]
+    assert not (a[0] - 5 < b_x < a[2] + 5 and a[1] - 5 < b_y < a[3] + 5)
+    c, d = boxes[2], boxes[3]
+    assert not (c[0] < d[2] and d[0] < c[2] and c[1] < d[3] and d[1] < c[3])
+    assert [text.get_text() for text in ax.texts] == list("abcd")
+    plt.close(fig)

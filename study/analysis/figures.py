@@ -6,6 +6,7 @@ import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -419,8 +420,10 @@ def tradeoff_by_interval(
     styles = config_styles(curves, lines)
     colors = palette(len(styles) + len(points["config"].unique()) if len(points) else len(styles))[len(styles) :]
     fig, axes = _panels(envs)
+    placing = []
     for ax, env in zip(axes.flat, envs, strict=False):
         configs = curves[curves["env"] == env].groupby("config", sort=False)
+        labels: list[tuple[str, tuple[float, float], Any, int]] = []
         for i, (config, group) in enumerate(configs):
             group = group.sort_values(interval)
             style = styles[config]
@@ -439,14 +442,8 @@ def tradeoff_by_interval(
                 label=config,
             )
             for row in group.itertuples():
-                ax.annotate(
-                    "ep" if str(getattr(row, interval)) == EPISODE else str(getattr(row, interval)),
-                    (row.mean_cost, row.mean_return),
-                    textcoords="offset points",
-                    xytext=(4, 4) if i % 2 == 0 else (4, -10),  # alternate curves' labels above and below
-                    fontsize=7,
-                    color=style["color"],
-                )
+                text = "ep" if str(getattr(row, interval)) == EPISODE else str(getattr(row, interval))
+                labels.append((text, (row.mean_cost, row.mean_return), style["color"], i % 2))
         env_points = points[points["env"] == env] if len(points) else points
         for color, marker, row in zip(colors, MARKERS * 4, env_points.itertuples(), strict=False):
             ax.errorbar(
@@ -466,7 +463,78 @@ def tradeoff_by_interval(
         ax.set_title(env)
         ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)" + (", log scale" if log else ""))
         ax.set_ylabel("final return")
-    return _finish(fig, axes, len(envs), legend_title(lines) + "   (numbers: the sampling interval k)")
+        shown = pd.concat([curves[curves["env"] == env], env_points])
+        drawn = shown[["mean_cost", "mean_return", "se_cost", "se_return"]].fillna(0)
+        placing.append((ax, labels, list(drawn.itertuples(index=False, name=None))))
+    fig = _finish(fig, axes, len(envs), legend_title(lines) + "   (numbers: the sampling interval k)")
+    for ax, labels, markers in placing:  # in the final layout
+        place_labels(ax, labels, markers)
+    return fig
+
+
+#: where a point's label may go, in points from the point (its lower left corner; a negative x
+#: puts its right end there, 0 centres it): right above, right below, left above, left below,
+#: centred above, centred below
+LABEL_SPOTS = ((4, 4), (4, -10), (-4, 4), (-4, -10), (0, 7), (0, -14))
+LABEL_SIZE = 7  # points
+MARKER_RADIUS = 5  # points, with the error bars' caps
+
+
+Box = tuple[float, float, float, float]
+
+
+def _label_box(x: float, y: float, spot: tuple[float, float], width: float) -> Box:
+    """The box (in points) of a label of `width` at `spot` from the point (x, y)."""
+    left = x + (spot[0] - width if spot[0] < 0 else spot[0] - width / 2 if spot[0] == 0 else spot[0])
+    return left, y + spot[1], left + width, y + spot[1] + LABEL_SIZE
+
+
+def _obstacle_boxes(ax: plt.Axes, x: float, y: float, xerr: float, yerr: float, scale: float) -> list[Box]:
+    """The boxes (in points) a point's marker and error bars cover."""
+
+    def at(px: float, py: float) -> np.ndarray:
+        xy = ax.transData.transform((px, py)) * scale
+        return xy if np.isfinite(xy).all() else ax.transData.transform((x, y)) * scale
+
+    cx, cy = at(x, y)
+    left, right = at(x - xerr, y)[0], at(x + xerr, y)[0]
+    low, high = at(x, y - yerr)[1], at(x, y + yerr)[1]
+    r, bar = MARKER_RADIUS, 1.5
+    return [(cx - r, cy - r, cx + r, cy + r), (cx - bar, low, cx + bar, high), (left, cy - bar, right, cy + bar)]
+
+
+def place_labels(
+    ax: plt.Axes,
+    labels: Sequence[tuple[str, tuple[float, float], Any, int]],
+    points: Sequence[tuple[float, float, float, float]],
+) -> list[Box]:
+    """Annotate points with small labels (text, (x, y), color, index of the spot to try first),
+    each at the first of `LABEL_SPOTS` where it covers the fewest markers and error bars of
+    `points` ((x, y, x error, y error); its own marker aside) and labels placed before; returns
+    the labels' boxes, in points."""
+    ax.autoscale_view()
+    scale = 72 / ax.figure.dpi
+    obstacles = [_obstacle_boxes(ax, *point, scale) for point in points]
+    boxes: list[Box] = []
+    for text, xy, color, first in labels:
+        x, y = ax.transData.transform(xy) * scale
+        covered = [
+            box
+            for boxes_of_point in obstacles
+            for j, box in enumerate(boxes_of_point)
+            if j or abs((box[0] + box[2]) / 2 - x) > 1e-6 or abs((box[1] + box[3]) / 2 - y) > 1e-6
+        ]
+
+        def clashes(b: Box, covered: list[Box] = covered) -> int:
+            return sum(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in covered + boxes)
+
+        spots = [LABEL_SPOTS[first], *(spot for spot in LABEL_SPOTS if spot != LABEL_SPOTS[first])]
+        candidates = [_label_box(x, y, spot, 0.65 * LABEL_SIZE * len(text)) for spot in spots]
+        chosen = min(candidates, key=clashes)  # the first of the least covered
+        boxes.append(chosen)
+        offset = (chosen[0] - x, chosen[1] - y)
+        ax.annotate(text, xy, textcoords="offset points", xytext=offset, fontsize=LABEL_SIZE, color=color)
+    return boxes
 
 
 DISTANCE_LABELS = {
