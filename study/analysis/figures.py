@@ -467,8 +467,8 @@ def tradeoff_by_interval(
         drawn = shown[["mean_cost", "mean_return", "se_cost", "se_return"]].fillna(0)
         placing.append((ax, labels, list(drawn.itertuples(index=False, name=None))))
     fig = _finish(fig, axes, len(envs), legend_title(lines) + "   (numbers: the sampling interval k)")
-    for ax, labels, markers in placing:  # in the final layout
-        place_labels(ax, labels, markers)
+    for ax, labels, drawn_points in placing:  # in the final layout
+        place_labels(ax, labels, drawn_points)
     return fig
 
 
