@@ -263,3 +263,23 @@ def test_point_labels_go_where_they_cover_no_other_point_and_no_other_label() ->
     assert not (c[0] < d[2] and d[0] < c[2] and c[1] < d[3] and d[1] < c[3])
     assert [text.get_text() for text in ax.texts] == list("abcd")
     plt.close(fig)
+
+
+def test_many_levels_are_listed_down_the_y_axis_in_order() -> None:
+    from study.analysis.figures import MANY_LEVELS, factor_comparison
+
+    names = [str(2**i) for i in range(MANY_LEVELS)]
+    metrics = pd.DataFrame(
+        {
+            "env": "E",
+            "k": np.repeat(names, 2),
+            "seed": [0, 1] * MANY_LEVELS,
+            "final_return": np.arange(2.0 * MANY_LEVELS),
+        }
+    ).astype({"k": pd.CategoricalDtype(names, ordered=True)})
+    ax = factor_comparison(metrics, "k", [], "final_return", reps=10).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"k = {2**i}" for i in range(MANY_LEVELS)]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first level on top
+    assert ax.get_xlabel() == "final return (IQM)"
+    few = factor_comparison(metrics[metrics["k"].isin(names[:3])], "k", [], "final_return", reps=10).axes[0]
+    assert [t.get_text() for t in few.get_xticklabels()] == ["k = 1", "k = 2", "k = 4"]

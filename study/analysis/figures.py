@@ -313,11 +313,17 @@ def _baseline_bands(
         ax.axhspan(row.iqm_low, row.iqm_high, color=color, alpha=0.1, linewidth=0)
 
 
+#: from this many levels on, `factor_comparison` lists the levels down the y axis
+MANY_LEVELS = 13
+LEVEL_HEIGHT = 0.24  # inches per level, listed down the y axis
+
+
 def factor_comparison(
     metrics: pd.DataFrame, factor: str, others: Sequence[str], metric: str, reps: int = REPS
 ) -> Figure:
     """A metric per level of one factor (e.g. layer norm on/off), side by side: IQM over
-    seeds with 95% bootstrap CIs, per env, one color per combination of the other factors."""
+    seeds with 95% bootstrap CIs, per env, one color per combination of the other factors.
+    Many levels (`MANY_LEVELS`) are listed down the y axis, in order, so that their names stay legible."""
     stats = cell_stats(metrics, metric, ["env", factor, *others], reps=reps)
     stats["config"] = config_label(stats, others)
     present = set(metrics[factor].astype(str))
@@ -326,15 +332,32 @@ def factor_comparison(
     styles = config_styles(stats, others)
     configs = list(styles)
     offsets = np.linspace(-0.15, 0.15, len(configs)) if len(configs) > 1 else [0.0]
-    fig, axes = _panels(envs)
+    down = len(levels) >= MANY_LEVELS
+    fig, axes = _panels(envs, height=max(PANEL_HEIGHT, LEVEL_HEIGHT * len(levels) + 1.2) if down else PANEL_HEIGHT)
+    names = [level_label(factor, level) for level in levels]
     for ax, env in zip(axes.flat, envs, strict=False):
         for offset, config in zip(offsets, configs, strict=True):
             group = stats[(stats["env"] == env) & (stats["config"] == config)]
-            xs = [levels.index(str(v)) + offset for v in group[factor]]
+            at = [levels.index(str(v)) + offset for v in group[factor]]
             err = [group["iqm"] - group["iqm_low"], group["iqm_high"] - group["iqm"]]
             style = styles[config]
-            ax.errorbar(xs, group["iqm"], yerr=err, fmt=style["marker"], capsize=4, color=style["color"], label=config)
-        names = [level_label(factor, level) for level in levels]
+            ax.errorbar(
+                group["iqm"] if down else at,
+                at if down else group["iqm"],
+                **{"xerr" if down else "yerr": err},
+                fmt=style["marker"],
+                capsize=4,
+                color=style["color"],
+                label=config,
+            )
+        ax.set_title(env)
+        value = f"{LABELS.get(metric, metric)} (IQM)"
+        if down:
+            ax.set_yticks(range(len(levels)), labels=names)
+            ax.set_ylim(len(levels) - 0.5, -0.5)  # the first level on top
+            ax.set_xlabel(value)
+            ax.set_ylabel(factor_name(factor))
+            continue
         if sum(map(len, names)) > 40:  # slanted, so that long level names do not run into each other
             ax.set_xticks(range(len(levels)), labels=names, rotation=30, ha="right")
         else:
@@ -342,9 +365,8 @@ def factor_comparison(
                 range(len(levels)), labels=[textwrap.fill(name, 10, break_long_words=False) for name in names]
             )
         ax.set_xlim(-0.5, len(levels) - 0.5)
-        ax.set_title(env)
         ax.set_xlabel(factor_name(factor))
-        ax.set_ylabel(f"{LABELS.get(metric, metric)} (IQM)")
+        ax.set_ylabel(value)
     return _finish(fig, axes, len(envs), legend_title(others) if others else None)
 
 
