@@ -92,7 +92,7 @@ def test_with_training_off_a_group_collects_what_each_sb3_run_collects(case: str
     base = {"learning_starts": 100, "batch_size": 16, "gradient_steps": 0}
     runs = specs(algo, exploration=exploration, hyperparams=base | hyperparams, **env)
     group = stacked_group(runs)
-    for member, spec in zip(group.members, runs, strict=True):
+    for member, spec in zip(group.all_members, runs, strict=True):
         assert member.error is None, member.error
         expected, parts = sb3_run(spec)
         model = parts.model
@@ -153,7 +153,7 @@ def test_a_dqn_group_trains_each_member_as_its_sb3_run(case: str) -> None:
     )
     runs = [RunSpec(study="t", budget="full", seed=seed, settings=settings) for seed in SEEDS]
     group = stacked_group(runs)
-    for member, spec in zip(group.members, runs, strict=True):
+    for member, spec in zip(group.all_members, runs, strict=True):
         expected, parts = sb3_run(spec)
         got = run_result(spec, member.parts, None, pd.Timestamp.now(tz="UTC"), 1.0, None, 1)
         pd.testing.assert_frame_equal(expected.episodes, got.episodes, check_exact=True)
@@ -171,11 +171,50 @@ def test_a_dqn_group_trains_each_member_as_its_sb3_run(case: str) -> None:
 def test_a_group_trains_each_member_as_its_sb3_run_to_float_tolerance_at_first(algo: str, exploration: dict) -> None:
     runs = specs(algo, gradient_steps=1, total_steps=150, exploration=exploration)
     group = stacked_group(runs)
-    for member, spec in zip(group.members, runs, strict=True):
+    for member, spec in zip(group.all_members, runs, strict=True):
         model = sb3_run(spec)[1].model
         assert member.model._n_updates == model._n_updates == 50
         for got, expected in zip(member.model.policy.parameters(), model.policy.parameters(), strict=True):
             np.testing.assert_allclose(got.detach().numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("algo", "exploration", "hyperparams"),
+    [
+        ("td3", {"param_noise": {"interval": 5}}, {}),
+        ("sac", {"gsde": {"interval": 8}}, {"train_freq": "episode", "gradient_steps": -1}),
+        ("dqn", {}, {"train_freq": 3, "target_update_interval": 70}),
+    ],
+    ids=["td3 parameter noise", "sac gSDE at episode ends", "dqn"],
+)
+def test_members_left_training_are_restacked_with_the_same_results(
+    algo: str, exploration: dict, hyperparams: dict, monkeypatch
+) -> None:
+    """Members that finish early leave the stack; the others go on as a smaller one, with the
+    tables they would have had in the whole stack."""
+    env = {"env": "study/Chain-v0", "env_kwargs": {"n": 8}} if algo == "dqn" else {}
+    base = {"learning_starts": 100, "batch_size": 16, "gradient_steps": 1} | hyperparams
+    settings = specs(algo, exploration=exploration, hyperparams=base, **env)[0].settings
+    runs = [
+        RunSpec(study="t", budget="full", seed=seed, settings=settings.model_copy(update={"total_steps": steps}))
+        for seed, steps in enumerate((200, 250, 300, 400))
+    ]
+    restacked: list[int] = []
+    original = Group.restack
+
+    def counting(self: Group, members: list[Member]) -> None:
+        restacked.append(len(members))
+        original(self, members)
+
+    monkeypatch.setattr(Group, "restack", counting)
+    smaller = run_group(runs, cpus=1)
+    assert restacked == [2, 1]
+    monkeypatch.setattr(group_module, "RESTACK_AT", 0.0)
+    whole = run_group(runs, cpus=1)
+    assert restacked == [2, 1]
+    for a, b in zip(whole, smaller, strict=True):
+        assert a.status == b.status == "done", a.error or b.error
+        assert_same_tables(a, b, exact=True)
 
 
 def test_the_same_group_twice_gives_identical_tables() -> None:

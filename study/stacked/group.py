@@ -33,7 +33,13 @@ from study.result import RunResult
 from study.run import RunParts, Watchers, build_run, run_result
 from study.stacked.buffer import StackedReplayBuffer
 from study.stacked.nets import Unsupported
-from study.stacked.resume import read_member_checkpoint, restore_members, save_member
+from study.stacked.resume import (
+    load_optimizer_slices,
+    optimizer_slice,
+    read_member_checkpoint,
+    restore_members,
+    save_member,
+)
 
 #: settings every member must share: they time the loop and shape the stacked batches
 LOCKSTEP = ("learning_starts", "batch_size", "gradient_steps", "train_freq", "use_sde", "use_sde_at_warmup")
@@ -65,6 +71,8 @@ ACTION_NOISE: dict[type[ActionNoise], Callable[[Any, np.random.RandomState], np.
 
 #: episodes between a member's log dumps, as SB3's off-policy `learn()` has it by default
 LOG_INTERVAL = 4
+#: a group restacks its members still training once they are at most this share of its stack
+RESTACK_AT = 0.5
 
 
 class Member:
@@ -114,7 +122,8 @@ class Group:
     """
 
     def __init__(self, members: Sequence[Member]) -> None:
-        self.members = list(members)
+        self.members = list(members)  # in the stack, in its order
+        self.all_members = list(members)  # those that left it (`restack`) too
         models: list[OffPolicyAlgorithm] = [member.model for member in members]
         first = models[0]
         algo = ALGORITHMS[members[0].spec.settings.algo]
@@ -183,8 +192,25 @@ class Group:
             rolling = self.active
             if not rolling:
                 break
+            if len(rolling) <= RESTACK_AT * len(self.members):
+                self.restack(rolling)
             self.collect_rollouts(rolling)
             self.train()
+
+    def restack(self, members: list[Member]) -> None:
+        """Go on with `members` alone (the others have stopped), stacked anew: a stack's update
+        computes every member it holds, masked or not, so the stragglers of a group no longer
+        pay for the finished. Each member's parameters, optimizer moments and step counts,
+        replay and random streams carry over (between rollouts, where gSDE redraws anyway)."""
+        kept = [self.position[id(member)] for member in members]
+        moments = [[optimizer_slice(optimizer, i) for i in kept] for optimizer in self.learner.optimizers]
+        checkpoint_every, all_members = self.checkpoint_every, self.all_members
+        self.__init__(members)
+        self.all_members = all_members
+        for optimizer, slices in zip(self.learner.optimizers, moments, strict=True):
+            load_optimizer_slices(optimizer, slices)
+        self.acting, self.deterministic = self.learner.acting(), self.learner.deterministic()
+        self.checkpoint_every = checkpoint_every
 
     def train(self) -> None:
         """One SB3 `train(gradient_steps, batch_size)` of every member still training whose run

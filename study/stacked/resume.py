@@ -30,7 +30,7 @@ def read_member_checkpoint(folder: Path | None) -> dict[str, Any] | None:
     return read_checkpoint(checkpoint_path(folder)) if folder is not None else None
 
 
-def _optimizer_slice(optimizer: th.optim.Optimizer, i: int) -> list[dict[str, Any]]:
+def optimizer_slice(optimizer: th.optim.Optimizer, i: int) -> list[dict[str, Any]]:
     """Member i's part of a stacked optimizer's state (step count and moments), parameter by parameter."""
     return [
         {key: (value[i] if value.ndim else value).clone() for key, value in optimizer.state[p].items()}
@@ -39,7 +39,7 @@ def _optimizer_slice(optimizer: th.optim.Optimizer, i: int) -> list[dict[str, An
     ]
 
 
-def _load_optimizer_slices(optimizer: th.optim.Optimizer, slices: list[list[dict[str, Any]] | None]) -> None:
+def load_optimizer_slices(optimizer: th.optim.Optimizer, slices: list[list[dict[str, Any]] | None]) -> None:
     """Stack the members' slices back into a stacked optimizer's state (None: a member that
     starts fresh, with no steps and zero moments)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -61,7 +61,7 @@ def save_member(group: Group, i: int, folder: Path) -> None:
     state = run_state(model, member.parts.stateful()) | {
         "engine": "stacked",
         "rng": {"numpy": member.rng.get_state(), "torch": member.generator.get_state()},
-        "optimizers": [_optimizer_slice(optimizer, i) for optimizer in group.learner.optimizers],
+        "optimizers": [optimizer_slice(optimizer, i) for optimizer in group.learner.optimizers],
     }
     write_checkpoint(checkpoint_path(folder), state)
 
@@ -74,7 +74,7 @@ def restore_members(group: Group, states: list[dict[str, Any] | None]) -> None:
             _restore_member(member, state)
     group.buffer.refresh()
     for k, optimizer in enumerate(group.learner.optimizers):
-        _load_optimizer_slices(optimizer, [state["optimizers"][k] if state else None for state in states])
+        load_optimizer_slices(optimizer, [state["optimizers"][k] if state else None for state in states])
     group.learner.n_updates = th.tensor([model._n_updates for model in group.models])
 
 
