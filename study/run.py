@@ -19,7 +19,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.utils import set_random_seed
 
-from study import algos
+from study import algos, provenance
 from study.checkpoint import RESUME_VERSION, Checkpointer
 from study.config import RunSpec
 from study.envs import make_env
@@ -88,6 +88,7 @@ class Watchers:
 
 def build_run(spec: RunSpec, on_evaluation: OnEvaluation | None = None) -> RunParts:
     """Seed the global random streams with the run's seed and build its model, envs and callbacks."""
+    provenance.code_version()  # the code this process runs, read (once) before the source tree can change
     set_random_seed(spec.seed)
     settings = spec.settings
     envs = [

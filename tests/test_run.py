@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+from datetime import UTC, datetime
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from study.config import load_study
-from study.run import execute
+from study.run import execute, run_result
 
 
 @pytest.fixture
@@ -52,6 +55,32 @@ def test_metadata(spec) -> None:
     assert set(meta["code"]) == {"commit", "dirty"}
     assert meta["steps_per_s"] > 0 and meta["wall_time_s"] > 0
     assert meta["final_return"] < 0
+
+
+def test_the_code_version_is_read_when_the_run_is_built_not_when_it_ends(spec, monkeypatch) -> None:
+    """A source tree that changes while a run trains (a pull in the checkout a long study runs
+    from) does not change the commit the run records: that of the code the process runs."""
+    from study import provenance
+    from study.run import build_run
+
+    provenance.code_version.cache_clear()
+    monkeypatch.setattr(provenance.subprocess, "run", fake_git("aaaa"))
+    parts = build_run(spec)
+    monkeypatch.setattr(provenance.subprocess, "run", fake_git("bbbb"))
+    parts.model.learn(spec.settings.total_steps, callback=parts.callbacks)
+    meta = run_result(spec, parts, None, datetime.now(UTC), 1.0, None, 1).meta
+    provenance.code_version.cache_clear()
+    assert meta["code"] == {"commit": "aaaa", "dirty": False}
+
+
+def fake_git(commit: str):
+    """`subprocess.run` for `git rev-parse HEAD` (`commit`) and `git status` (clean)."""
+
+    def run(args, **kwargs):
+        out = commit if "rev-parse" in args else ""
+        return subprocess.CompletedProcess(args, 0, stdout=out + "\n", stderr="")
+
+    return run
 
 
 def test_action_noise_and_ddpg(write_study) -> None:
