@@ -60,7 +60,13 @@ def test_notebooks_are_stored_without_outputs() -> None:
 PARTIAL_REFERENCE = {
     "noise_types_mountaincar": {"noise": {"none", "unstructured", "OU", "param noise", "gSDE-8"}},
     "smoothness": {
-        "noise": {"none", "unstructured", "OU", *(f"param k={k}" for k in (1, 2, 4, 8, 16, 64, 256, "episode"))}
+        "noise": {
+            "none",
+            "unstructured",
+            "OU",
+            *(f"param k={k}" for k in (1, 2, 4, 8, 16, 64, 256, "episode")),
+            *(f"gSDE k={k}" for k in (1, 2, 16, 64)),
+        }
     },
 }
 

@@ -91,19 +91,30 @@ def test_reference_sac_mountaincar_decoupling_loads_complete() -> None:
 
 
 def test_reference_sac_mountaincar_smoothness_loads_its_committed_levels() -> None:
-    """SAC with parameter noise at every k beside no noise, unstructured and OU noise (10 seeds each,
-    stacked engine); C_train falls with k while only intermediate k solve the task."""
+    """SAC with parameter noise at every k and gSDE at k = 1, 2, 16, 64 beside no noise, unstructured
+    and OU noise (10 seeds each, stacked engine); C_train falls with k while only intermediate k
+    solve the task."""
     study = load_study(ROOT / "ablations" / "smoothness.yaml", budget="mountaincar")
     metrics = run_metrics(load_results(study, REFERENCE))
     ks = ["1", "2", "4", "8", "16", "64", "256", "episode"]
-    committed = ["none", "unstructured", "OU", *(f"param k={k}" for k in ks)]
+    committed = ["none", "unstructured", "OU", *(f"param k={k}" for k in ks), *(f"gSDE k={k}" for k in (1, 2, 16, 64))]
     assert set(metrics["noise"]) == set(committed) and (metrics.groupby("noise", observed=True).size() == 10).all()
     assert (metrics["total_steps"] == 60_000).all() and {s.settings.engine for s in study.runs} == {"stacked"}
     by_noise = metrics.groupby("noise", observed=True)
     solved = (metrics["final_return"] > 90).groupby(metrics["noise"], observed=True).sum()
-    assert solved[solved > 0].to_dict() == {"param k=4": 2, "param k=8": 9, "param k=16": 10, "param k=64": 9}
+    assert solved[solved > 0].to_dict() == {
+        "param k=4": 2,
+        "param k=8": 9,
+        "param k=16": 10,
+        "param k=64": 9,
+        "gSDE k=2": 1,
+        "gSDE k=16": 10,
+        "gSDE k=64": 9,
+    }
     c_train = by_noise["c_train"].mean()[[f"param k={k}" for k in ks]]
     assert (np.diff(c_train.to_numpy()) < 0).all()
+    gsde = by_noise["c_train"].mean()[[f"gSDE k={k}" for k in (1, 2, 16, 64)]]
+    assert (np.diff(gsde.to_numpy()) < 0).all() and (gsde.to_numpy() < c_train.iloc[[0, 1, 4, 5]].to_numpy()).all()
     assert (REFERENCE / "smoothness" / "report-mountaincar" / "report.md").is_file()
 
 
