@@ -65,7 +65,7 @@ PARTIAL_REFERENCE = {
             "unstructured",
             "OU",
             *(f"param k={k}" for k in (1, 2, 4, 8, 16, 64, 256, "episode")),
-            *(f"gSDE k={k}" for k in (1, 2, 16, 64, 256, "episode")),
+            *(f"gSDE k={k}" for k in (1, 2, 4, 8, 16, 64, 256, "episode")),
         }
     },
 }
