@@ -62,6 +62,7 @@ PARTIAL_REFERENCE = {
     "smoothness": {
         "noise": {
             "none",
+            "none, train every 8",
             "unstructured",
             "OU",
             *(f"param k={k}" for k in (1, 2, 4, 8, 16, 64, 256, "episode")),
