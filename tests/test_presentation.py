@@ -244,6 +244,24 @@ def test_named_levels_that_set_k_are_drawn_against_k_with_the_others_as_baseline
     assert _by_family(one_k, results, ["noise", "training"]) is None  # no family with two values of k
 
 
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_family_over_k_is_joined_in_order_of_k_only_where_k_orders_the_cost(joined: bool) -> None:
+    import matplotlib.pyplot as plt
+
+    from study.analysis.figures import tradeoff_by_interval
+
+    k_metrics = pd.DataFrame(
+        {"env": "E", "noise family": "parameter noise", "k": ["8", "1", "8", "1"], "seed": [0, 0, 1, 1]}
+    ).assign(final_return=[90.0, 0.0, 92.0, 1.0], c_eval=[0.3, 2.0, 0.2, 3.0])
+    baselines = pd.DataFrame({"env": "E", "noise": "none", "seed": [0, 1], "final_return": 0.0, "c_eval": 0.0})
+    fig = tradeoff_by_interval(k_metrics, "k", ["noise family"], baselines, ["noise"], cost="c_eval", joined=joined)
+    family = next(line for line in fig.axes[0].lines if len(line.get_xdata()) == 2)
+    assert list(family.get_xdata()) == [2.5, 0.25]  # k = 1, then k = 8: the means over seeds
+    assert (family.get_linestyle() != "None") is joined
+    assert sorted(text.get_text() for text in fig.axes[0].texts) == ["1", "8"]
+    plt.close(fig)
+
+
 def test_point_labels_go_where_they_cover_no_other_point_and_no_other_label() -> None:
     import matplotlib.pyplot as plt
 

@@ -423,10 +423,11 @@ def tradeoff_by_interval(
     baselines: pd.DataFrame,
     baseline_factors: Sequence[str],
     cost: str = "c_train",
+    joined: bool = True,
 ) -> Figure:
-    """Return against smoothness with each noise's sampling intervals joined in order of k (each
-    point labelled with its k), and the runs without a k as single points: mean ± standard
-    error over seeds on both axes; up and to the left is better."""
+    """Return against smoothness with each noise's sampling intervals (each point labelled with
+    its k; `joined`: by a line in order of k), and the runs without a k as single points: mean ±
+    standard error over seeds on both axes; up and to the left is better."""
 
     def cells(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         ret = cell_stats(frame, "final_return", by, reps=1).set_index(by)
@@ -459,7 +460,7 @@ def tradeoff_by_interval(
                 markersize=8 - 4 * i / max(len(configs) - 1, 1),  # as in `tradeoff`: points on top of
                 markerfacecolor="none",  # each other stay visible
                 markeredgewidth=1.4,
-                linestyle=style["linestyle"],
+                linestyle=style["linestyle"] if joined else "none",
                 capsize=2,
                 label=config,
             )

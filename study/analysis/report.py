@@ -44,10 +44,16 @@ def report_dir(study: Study, results: Path) -> Path:
     return Path(results) / study.name / name
 
 
-#: the smoothness costs a report sets against the return: column, figure, what it measures
+#: the smoothness costs a report sets against the return: column, figure, what it measures, and
+#: whether k orders it (the evaluation's policy acts without the noise: its points stand apart)
 COSTS = (
-    ("c_train", "tradeoff", "continuity cost C_train (the training episodes: exploration included)"),
-    ("c_eval", "tradeoff_eval", "continuity cost C_eval (the last evaluation: the deterministic, unperturbed policy)"),
+    ("c_train", "tradeoff", "continuity cost C_train (the training episodes: exploration included)", True),
+    (
+        "c_eval",
+        "tradeoff_eval",
+        "continuity cost C_eval (the last evaluation: the deterministic, unperturbed policy)",
+        False,
+    ),
 )
 
 
@@ -219,17 +225,17 @@ def build_report(
             "confidence intervals" + (f", one color per combination of {', '.join(rest)}." if rest else "."),
             lambda factor=factor, rest=rest: figures.factor_comparison(metrics, factor, rest, "final_return", reps),
         )
-    for cost, name, what in COSTS if has_costs else ():
+    for cost, name, what, joined in COSTS if has_costs else ():
         if metrics[cost].isna().all():
             continue
         if baselines is not None:
             figure(
                 name,
                 f"Return against smoothness: final return and {what} (mean ± standard error over seeds); each "
-                "noise's sampling intervals joined in order of k (labelled, `ep`: once per episode), runs without "
-                "a k as single points. Up and to the left is better.",
-                lambda cost=cost: figures.tradeoff_by_interval(
-                    k_metrics, interval, k_others, baselines, baseline_factors, cost=cost
+                f"noise's sampling intervals {'joined in order of k' if joined else 'as points'} (labelled with "
+                "k, `ep`: once per episode), runs without a k as single points. Up and to the left is better.",
+                lambda cost=cost, joined=joined: figures.tradeoff_by_interval(
+                    k_metrics, interval, k_others, baselines, baseline_factors, cost=cost, joined=joined
                 ),
             )
         else:
