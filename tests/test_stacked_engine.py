@@ -124,11 +124,6 @@ Q_EXPLORATION = {
     "qrdqn εz-greedy": ("qrdqn", {"ez_greedy": {"mu": 2.0}}),
     "dqn proportional replay": ("dqn", {}, {"replay": {"type": "proportional"}}),
     "dqn rank-based replay": ("dqn", {}, {"replay": {"type": "rank"}}),
-    "sac, pink sampling noise, training at episode ends (the noise's sequences carry over)": (
-        "sac",
-        {"sampling_noise": {"beta": 1.0}},
-        {"hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
-    ),
     "dqn on CartPole, training at episode ends (the members' rollouts end at different steps)": (
         "dqn",
         {},
@@ -376,6 +371,16 @@ RESUME_CASES = {
         "sac",
         {"gsde": {"interval": 8}},
         {"hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
+    ),
+    "sac, pink sampling noise, training at episode ends (the noise's sequences carry over)": (
+        "sac",
+        {"sampling_noise": {"beta": 1.0}},
+        {"hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
+    ),
+    "sac with layer norm, Gaussian action noise, training at episode ends": (
+        "sac",
+        {"action_noise": {"type": "normal", "sigma": 0.1}},
+        {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
     ),
     "dqn on CartPole, training at episode ends (the members' rollouts end at different steps)": (
         "dqn",
