@@ -149,6 +149,15 @@ def test_learning_curves_shade_the_warm_up_and_leave_the_untrained_evaluation_ou
     assert [(patch.get_x(), patch.get_width()) for patch in ax.patches] == [(0, 1500)]  # the warm-up, shaded
 
 
+def test_the_y_range_holds_the_confidence_bands_after_the_warm_up() -> None:
+    # one seed solves (return 90), one does not (0): a mean of 45, its band reaching up to 90
+    evaluations = pd.concat(
+        [_evaluations({"a": [-500, 0, 0]}).query("run_id == 'a0'"), _evaluations({"a": [-500, 90, 90]})]
+    ).assign(run_id=["a0"] * 3 + ["a1"] * 3 + ["a2"] * 3)
+    low, high = learning_curves(evaluations, ["noise"], 200, {"E": 1500}).axes[0].get_ylim()
+    assert high >= 90 and -100 < low <= 0
+
+
 def test_many_configurations_are_small_multiples() -> None:
     fig = learning_curves(_evaluations({f"c{i}": [0, i, 2 * i] for i in range(12)}), ["noise"], 20)
     titled = [ax.get_title() for ax in fig.axes if ax.get_visible()]

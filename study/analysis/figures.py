@@ -149,9 +149,9 @@ def _warmup(ax: plt.Axes, steps: float | None) -> None:
 
 
 def _trained_range(curves: dict[str, tuple[np.ndarray, ...]], warmup: float | None) -> tuple[float, float] | None:
-    """A y-range that shows the mean curves after the warm-up (an untrained policy's first
-    evaluations may lie far below and would flatten everything else)."""
-    values = [mean[steps > (warmup or 0)] for steps, mean, *_ in curves.values()]
+    """A y-range that shows the mean curves and their bands after the warm-up (an untrained
+    policy's first evaluations may lie far below and would flatten everything else)."""
+    values = [band[steps > (warmup or 0)] for steps, *bands in curves.values() for band in bands]
     values = np.concatenate(values) if values else np.array([])
     values = values[np.isfinite(values)]
     if not len(values):
