@@ -38,15 +38,28 @@ def test_reference_td3_mountaincar_sampling_interval_loads_complete() -> None:
     assert (REFERENCE / "sampling_interval" / "report-mountaincar" / "report.md").is_file()
 
 
-def test_reference_td3_mountaincar_layer_norm_loads_complete() -> None:
-    """Layer norm on and off, parameter noise (once per episode, or every 8 steps) and action noise."""
-    for budget, interval in (("mountaincar_episode", "episode"), ("mountaincar", 8)):
+def test_reference_mountaincar_layer_norm_loads_complete() -> None:
+    """Layer norm on and off, parameter noise (once per episode, or every 8 steps) and action noise,
+    for TD3 and (every 8 steps) SAC; layer norm decides TD3's k = 8 cell and none of SAC's."""
+    solved_by_budget = {
+        "mountaincar_episode": {},
+        "mountaincar": {("true", "param noise"): 10, ("false", "param noise"): 4},
+        "mountaincar_sac": {("true", "param noise"): 9, ("false", "param noise"): 9},
+    }
+    for budget, interval, algo in (
+        ("mountaincar_episode", "episode", "td3"),
+        ("mountaincar", 8, "td3"),
+        ("mountaincar_sac", 8, "sac"),
+    ):
         study = load_study(ROOT / "ablations" / "layer_norm.yaml", budget=budget)
         metrics = run_metrics(load_results(study, REFERENCE))
         assert len(metrics) == 40 and (metrics.groupby(["layer_norm", "noise"], observed=True).size() == 10).all()
+        assert {s.settings.algo for s in study.runs} == {algo}
         assert {
             s.settings.exploration.param_noise.interval for s in study.runs if s.factors["noise"] == "param noise"
         } == {interval}
+        solved = (metrics["final_return"] > 90).groupby([metrics["layer_norm"], metrics["noise"]], observed=True).sum()
+        assert {key: n for key, n in solved.items() if n} == solved_by_budget[budget]
         assert (REFERENCE / "layer_norm" / f"report-{budget}" / "report.md").is_file()
 
 
