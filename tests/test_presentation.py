@@ -271,6 +271,25 @@ def test_a_family_over_k_is_joined_in_order_of_k_only_where_k_orders_the_cost(jo
     plt.close(fig)
 
 
+def test_a_baseline_is_a_line_at_its_iqm_with_its_ci_a_bar_right_of_the_panel() -> None:
+    import matplotlib.pyplot as plt
+
+    levels = pd.CategoricalDtype(["1", "8"], ordered=True)
+    metrics = pd.DataFrame(
+        {"env": "E", "interval": pd.Categorical(["1", "8"] * 2, dtype=levels), "seed": [0, 0, 1, 1]}
+    ).assign(final_return=[0.0, 90.0, 0.0, 92.0])
+    baselines = pd.DataFrame({"env": "E", "noise": "pink", "seed": [0, 1, 2, 3], "final_return": [0.0, 0, 90, 90]})
+    fig = metric_vs_interval(metrics, "interval", [], "final_return", 200, {"E": 200.0}, baselines, ["noise"])
+    ax = fig.axes[0]
+    assert not ax.patches  # no band across the panel
+    (level,) = [line for line in ax.get_lines() if line.get_label() == "pink"]
+    assert list(level.get_ydata()) == [45.0, 45.0]  # the IQM of 0, 0, 90, 90
+    (bar,) = [line for line in ax.get_lines() if min(line.get_xdata()) > 1]  # in the panel's width: right of it
+    low, high = bar.get_ydata()
+    assert 0 <= low < 45 < high <= 90 and bar.get_color() == level.get_color()
+    plt.close(fig)
+
+
 def test_point_labels_go_where_they_cover_no_other_point_and_no_other_label() -> None:
     import matplotlib.pyplot as plt
 

@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
+from matplotlib.transforms import blended_transform_factory
 
 from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles
 from study.analysis.labels import (
@@ -300,17 +301,20 @@ def metric_vs_interval(
 def _baseline_bands(
     ax: plt.Axes, runs: pd.DataFrame, factors: Sequence[str], metric: str, reps: int, offset: int
 ) -> None:
-    """Each baseline configuration's IQM as a horizontal line, its 95% CI as a band."""
+    """Each baseline configuration's IQM as a horizontal line, its 95% CI as a bar just right of
+    the panel (bands across it would cover each other and the curves)."""
     stats = cell_stats(runs, metric, list(factors), reps=reps) if len(runs) else pd.DataFrame()
     if not len(stats):
         return
     stats["config"] = config_label(stats, factors)
     colors = palette(offset + len(stats))[offset:]
-    for color, linestyle, row in zip(
-        colors, [":", "-.", (0, (1, 3)), (0, (5, 2))] * 8, stats.itertuples(), strict=False
+    right = blended_transform_factory(ax.transAxes, ax.transData)  # x in the panel's width, y in data
+    for i, (color, linestyle, row) in enumerate(
+        zip(colors, [":", "-.", (0, (1, 3)), (0, (5, 2))] * 8, stats.itertuples(), strict=False)
     ):
         ax.axhline(row.iqm, color=color, linestyle=linestyle, linewidth=1.2, label=row.config)
-        ax.axhspan(row.iqm_low, row.iqm_high, color=color, alpha=0.1, linewidth=0)
+        x = 1.02 + 0.018 * i
+        ax.plot([x, x], [row.iqm_low, row.iqm_high], color=color, linewidth=2, transform=right, clip_on=False)
 
 
 #: from this many levels on, `factor_comparison` lists the levels down the y axis

@@ -177,7 +177,8 @@ def build_report(
         if by_family is not None:
             k_metrics, interval, k_others, baselines, baseline_factors = by_family
     drawn_apart = (
-        " Runs without a sampling interval are horizontal lines at their IQM, their CI a band."
+        " Runs without a sampling interval are horizontal lines at their IQM, their CI a bar of the same color"
+        " right of the panel."
         if baselines is not None and len(baselines)
         else ""
     )
