@@ -103,15 +103,17 @@ def test_reference_sac_mountaincar_decoupling_loads_complete() -> None:
     assert (REFERENCE / "decoupling" / "report-mountaincar" / "report.md").is_file()
 
 
-def test_reference_sac_mountaincar_smoothness_loads_its_committed_levels() -> None:
+def test_reference_sac_mountaincar_smoothness_loads_complete() -> None:
     """SAC with parameter noise and gSDE at every k beside no noise (trained at episode ends or
-    every 8 steps), unstructured and OU noise (10 seeds each, stacked engine); C_train falls with k
-    while only intermediate k solve the task."""
+    every 8 steps), unstructured, OU and colored noise over β (10 seeds each, stacked engine);
+    C_train falls with k while only intermediate k solve the task, and pink noise solves it."""
     study = load_study(ROOT / "ablations" / "smoothness.yaml", budget="mountaincar")
     metrics = run_metrics(load_results(study, REFERENCE))
     ks = ["1", "2", "4", "8", "16", "64", "256", "episode"]
     baselines = ["none", "none, train every 8", "unstructured", "OU"]
-    committed = [*baselines, *(f"param k={k}" for k in ks), *(f"gSDE k={k}" for k in ks)]
+    colored = [f"colored beta={beta}" for beta in ("0", "0.5", "1", "2")]
+    committed = [*baselines, *(f"param k={k}" for k in ks), *(f"gSDE k={k}" for k in ks), *colored]
+    assert len(study.runs) == len(metrics) == 240
     assert set(metrics["noise"]) == set(committed) and (metrics.groupby("noise", observed=True).size() == 10).all()
     assert (metrics["total_steps"] == 60_000).all() and {s.settings.engine for s in study.runs} == {"stacked"}
     by_noise = metrics.groupby("noise", observed=True)
@@ -127,7 +129,14 @@ def test_reference_sac_mountaincar_smoothness_loads_its_committed_levels() -> No
         "gSDE k=16": 10,
         "gSDE k=64": 9,
         "gSDE k=256": 2,
+        "colored beta=0.5": 4,
+        "colored beta=1": 10,
+        "colored beta=2": 5,
     }
+    # colored noise grows smoother with β, white (β = 0) as rough as SAC's own noise
+    costs = by_noise["c_train"].mean()
+    assert (np.diff(costs[colored].to_numpy()) < 0).all()
+    assert abs(costs["colored beta=0"] / costs["unstructured"] - 1) < 0.05
     c_train = by_noise["c_train"].mean()[[f"param k={k}" for k in ks]]
     assert (np.diff(c_train.to_numpy()) < 0).all()
     gsde = by_noise["c_train"].mean()[[f"gSDE k={k}" for k in ks]]
