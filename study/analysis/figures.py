@@ -282,7 +282,7 @@ def metric_vs_interval(
                         label=config if line or not len(numbers) else None,
                     )
         if baselines is not None and len(baselines):
-            _baseline_bands(ax, baselines[baselines["env"] == env], baseline_factors, metric, reps, len(styles))
+            _baseline_levels(ax, baselines[baselines["env"] == env], baseline_factors, metric, reps, len(styles))
         ax.set_xscale("log", base=2)
         labels = list(x)
         if EPISODE in x:
@@ -298,7 +298,7 @@ def metric_vs_interval(
     return _finish(fig, axes, len(envs), legend_title(others) if others else None)
 
 
-def _baseline_bands(
+def _baseline_levels(
     ax: plt.Axes, runs: pd.DataFrame, factors: Sequence[str], metric: str, reps: int, offset: int
 ) -> None:
     """Each baseline configuration's IQM as a horizontal line, its 95% CI as a bar just right of
