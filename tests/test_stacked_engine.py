@@ -382,6 +382,11 @@ RESUME_CASES = {
         {"action_noise": {"type": "normal", "sigma": 0.1}},
         {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
     ),
+    "sac with layer norm, its own noise alone, training at episode ends (layer norm's SAC action-noise level)": (
+        "sac",
+        {},
+        {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
+    ),
     "dqn on CartPole, training at episode ends (the members' rollouts end at different steps)": (
         "dqn",
         {},
