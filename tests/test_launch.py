@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -69,6 +70,13 @@ def wait_for(condition, timeout: float = 120.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def ray_warnings(pid: int) -> str:
+    """The warnings and errors in the Ray log of the driver process `pid`: what Ray saw, for a failure message."""
+    logs = Path(tempfile.gettempdir(), "ray").glob(f"session_*/logs/python-core-driver-*_{pid}.log")
+    lines = [line for log in logs for line in log.read_text(errors="replace").splitlines()]
+    return "\n".join(line for line in lines if re.match(r"\[[^]]* [WEF] ", line))[-6000:]
 
 
 def _all_task_processes() -> list[psutil.Process]:
@@ -222,7 +230,7 @@ def test_a_dead_raylet_leaves_runs_pending_and_a_rerun_completes_each_once(write
     raylet = next(proc for proc in ray_processes if proc.name() == "raylet")
     raylet.send_signal(signal.SIGKILL)
     out, err = driver.communicate(timeout=300)
-    assert driver.returncode == 4, out + err
+    assert driver.returncode == 4, out + err + ray_warnings(driver.pid)
     assert "lost " in out and "LocalRayletDiedError" in out and "again to resume" in out
     before = {p.name: json.loads((p / "meta.json").read_text()) for p in completed(results, "lost")}
     assert all(meta["status"] == DONE for meta in before.values())  # none recorded as failed
