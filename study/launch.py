@@ -388,8 +388,8 @@ def is_run_failure(err: RayError) -> bool:
     return isinstance(err, RayTaskError) and not (isinstance(cause, RayError) and not isinstance(cause, RayTaskError))
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
+def _first_line(err: BaseException, message: str | None = None) -> str:
+    lines = str(err if message is None else message).strip().splitlines()
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
@@ -454,35 +454,45 @@ def _fan_out(
             copied = time.monotonic()
 
     emit("start")
+    taking: list[RunSpec] = []  # the runs whose result the driver is taking in
     with _interrupt_flag() as interrupted:
-        while refs and not interrupted.is_set():
-            try:
-                ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
-            except RayError as err:  # Ray itself is gone: every run still out is lost
-                summary.lost += [LostRun(spec, _first_line(err)) for specs in refs.values() for spec in specs]
-                refs.clear()
-                break
-            for ref in ready:
-                specs = refs.pop(ref)
+        try:
+            while refs and not interrupted.is_set():
                 try:
-                    outcome = ray.get(ref)
-                except RayError as err:
-                    if not is_run_failure(err):
-                        summary.lost += [LostRun(spec, _first_line(err)) for spec in specs]
-                        emit("tick")
-                        continue
-                    error = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
-                    outcome = [failed_result(spec, error) for spec in specs]
-                board.drop.remote([spec.run_id for spec in specs])
-                for result in outcome if isinstance(outcome, list) else [outcome]:
-                    if result.status == DONE:
-                        finished_steps += result.meta["steps"] - (result.meta.get("resumed_at") or 0)
-                    write_run(result, results)
-                    result.model = result.normalize = None  # on disk now: the driver keeps no model in memory
-                    (summary.done if result.status == DONE else summary.failed).append(result)
-                    emit("result", result)
-            if not ready:
-                emit("tick")
+                    ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+                except RayError as err:  # Ray itself is gone: every run still out is lost
+                    summary.lost += [LostRun(spec, _first_line(err)) for specs in refs.values() for spec in specs]
+                    refs.clear()
+                    break
+                for ref in ready:
+                    taking = refs.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except RayError as err:
+                        if not is_run_failure(err):
+                            summary.lost += [LostRun(spec, _first_line(err)) for spec in taking]
+                            emit("tick")
+                            continue
+                        error = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+                        outcome = [failed_result(spec, error) for spec in taking]
+                    board.drop.remote([spec.run_id for spec in taking])
+                    for result in outcome if isinstance(outcome, list) else [outcome]:
+                        if result.status == DONE:
+                            finished_steps += result.meta["steps"] - (result.meta.get("resumed_at") or 0)
+                        write_run(result, results)
+                        result.model = result.normalize = None  # on disk now: the driver keeps no model in memory
+                        (summary.done if result.status == DONE else summary.failed).append(result)
+                        emit("result", result)
+                if not ready:
+                    emit("tick")
+        except SystemExit as err:  # Ray's core worker ending this process (its raylet is gone): runs out are lost
+            if not hasattr(err, "ray_terminate_msg"):
+                raise
+            handled = {run.spec.run_id for run in summary.done + summary.failed + summary.lost}
+            out = [spec for spec in taking if spec.run_id not in handled]
+            out += [spec for group in refs.values() for spec in group]
+            summary.lost += [LostRun(spec, _first_line(err, str(err.ray_terminate_msg))) for spec in out]
+            refs.clear()
     try:
         ray.kill(board)
     except Exception:  # Ray may be gone already (its runs are listed as lost)

@@ -34,7 +34,7 @@ from ray.exceptions import (
 )
 
 from study.config import load_study
-from study.launch import TASK_NAME, is_run_failure
+from study.launch import TASK_NAME, is_run_failure, run_study
 from study.run import execute
 from study.store import DONE, load_results, run_dir
 from study.studylock import StudyLock
@@ -231,7 +231,8 @@ def test_a_dead_raylet_leaves_runs_pending_and_a_rerun_completes_each_once(write
     raylet.send_signal(signal.SIGKILL)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 4, out + err + ray_warnings(driver.pid)
-    assert "lost " in out and "LocalRayletDiedError" in out and "again to resume" in out
+    reported = "LocalRayletDiedError" in out or "SystemExit" in out  # a failed task, or Ray ending the driver
+    assert "lost " in out and reported and "again to resume" in out, out + ray_warnings(driver.pid)
     before = {p.name: json.loads((p / "meta.json").read_text()) for p in completed(results, "lost")}
     assert all(meta["status"] == DONE for meta in before.values())  # none recorded as failed
     assert 1 <= len(before) < 8
@@ -243,6 +244,37 @@ def test_a_dead_raylet_leaves_runs_pending_and_a_rerun_completes_each_once(write
     after = {p.name: json.loads((p / "meta.json").read_text()) for p in completed(results, "lost")}
     assert len(after) == 8 and all(meta["status"] == DONE for meta in after.values())
     assert all(after[name]["started"] == meta["started"] for name, meta in before.items())  # never rerun
+
+
+@pytest.mark.slow
+def test_ray_ending_the_driver_leaves_the_runs_out_pending(write_study, tmp_path: Path, monkeypatch) -> None:
+    # Ray's core worker ends a driver whose raylet died by raising SystemExit from inside a Ray call
+    import ray
+
+    path = write_study({"name": "ended", "seeds": 3, "total_steps": 600, "budgets.full": 600})
+    results = tmp_path / "results"
+    real_wait = ray.wait
+
+    def wait(*args, **kwargs):
+        if completed(results, "ended"):
+            ended = SystemExit(1)
+            ended.ray_terminate_msg = "Exiting because the local raylet died"
+            raise ended
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", wait)
+    summary = run_study(load_study(path), results, workers=1)
+    assert [result.spec.run_id for result in summary.done] == [p.name for p in completed(results, "ended")]
+    assert len(summary.done) == 1 and not summary.failed
+    assert sorted(lost.spec.run_id for lost in summary.lost) == sorted(
+        spec.run_id for spec in load_study(path).runs if spec.run_id != summary.done[0].spec.run_id
+    )
+    assert {lost.reason for lost in summary.lost} == {"SystemExit: Exiting because the local raylet died"}
+    assert not ray.is_initialized()
+
+    monkeypatch.undo()
+    rerun = run_study(load_study(path), results, workers=1)
+    assert len(rerun.done) == 2 and rerun.skipped == 1 and not rerun.lost
 
 
 def test_a_local_instance_listens_on_the_loopback_address_only(write_study, tmp_path: Path) -> None:
