@@ -387,6 +387,21 @@ RESUME_CASES = {
         {},
         {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
     ),
+    "td3 with layer norm, adaptive parameter noise resampled once per episode (sampling_interval's TD3)": (
+        "td3",
+        {"param_noise": {"interval": "episode", "adapt_every": 20}},
+        {"layer_norm": True},
+    ),
+    "td3 with layer norm, parameter noise k = 8, training at episode ends (decoupling's TD3)": (
+        "td3",
+        {"param_noise": {"interval": 8, "adapt_every": 20}},
+        {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
+    ),
+    "sac with layer norm, fixed-sigma parameter noise k = 8, training at episode ends (adaptation's SAC)": (
+        "sac",
+        {"param_noise": {"interval": 8, "adaptive": False, "initial_sigma": 0.05}},
+        {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
+    ),
     "dqn on CartPole, training at episode ends (the members' rollouts end at different steps)": (
         "dqn",
         {},
