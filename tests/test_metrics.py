@@ -13,6 +13,7 @@ from study.analysis.aggregates import (
     censored_quantiles,
     iqm,
     probability_of_improvement,
+    score_distribution,
     stratified_bootstrap,
 )
 from study.analysis.metrics import episodes_to_solve, optimal_at_init, run_metrics
@@ -88,6 +89,21 @@ def test_bootstrap_ci_matches_a_plain_loop_with_the_same_draws() -> None:
     assert low <= point <= high
     # each resample keeps 4 values of a and 3 of b: stratified, not pooled
     assert stratified_bootstrap([np.full(5, 2.0)], iqm, reps=50)[1:] == (2.0, 2.0)
+
+
+def test_score_distribution_by_hand_and_its_band_matches_a_plain_loop() -> None:
+    values, thresholds = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 1.0, 2.5, 4.0])
+    point, low, high = score_distribution(values, thresholds, reps=300, seed=3)
+    np.testing.assert_array_equal(point, [1.0, 0.75, 0.5, 0.0])  # strictly above τ: a run at τ = 1 is not
+    rng = np.random.default_rng(3)
+    draws = values[rng.integers(0, 4, (300, 4))]
+    fractions = (draws[:, :, None] > thresholds).mean(axis=1)
+    np.testing.assert_allclose(low, np.percentile(fractions, 2.5, axis=0))
+    np.testing.assert_allclose(high, np.percentile(fractions, 97.5, axis=0))
+    assert (low <= point).all() and (point <= high).all() and low[1] < high[1]
+    # every run alike: no spread, the band is the point
+    same = score_distribution(np.full(5, 2.0), [1.0, 2.0], reps=50)
+    np.testing.assert_array_equal(same, [[1.0, 0.0]] * 3)
 
 
 def test_cell_stats_mean_and_standard_error(two_runs: StudyResults) -> None:

@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from study.analysis.aggregates import probability_of_improvement
-from study.analysis.figures import coinciding_curves, learning_curves, metric_vs_interval, tradeoff
+from study.analysis.figures import (
+    coinciding_curves,
+    coinciding_scores,
+    learning_curves,
+    metric_vs_interval,
+    score_distributions,
+    tradeoff,
+)
 from study.analysis.labels import config_label, level_label
 from study.analysis.tables import mean_se, results_table, significant, tied_best, to_latex, to_markdown
 
@@ -138,6 +145,38 @@ def test_curves_on_top_of_each_other_are_named() -> None:
     evaluations = _evaluations({"none": [0, 0, 0], "OU": [0, 0.05, 0], "gSDE": [0, 90, 94], "param": [0, 0, 0]})
     assert coinciding_curves(evaluations, ["noise"]) == {"E": [["none", "OU", "param"]]}
     assert coinciding_curves(_evaluations({"a": [0, 50], "b": [0, 90]}), ["noise"]) == {}
+
+
+def _finals(returns: dict[str, list[float]]) -> pd.DataFrame:
+    levels = pd.CategoricalDtype(list(returns), ordered=True)
+    rows = [(config, seed, value) for config, values in returns.items() for seed, value in enumerate(values)]
+    frame = pd.DataFrame(rows, columns=["noise", "seed", "final_return"]).assign(env="E")
+    return frame.assign(noise=pd.Categorical(frame["noise"], dtype=levels))
+
+
+def test_score_distributions_draw_the_fraction_of_runs_above_each_threshold() -> None:
+    # MountainCar-like: failures near 0, successes near 94
+    finals = _finals({"fails": [0.0, -0.2, 0.1, 0.0], "half": [94.0, 0.0, 93.5, -0.1], "solves": [94.0] * 4})
+    ax = score_distributions(finals, ["noise"], reps=50).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["fails", "half", "solves"] and ax.get_ylim() == (-0.03, 1.03)
+    tau, fraction = lines["half"].get_xdata(), lines["half"].get_ydata()
+    assert lines["half"].get_drawstyle() == "steps-post"
+    middle = np.searchsorted(tau, 50)
+    assert fraction[middle] == 0.5 and lines["solves"].get_ydata()[middle] == 1.0  # two of four runs above τ = 50
+    assert fraction[0] == 1.0 and fraction[-1] == 0.0  # τ spans every return, with a margin either side
+
+
+def test_score_distributions_of_many_configurations_are_small_multiples() -> None:
+    fig = score_distributions(_finals({f"c{i}": [i, 2.0 * i] for i in range(6)}), ["noise"], reps=20)
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == [f"c{i}" for i in range(6)]
+
+
+def test_score_distributions_on_top_of_each_other_are_named() -> None:
+    finals = _finals({"none": [0.0, -0.3], "OU": [-0.2, 0.1], "pink": [94.0, 0.0], "param": [0.2, 0.0]})
+    # sorted returns within 1% of the range (94.3): none, OU and param; pink's 94 stands apart
+    assert coinciding_scores(finals, ["noise"]) == {"E": [["none", "OU", "param"]]}
+    assert coinciding_scores(_finals({"a": [0.0, 50.0], "b": [0.0, 90.0]}), ["noise"]) == {}
 
 
 def test_learning_curves_shade_the_warm_up_and_leave_the_untrained_evaluation_out_of_the_y_range() -> None:

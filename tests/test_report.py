@@ -35,7 +35,7 @@ def test_report_of_the_smoke_study(smoke_results: Path, capsys) -> None:
     assert main(["report", str(path), "--results", str(smoke_results)]) == 0
     assert "8 figures, 2 tables" in capsys.readouterr().out
     folder = smoke_results / "smoke" / "report"
-    text = check_report(
+    text = check_report(  # one seed per cell: no score distribution
         folder,
         {
             "learning_curves",
@@ -108,6 +108,7 @@ def test_report_of_a_partial_study_with_a_failed_run(partial_study) -> None:
         report.folder,
         {
             "learning_curves",
+            "score_distribution",
             "return_vs_interval",
             "continuity_vs_interval",
             "final_return_by_noise",
@@ -159,6 +160,7 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
     assert {"episodes_to_solve", "solved_fraction"} <= set(report.figures)
     assert "learning_curves" not in report.figures  # evaluations after each episode: not aligned on steps
     assert "final_return_by_n" not in report.figures  # runs that stop once solved end at the optimum
+    assert "score_distribution" not in report.figures  # nor their final returns' distribution
     metrics = pd.read_csv(report.folder / "metrics.csv")
     solved = metrics.set_index(["n", "seed"])["episodes_to_solve"]
     assert solved[(5, 0)] == 100 + 100 and solved[(10, 3)] == 200 + 30 + 100

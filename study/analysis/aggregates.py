@@ -60,6 +60,22 @@ def cell_stats(metrics: pd.DataFrame, metric: str, by: Sequence[str], reps: int 
     return frame
 
 
+def score_distribution(
+    values: Sequence[float] | np.ndarray, thresholds: Sequence[float] | np.ndarray, reps: int = REPS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-score distribution (rliable's performance profile): the fraction of runs whose score
+    exceeds each threshold τ, and its 95% percentile-bootstrap band over runs."""
+    values, thresholds = np.asarray(values, dtype=float), np.asarray(thresholds, dtype=float)
+    point = (values[:, None] > thresholds).mean(axis=0)
+    rng = np.random.default_rng(seed)
+    samples = np.sort(values[rng.integers(0, len(values), size=(reps, len(values)))], axis=1)
+    # runs above τ in each resample: those after the last one at or below it
+    above = len(values) - np.stack([np.searchsorted(row, thresholds, side="right") for row in samples])
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.percentile(above / len(values), [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return point, low, high
+
+
 def censored_quantiles(
     values: pd.Series | np.ndarray, budget: float, quantiles: Sequence[float] = (0.25, 0.5, 0.75)
 ) -> pd.DataFrame:

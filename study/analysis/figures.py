@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles
+from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles, score_distribution
 from study.analysis.labels import (
     MARKERS,
     config_label,
@@ -103,6 +103,7 @@ def _bootstrap_mean_band(matrix: np.ndarray, reps: int = REPS, seed: int = 0) ->
 
 
 MANY_CONFIGS = 10  # past this, learning curves are small multiples: one panel per configuration
+TITLE_CHARS = 26  # a small multiple's title wraps past this
 
 
 def _mean_curves(evaluations: pd.DataFrame, reps: int) -> dict[str, tuple[np.ndarray, ...]]:
@@ -125,17 +126,12 @@ def coinciding_curves(evaluations: pd.DataFrame, factors: Sequence[str]) -> dict
     for env, rows in frame.groupby("env", sort=False):
         curves = {c: pd.Series(mean, index=steps) for c, (steps, mean, *_) in _mean_curves(rows, reps=1).items()}
         span = max(np.nanmax(c.to_numpy()) - np.nanmin(c.to_numpy()) for c in curves.values()) or 1.0
-        sets: list[list[str]] = []
-        for config, curve in curves.items():
-            for members in sets:
-                other = curves[members[0]]
-                if curve.index.equals(other.index) and np.allclose(curve, other, atol=0.01 * span, equal_nan=True):
-                    members.append(config)
-                    break
-            else:
-                sets.append([config])
-        if any(len(members) > 1 for members in sets):
-            out[env] = [members for members in sets if len(members) > 1]
+        sets = _equal_sets(
+            curves,
+            lambda a, b, span=span: a.index.equals(b.index) and np.allclose(a, b, atol=0.01 * span, equal_nan=True),
+        )
+        if sets:
+            out[env] = sets
     return out
 
 
@@ -169,59 +165,162 @@ def learning_curves(
     the warm-up (`warmup`: its steps per env) shaded. Past MANY_CONFIGS configurations, one
     panel per configuration (the others in grey behind it), one row of panels per env."""
     frame = evaluations.assign(config=config_label(evaluations, factors))
-    envs = list(dict.fromkeys(frame["env"]))
+    curves = {env: _mean_curves(frame[frame["env"] == env], reps) for env in dict.fromkeys(frame["env"])}
+    return _curve_figure(
+        curves, config_styles(frame, factors), legend_title(factors), "environment steps", "evaluation return", warmup
+    )
+
+
+def _score_profiles(metrics: pd.DataFrame, reps: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per configuration: thresholds τ spanning the env's final returns, the fraction of runs
+    above each and its 95% bootstrap band."""
+    returns = metrics["final_return"].to_numpy(dtype=float)
+    low, high = returns.min(), returns.max()
+    pad = 0.05 * (high - low) or max(abs(high), 1.0) * 0.05
+    thresholds = np.linspace(low - pad, high + pad, PROFILE_POINTS)
+    return {
+        config: (thresholds, *score_distribution(group["final_return"].to_numpy(dtype=float), thresholds, reps))
+        for config, group in metrics.groupby("config", sort=False)
+    }
+
+
+PROFILE_POINTS = 400  # thresholds τ per panel
+MANY_PROFILES = 4  # past this, one panel per configuration: step functions of a few levels overlap
+
+
+def score_distributions(metrics: pd.DataFrame, factors: Sequence[str], reps: int = REPS) -> Figure:
+    """Run-score distributions of the final return (rliable's performance profiles): per env, the
+    fraction of runs whose final return exceeds τ against τ, one line per configuration with its
+    95% bootstrap band; past MANY_PROFILES configurations, one panel per configuration."""
+    frame = metrics.dropna(subset=["final_return"])
+    frame = frame.assign(config=config_label(frame, factors))
+    profiles = {env: _score_profiles(frame[frame["env"] == env], reps) for env in dict.fromkeys(frame["env"])}
+    return _curve_figure(
+        profiles,
+        config_styles(frame, factors),
+        legend_title(factors),
+        "final return τ",
+        "fraction > τ",
+        steps=True,
+        ylim=(-0.03, 1.03),
+        many=MANY_PROFILES,
+    )
+
+
+def coinciding_scores(metrics: pd.DataFrame, factors: Sequence[str]) -> dict[str, list[list[str]]]:
+    """Per env, the sets of configurations whose score distributions lie on top of each other:
+    as many runs, their sorted final returns equal to 1% of the env's return range."""
+    frame = metrics.dropna(subset=["final_return"])
+    frame = frame.assign(config=config_label(frame, factors))
+    out = {}
+    for env, rows in frame.groupby("env", sort=False):
+        span = float(np.ptp(rows["final_return"].to_numpy(dtype=float))) or 1.0
+        scores = {c: np.sort(g["final_return"].to_numpy(dtype=float)) for c, g in rows.groupby("config", sort=False)}
+        sets = _equal_sets(
+            scores, lambda a, b, span=span: a.shape == b.shape and np.allclose(a, b, rtol=0, atol=0.01 * span)
+        )
+        if sets:
+            out[env] = sets
+    return out
+
+
+def _equal_sets(items: dict[str, Any], equal: Any) -> list[list[str]]:
+    """Groups of two or more keys whose values are `equal` to the group's first."""
+    sets: list[list[str]] = []
+    for key, value in items.items():
+        for members in sets:
+            if equal(value, items[members[0]]):
+                members.append(key)
+                break
+        else:
+            sets.append([key])
+    return [members for members in sets if len(members) > 1]
+
+
+def _curve_figure(
+    curves: dict[str, dict[str, tuple[np.ndarray, ...]]],
+    styles: dict[str, dict[str, object]],
+    legend: str,
+    xlabel: str,
+    ylabel: str,
+    warmup: dict[str, float] | None = None,
+    steps: bool = False,
+    ylim: tuple[float, float] | None = None,
+    many: int = MANY_CONFIGS,
+) -> Figure:
+    """One panel per env of (x, y, band low, band high) curves per configuration, or past
+    `many` configurations, one panel per configuration; `steps`: step functions."""
     warmup = warmup or {}
-    curves = {env: _mean_curves(frame[frame["env"] == env], reps) for env in envs}
-    if max(len(c) for c in curves.values()) > MANY_CONFIGS:
-        return _curve_multiples(curves, warmup)
-    styles = config_styles(frame, factors)
+    if max(len(c) for c in curves.values()) > many:
+        return _curve_multiples(curves, warmup, xlabel, ylabel, steps, ylim)
+    envs = list(curves)
     fig, axes = _panels(envs)
     for ax, env in zip(axes.flat, envs, strict=False):
-        for config, (steps, mean, low, high) in curves[env].items():
+        for config, (x, mean, low, high) in curves[env].items():
             style = styles[config]
-            ax.plot(steps, mean, color=style["color"], linestyle=style["linestyle"], label=config)
-            ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
+            ax.plot(
+                x,
+                mean,
+                color=style["color"],
+                linestyle=style["linestyle"],
+                label=config,
+                drawstyle="steps-post" if steps else "default",
+            )
+            ax.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0, step="post" if steps else None)
         _warmup(ax, warmup.get(env))
-        ylim = _trained_range(curves[env], warmup.get(env))
-        if ylim:
-            ax.set_ylim(*ylim)
+        limits = ylim or _trained_range(curves[env], warmup.get(env))
+        if limits:
+            ax.set_ylim(*limits)
         ax.set_title(env)
-        ax.set_xlabel("environment steps")
+        ax.set_xlabel(xlabel)
         ax.xaxis.set_major_formatter(STEPS)
-        ax.set_ylabel("evaluation return")
-    return _finish(fig, axes, len(envs), legend_title(factors))
+        ax.set_ylabel(ylabel)
+    return _finish(fig, axes, len(envs), legend)
 
 
-def _curve_multiples(curves: dict[str, dict[str, tuple[np.ndarray, ...]]], warmup: dict[str, float]) -> Figure:
+def _curve_multiples(
+    curves: dict[str, dict[str, tuple[np.ndarray, ...]]],
+    warmup: dict[str, float],
+    xlabel: str,
+    ylabel: str,
+    steps: bool,
+    ylim: tuple[float, float] | None,
+) -> Figure:
     cols = 4
     rows_per_env = {env: int(np.ceil(len(c) / cols)) for env, c in curves.items()}
-    fig, axes = plt.subplots(
-        sum(rows_per_env.values()), cols, figsize=(WIDTH * 1.2, 1.6 * sum(rows_per_env.values())), squeeze=False
-    )
+    titles = {
+        (env, config): textwrap.fill(config if len(curves) == 1 else f"{env}: {config}", TITLE_CHARS)
+        for env, configs in curves.items()
+        for config in configs
+    }
+    height = 1.6 + 0.15 * max(title.count("\n") for title in titles.values())  # inches per row
+    rows = sum(rows_per_env.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH * 1.2, height * rows), squeeze=False)
+    drawstyle, step = ("steps-post", "post") if steps else ("default", None)
     row = 0
     for env, configs in curves.items():
         block = list(axes[row : row + rows_per_env[env]].flat)
-        ylim = _trained_range(configs, warmup.get(env))
-        for ax, (config, (steps, mean, low, high)) in zip(block, configs.items(), strict=False):
-            for other, (o_steps, o_mean, *_) in configs.items():
+        limits = ylim or _trained_range(configs, warmup.get(env))
+        for ax, (config, (x, mean, low, high)) in zip(block, configs.items(), strict=False):
+            for other, (o_x, o_mean, *_) in configs.items():
                 if other != config:
-                    ax.plot(o_steps, o_mean, color="lightgrey", linewidth=0.8)
-            ax.plot(steps, mean, color="C0", linewidth=1.4)
-            ax.fill_between(steps, low, high, color="C0", alpha=0.2, linewidth=0)
+                    ax.plot(o_x, o_mean, color="lightgrey", linewidth=0.8, drawstyle=drawstyle)
+            ax.plot(x, mean, color="C0", linewidth=1.4, drawstyle=drawstyle)
+            ax.fill_between(x, low, high, color="C0", alpha=0.2, linewidth=0, step=step)
             _warmup(ax, warmup.get(env))
-            if ylim:
-                ax.set_ylim(*ylim)
-            ax.set_title(config if len(curves) == 1 else f"{env}: {config}", fontsize="small")
+            if limits:
+                ax.set_ylim(*limits)
+            ax.set_title(titles[env, config], fontsize="small")
             ax.xaxis.set_major_formatter(STEPS)
             ax.tick_params(labelsize=7)
         for ax in block[len(configs) :]:
             ax.set_visible(False)
-        axes[row, 0].set_ylabel("evaluation return", fontsize="small")
+        axes[row, 0].set_ylabel(ylabel, fontsize="small")
         row += rows_per_env[env]
     flat = list(axes.flat)
     for i, ax in enumerate(flat):  # the lowest visible panel of each column
         if ax.get_visible() and (i + cols >= len(flat) or not flat[i + cols].get_visible()):
-            ax.set_xlabel("environment steps", fontsize="small")
+            ax.set_xlabel(xlabel, fontsize="small")
     fig.tight_layout()
     return fig
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis import figures, tables
-from study.analysis.aggregates import REPS, cell_stats, probability_of_improvement
+from study.analysis.aggregates import MIN_SEEDS, REPS, cell_stats, probability_of_improvement
 from study.analysis.labels import config_label
 from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
 from study.config import FULL_BUDGET, RunSettings, Study, StudyError
@@ -171,6 +171,20 @@ def build_report(
             + _coinciding(figures.coinciding_curves(curves, factors)),
             lambda: figures.learning_curves(curves, factors, reps=min(reps, 500), warmup=warmup),
         )
+    # a run that stops once solved ends at the optimum: its final return says nothing the
+    # episodes to solve do not say better
+    stops_when_solved = any(spec.settings.eval.stop_when_solved for spec in study.runs)
+    seeds = metrics.dropna(subset=["final_return"]).groupby(["env", *factors], observed=True).size()
+    if not stops_when_solved and seeds.max() >= MIN_SEEDS:  # one seed is no distribution
+        figure(
+            "score_distribution",
+            "Run-score distributions (rliable's performance profiles): the fraction of runs whose final return "
+            "exceeds τ, against τ, per configuration, with a 95% bootstrap band over seeds. A line above another "
+            "everywhere is better for every threshold; where returns split into failures and successes, the "
+            "height between the two is the fraction of seeds that succeed."
+            + _coinciding(figures.coinciding_scores(metrics, factors), "Distributions", "their sorted final returns"),
+            lambda: figures.score_distributions(metrics, factors, reps=min(reps, 500)),
+        )
     k_metrics, k_others, baselines, baseline_factors = metrics, others, None, []
     if interval is None:  # k set by named levels ("param k=8", "gSDE k=8")
         by_family = _by_family(metrics, loaded, factors)
@@ -215,9 +229,6 @@ def build_report(
                     baseline_factors=baseline_factors,
                 ),
             )
-    # a run that stops once solved ends at the optimum: its final return says nothing the
-    # episodes to solve do not say better
-    stops_when_solved = any(spec.settings.eval.stop_when_solved for spec in study.runs)
     for factor in [] if stops_when_solved else others:
         rest = [f for f in factors if f != factor]
         figure(
@@ -357,15 +368,15 @@ def _episode_length(results: StudyResults, metrics: pd.DataFrame, interval: str)
     return episodes.groupby("env", observed=True)["length"].mean().to_dict()
 
 
-def _coinciding(sets: dict[str, list[list[str]]]) -> str:
-    """A caption's sentence naming the learning curves that lie on top of each other."""
+def _coinciding(sets: dict[str, list[list[str]]], what: str = "Curves", equal: str = "") -> str:
+    """A caption's sentence naming the lines of a figure that lie on top of each other."""
     if not sets:
         return ""
     named = " — ".join(
-        (f"{env}: " if len(sets) > 1 else "") + "; ".join(" and ".join(members) for members in groups)
+        (f"{env}: " if len(sets) > 1 else "") + "; ".join(" = ".join(f"‘{m}’" for m in members) for members in groups)
         for env, groups in sets.items()
     )
-    return f" Curves on top of each other (equal to 1% of the return range): {named}."
+    return f" {what} on top of each other ({equal + ' ' if equal else ''}equal to 1% of the return range): {named}."
 
 
 def _state(run_id: str, states: pd.Series, damaged: dict[str, str]) -> str:
