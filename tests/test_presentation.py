@@ -368,3 +368,45 @@ def test_many_levels_are_listed_down_the_y_axis_in_order() -> None:
     assert ax.get_xlabel() == "final return (IQM)"
     few = factor_comparison(metrics[metrics["k"].isin(names[:3])], "k", [], "final_return", reps=10).axes[0]
     assert [t.get_text() for t in few.get_xticklabels()] == ["k = 1", "k = 2", "k = 4"]
+
+
+def test_settings_are_listed_under_what_sets_them(write_study) -> None:
+    from study.analysis.settings import settings_markdown, settings_tables
+    from study.config import load_study
+
+    path = write_study(
+        {
+            "envs": ["Pendulum-v1", "MountainCarContinuous-v0"],
+            "hyperparams": {"gamma": 0.99, "tau": 0.005},
+            "env_overrides": {"Pendulum-v1": {"hyperparams.gamma": 0.9}},
+            "grid": {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}}, "exploration.param_noise.interval": [1, 8]},
+            "cell_overrides": [
+                {"match": {"algo": "DDPG", "env": "MountainCarContinuous-v0"}, "set": {"hyperparams.tau": 0.03}},
+                {"match": {"algo": "DDPG", "interval": "8"}, "set": {"hyperparams.batch_size": 64}},
+            ],
+        }
+    )
+    study = load_study(path)
+    sections = settings_tables(study.runs, ["algo", "interval"])
+    assert list(sections) == ["every run", "algo", "k", "env", "algo and env", "configuration"]
+    shared = sections["every run"]
+    assert shared["net_arch"] == "[16, 16]" and shared["hyperparams.buffer_size"] == "1,000"
+    assert shared["exploration.param_noise.adapt_every"] == "50" and shared["layer_norm"] == "false"
+    assert "save_model" not in shared and "hyperparams.gradient_steps" not in shared  # no result / unset
+    assert "exploration.action_noise" in shared and shared["exploration.action_noise"] == "none"  # off, alone
+    assert sections["algo"] == {"TD3": "algo td3", "DDPG": "algo ddpg"}
+    assert sections["k"] == {
+        "k = 1": "exploration.param_noise: interval 1",
+        "k = 8": "exploration.param_noise: interval 8",
+    }
+    assert sections["env"] == {
+        "Pendulum-v1": "hyperparams: gamma 0.9",
+        "MountainCarContinuous-v0": "hyperparams: gamma 0.99",
+    }
+    assert sections["algo and env"]["DDPG · MountainCarContinuous-v0"] == "hyperparams: tau 0.03"
+    assert sections["algo and env"]["TD3 · MountainCarContinuous-v0"] == "hyperparams: tau 0.005"
+    assert sections["configuration"]["DDPG, k = 8 · Pendulum-v1"] == "hyperparams: batch_size 64"
+    assert sections["configuration"]["TD3, k = 8 · Pendulum-v1"] == "hyperparams: batch_size 32"
+    text = settings_markdown(study.runs, ["algo", "interval"])
+    assert "| hyperparams | buffer_size 1,000 · learning_starts 100 |" in text  # a row per group of keys
+    assert "| per algo and env | |" in text and "| DDPG · MountainCarContinuous-v0 | hyperparams: tau 0.03 |" in text

@@ -13,6 +13,7 @@ from study.analysis import figures, tables
 from study.analysis.aggregates import MIN_SEEDS, REPS, cell_stats, probability_of_improvement
 from study.analysis.labels import config_label
 from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
+from study.analysis.settings import settings_markdown
 from study.config import FULL_BUDGET, RunSettings, Study, StudyError
 from study.registry import ALGORITHMS
 from study.store import DAMAGED, DONE, FAILED, StudyResults, load_results
@@ -478,6 +479,13 @@ def _markdown(
         _stats_markdown(stats, factors),
         "Per-run metrics: [metrics.csv](metrics.csv).",
         "",
+        "## Settings",
+        "",
+        "What every run of the study shares, then what each factor's levels set (per env where an env "
+        "changes them); settings at the library's defaults are not listed. Each run's full configuration "
+        "is the `spec.yaml` in its folder.",
+        "",
+        settings_markdown(study.runs, factors),
     ]
     return "\n".join(lines)
 
