@@ -58,4 +58,16 @@ def host() -> dict[str, str]:
         "hostname": socket.gethostname(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_model(),
     }
+
+
+def cpu_model() -> str:
+    """The processor's model name, as the OS names it ("" where it does not say)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

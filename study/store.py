@@ -398,6 +398,10 @@ def load_results(
                 "final_return": meta.get("final_return"),
                 "wall_time_s": meta.get("wall_time_s"),
                 "steps_per_s": meta.get("steps_per_s"),
+                "cpus": meta.get("cpus"),
+                "resumed_at": meta.get("resumed_at"),
+                "process": min(meta.get("group") or [spec.run_id]),  # the run or stacked group that trained it
+                "cpu": (meta.get("host") or {}).get("cpu") or None,
             }
         )
         if meta["status"] != DONE:

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import pandas as pd
 import pytest
 
 from study.__main__ import main
@@ -140,7 +141,6 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
     """Runs that record an `optimal` flag per evaluation, over a factor `n`: the report draws
     episodes-to-solve against N, unsolved runs censored."""
     import numpy as np
-    import pandas as pd
 
     grid = {"n": {"5": {}, "10": {}, "20": {}}}
     chain = {"envs": ["study/Chain-v0"], "algo": "dqn", "exploration": {}, "eval.stop_when_solved": True}
@@ -178,8 +178,6 @@ def test_episodes_to_solve_figure_for_chain_like_runs(write_study, tmp_path: Pat
 def test_config_styles_shade_the_levels_of_a_third_factor() -> None:
     import itertools
 
-    import pandas as pd
-
     from study.analysis.labels import config_label, config_styles
 
     frame = pd.DataFrame(list(itertools.product(["x", "y"], ["u", "v"], ["1", "2", "3"])), columns=["a", "b", "c"])
@@ -195,7 +193,6 @@ def test_config_styles_shade_the_levels_of_a_third_factor() -> None:
 def test_a_level_keeps_its_color_in_figures_that_show_some_levels_only() -> None:
     """The σ figure shows the parameter-noise levels alone; each has the color it has in the
     learning curves, which show every level."""
-    import pandas as pd
 
     from study.analysis.labels import config_styles
 
@@ -209,7 +206,6 @@ def test_a_level_keeps_its_color_in_figures_that_show_some_levels_only() -> None
 
 
 def test_factor_comparison_wraps_long_level_names() -> None:
-    import pandas as pd
 
     from study.analysis.figures import factor_comparison
 
@@ -227,8 +223,6 @@ def test_curves_draw_each_run_up_to_its_budget() -> None:
     without a known budget keeps all of its rows."""
     from types import SimpleNamespace
 
-    import pandas as pd
-
     from study.analysis.report import _within_budget
 
     spec = SimpleNamespace(settings=SimpleNamespace(total_steps=60_000))
@@ -239,3 +233,27 @@ def test_curves_draw_each_run_up_to_its_budget() -> None:
     kept = _within_budget(frame, results)  # type: ignore[arg-type]
     assert kept["step"].tolist() == [55_000, 60_000, 60_000, 70_000]
     assert kept["run_id"].tolist() == ["a", "a", "b", "c"]
+
+
+def test_compute_is_the_wall_time_of_each_process_times_its_cpus() -> None:
+    from study.analysis.report import _compute
+
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c", "d", "e"],
+            "status": ["done"] * 4 + ["failed"],
+            "process": ["a", "a", "a", "d", "e"],  # a stacked group of three, a run alone, a failed one
+            "wall_time_s": [3600.0, 3600.0, 3600.0, 1800.0, 9000.0],
+            "cpus": [1, 1, 1, 2, 1],
+            "resumed_at": [None, None, None, None, None],
+            "cpu": ["X", "X", "X", "X", None],
+        }
+    )
+    assert _compute(runs) == (
+        "Compute: 2 CPU-hours of training (wall time × CPUs) in 2 processes, stacked groups of up to 3 runs, on X."
+    )
+    resumed = runs.assign(resumed_at=[40_000, 40_000, 40_000, None, None], cpu=None)
+    assert _compute(resumed) == (
+        "Compute: 2 CPU-hours of training (wall time × CPUs) in 2 processes, stacked groups of up to 3 runs; "
+        "3 runs resumed after an interruption count from the resume, so it is a lower bound."
+    )

@@ -53,6 +53,7 @@ def test_metadata(spec) -> None:
     assert meta["torch_threads"] == 1
     assert meta["versions"]["stable-baselines3"] and meta["versions"]["torch"].startswith("2.13.0")
     assert set(meta["code"]) == {"commit", "dirty"}
+    assert set(meta["host"]) == {"hostname", "python", "platform", "cpu"} and isinstance(meta["host"]["cpu"], str)
     assert meta["steps_per_s"] > 0 and meta["wall_time_s"] > 0
     assert meta["final_return"] < 0
 

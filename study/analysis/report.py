@@ -424,6 +424,8 @@ def _markdown(
             else ""
         ),
         "",
+        _compute(loaded.runs),
+        "",
         "Metrics: final return = the last evaluation's mean return; C_train = mean continuity cost of the "
         "training episodes ("
         + (
@@ -488,6 +490,34 @@ def _markdown(
         settings_markdown(study.runs, factors),
     ]
     return "\n".join(lines)
+
+
+def _compute(runs: pd.DataFrame) -> str:
+    """The training's compute: CPU-hours (wall time × CPUs of each process that trained runs:
+    one run, or one stacked group), from what the complete runs recorded."""
+    done = runs[runs["status"] == DONE]
+    if "process" not in done or done["wall_time_s"].isna().all():
+        return "Compute: not recorded."
+    processes = done.groupby("process").agg(wall=("wall_time_s", "max"), cpus=("cpus", "max"), runs=("run_id", "size"))
+    hours = float((processes["wall"] * processes["cpus"].fillna(1)).sum() / 3600)
+    largest = int(processes["runs"].max())
+    resumed = int(done["resumed_at"].notna().sum())
+    text = (
+        f"Compute: {hours:.3g} CPU-hours of training (wall time × CPUs) in {len(processes)} "
+        + ("processes" if len(processes) > 1 else "process")
+        + (f", stacked groups of up to {largest} runs" if largest > 1 else ", one run each")
+    )
+    cpus = set(done["cpu"].dropna())
+    if len(cpus) == 1 and done["cpu"].notna().all():
+        text += f", on {cpus.pop()}"
+    if resumed:
+        runs_were = (
+            "1 run resumed after an interruption counts"
+            if resumed == 1
+            else f"{resumed} runs resumed after an interruption count"
+        )
+        text += f"; {runs_were} from the resume, so it is a lower bound"
+    return text + "."
 
 
 def _runs_per_cell(study: Study, states: pd.Series) -> str:
