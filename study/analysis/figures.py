@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +224,7 @@ def coinciding_scores(metrics: pd.DataFrame, factors: Sequence[str]) -> dict[str
     return out
 
 
-def _equal_sets(items: dict[str, Any], equal: Any) -> list[list[str]]:
+def _equal_sets(items: dict[str, Any], equal: Callable[[Any, Any], bool]) -> list[list[str]]:
     """Groups of two or more keys whose values are `equal` to the group's first."""
     sets: list[list[str]] = []
     for key, value in items.items():

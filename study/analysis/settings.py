@@ -1,5 +1,5 @@
-"""The settings a study's runs train with, as a report lists them: those every run shares, and
-per configuration those that differ."""
+"""The settings a study's runs train with, as a report lists them: those every run shares, then
+each setting under what decides it (a factor, the env, both, or the whole configuration)."""
 
 from __future__ import annotations
 
