@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study.config import RunSpec, Study, StudyError
-from study.live import REPORT_EVERY_S, ProgressBoard, clear_progress, write_progress
+from study.live import REPORT_EVERY_S, ProgressBoard, clear_progress, reporting, write_progress
 from study.result import RunResult, run_meta
 from study.store import (
     DAMAGED,
@@ -438,7 +438,7 @@ def _fan_out(
                 reports = {}
             asked = board.snapshot.remote()
         progress = {run_id: row for run_id, row in reports.items() if run_id in out}
-        running = max(sum(len(specs) for specs in list(refs.values())[:slots]), len(progress))
+        running = max(sum(len(specs) for specs in list(refs.values())[:slots]), len(reporting(progress)))
         eta = _eta(elapsed, finished_steps, list(out.values()), progress)
         event = Event(
             kind, len(summary.done), len(summary.failed), running, left - running, elapsed, eta, result, progress

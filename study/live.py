@@ -12,6 +12,9 @@ from typing import Any
 
 PROGRESS = ".progress.json"  # in results/<study>/, while a driver runs the study
 REPORT_EVERY_S = 2.0  # between a run's reports, and between the driver's copies
+#: a run silent this long is not counted as running: its worker may have died, its task waiting
+#: for a retry (a run reports while it steps; a long update or evaluation between takes minutes at most)
+SILENT_S = 600.0
 
 
 class ProgressBoard:
@@ -21,14 +24,21 @@ class ProgressBoard:
         self.rows: dict[str, dict[str, Any]] = {}
 
     def report(self, run_id: str, row: dict[str, Any]) -> None:
-        self.rows[run_id] = row
+        self.rows[run_id] = row | {"reported": time.monotonic()}
 
     def drop(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
             self.rows.pop(run_id, None)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return dict(self.rows)
+        """Each run's latest report, with `silent_s`: the seconds since it came."""
+        now = time.monotonic()
+        return {run_id: row | {"silent_s": now - row["reported"]} for run_id, row in self.rows.items()}
+
+
+def reporting(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The runs that reported within SILENT_S."""
+    return {run_id: row for run_id, row in rows.items() if row.get("silent_s", 0.0) < SILENT_S}
 
 
 def write_progress(folder: Path, counts: dict[str, Any], running: dict[str, dict[str, Any]]) -> None:
@@ -62,4 +72,6 @@ def progress_line(run_id: str, row: dict[str, Any]) -> str:
         line += f" · {row['steps_per_s']:.0f} steps/s"
     if row.get("last_return") is not None:
         line += f" · last evaluation {row['last_return']:.1f}"
+    if row.get("silent_s", 0.0) >= SILENT_S:
+        line += f" · no report for {row['silent_s'] / 60:.0f} min (its worker may have died; Ray retries its task)"
     return line

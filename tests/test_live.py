@@ -122,3 +122,25 @@ def test_a_progress_copy_without_a_live_driver_is_not_shown(tmp_path) -> None:
     assert read_progress(tmp_path) is None  # a driver that died left it: no lock is held
     with StudyLock(tmp_path):
         assert read_progress(tmp_path) is not None
+
+
+def test_a_run_silent_for_minutes_is_shown_so_and_not_counted_as_running(monkeypatch) -> None:
+    """A killed worker's runs keep their last report until Ray's retry reports anew: past
+    SILENT_S they are marked, and the driver no longer counts them as running."""
+    from study import live
+
+    clock = [1000.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    board = live.ProgressBoard()
+    row = {"steps": 82_000, "taken": 42_000, "total": 100_000, "steps_per_s": 9.0, "last_return": 4000.0}
+    board.report("killed", row)
+    clock[0] += live.SILENT_S - 1
+    board.report("alive", row | {"steps": 15_000})
+    snapshot = board.snapshot()
+    assert snapshot["killed"]["silent_s"] == live.SILENT_S - 1 and snapshot["alive"]["silent_s"] == 0
+    assert set(live.reporting(snapshot)) == {"killed", "alive"}
+    clock[0] += 1
+    snapshot = board.snapshot()
+    assert set(live.reporting(snapshot)) == {"alive"}
+    assert "no report for 10 min" in live.progress_line("killed", snapshot["killed"])
+    assert "no report" not in live.progress_line("alive", snapshot["alive"])
