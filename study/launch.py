@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study.config import RunSpec, Study, StudyError
-from study.live import REPORT_EVERY_S, ProgressBoard, clear_progress, reporting, write_progress
+from study.live import REPORT_EVERY_S, clear_progress, reporting, start_board, write_progress
 from study.result import RunResult, run_meta
 from study.store import (
     DAMAGED,
@@ -407,7 +407,7 @@ def _fan_out(
     cpus_per_run = max(spec.settings.resources.cpus for spec in pending)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_run))
     run_task, group_task = ray.remote(_run_task), ray.remote(_run_group_task)
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    board = start_board()
     tensorboard = None if tensorboard is None else Path(tensorboard).resolve()
     refs: dict[Any, list[RunSpec]] = {}
     for specs in plan_tasks(pending, slots):

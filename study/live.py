@@ -36,6 +36,14 @@ class ProgressBoard:
         return {run_id: row | {"silent_s": now - row["reported"]} for run_id, row in self.rows.items()}
 
 
+def start_board() -> Any:
+    """The board as a Ray actor of the driver's Ray instance, restarted (empty) whenever its
+    process dies (killed by Ray's memory monitor, say): the runs' next reports fill it again."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=-1)(ProgressBoard).remote()
+
+
 def reporting(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The runs that reported within SILENT_S."""
     return {run_id: row for run_id, row in rows.items() if row.get("silent_s", 0.0) < SILENT_S}

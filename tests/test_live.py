@@ -144,3 +144,33 @@ def test_a_run_silent_for_minutes_is_shown_so_and_not_counted_as_running(monkeyp
     assert set(live.reporting(snapshot)) == {"alive"}
     assert "no report for 10 min" in live.progress_line("killed", snapshot["killed"])
     assert "no report" not in live.progress_line("alive", snapshot["alive"])
+
+
+def test_the_board_comes_back_after_its_process_dies() -> None:
+    """Ray's memory monitor may kill the board's process with the workers': Ray restarts it
+    empty, and the runs' next reports fill it again (live progress does not end there)."""
+    import ray
+    from ray.exceptions import RayError
+
+    from study.live import start_board
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        board = start_board()
+        row = {"steps": 10, "taken": 10, "total": 100, "steps_per_s": 5.0, "last_return": None}
+        board.report.remote("a", row)
+        assert set(ray.get(board.snapshot.remote())) == {"a"}
+        ray.kill(board, no_restart=False)
+        deadline = time.monotonic() + 60
+        while True:
+            board.report.remote("b", row)
+            try:
+                rows = ray.get(board.snapshot.remote(), timeout=10)
+            except RayError:
+                rows = {}
+            if rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert set(rows) == {"b"}  # restarted empty, then reported to
+    finally:
+        ray.shutdown()
