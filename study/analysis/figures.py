@@ -171,6 +171,10 @@ def learning_curves(
     )
 
 
+PROFILE_POINTS = 400  # thresholds τ per panel
+MANY_PROFILES = 4  # past this, one panel per configuration: step functions of a few levels overlap
+
+
 def _score_profiles(metrics: pd.DataFrame, reps: int) -> dict[str, tuple[np.ndarray, ...]]:
     """Per configuration: thresholds τ spanning the env's final returns, the fraction of runs
     above each and its 95% bootstrap band."""
@@ -182,10 +186,6 @@ def _score_profiles(metrics: pd.DataFrame, reps: int) -> dict[str, tuple[np.ndar
         config: (thresholds, *score_distribution(group["final_return"].to_numpy(dtype=float), thresholds, reps))
         for config, group in metrics.groupby("config", sort=False)
     }
-
-
-PROFILE_POINTS = 400  # thresholds τ per panel
-MANY_PROFILES = 4  # past this, one panel per configuration: step functions of a few levels overlap
 
 
 def score_distributions(metrics: pd.DataFrame, factors: Sequence[str], reps: int = REPS) -> Figure:
