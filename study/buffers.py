@@ -10,6 +10,9 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 
+# the arrays of SB3's ReplayBuffer with one row per stored step
+TRANSITIONS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
 
 class SumTree:
     """A binary tree whose internal nodes hold the sums of their leaves.

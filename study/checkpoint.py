@@ -15,9 +15,12 @@ import cloudpickle
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from study.buffers import TRANSITIONS
 
 CHECKPOINT = "checkpoint.pkl"
 # the algorithms whose resume the tests prove exact (tests/test_checkpoint.py): a run resumed by
@@ -90,7 +93,7 @@ def run_state(model: BaseAlgorithm, parts: dict[str, Stateful]) -> dict[str, Any
     return {
         "version": RESUME_VERSION,
         "algorithm": algorithm_state(model),
-        "replay_buffer": getattr(model, "replay_buffer", None),  # on-policy: a rollout starts afresh
+        "replay_buffer": buffer_state(getattr(model, "replay_buffer", None)),  # on-policy: a rollout starts afresh
         "env": model.get_env() if normalize is None else normalize.venv,
         "normalize": None if normalize is None else normalize_state(normalize),
         "sims": sim_states(model.get_env()),
@@ -99,8 +102,7 @@ def run_state(model: BaseAlgorithm, parts: dict[str, Stateful]) -> dict[str, Any
 
 
 def load_run_state(model: BaseAlgorithm, state: dict[str, Any], parts: dict[str, Stateful]) -> None:
-    """Put `run_state` back into a freshly built run, all but the replay buffer (each engine
-    keeps it its own way)."""
+    """Put `run_state` back into a freshly built run."""
     env, normalize = state["env"], model.get_vec_normalize_env()
     if normalize is not None:  # the run's own VecNormalize around the saved env, with its statistics
         normalize.venv = env
@@ -109,8 +111,33 @@ def load_run_state(model: BaseAlgorithm, state: dict[str, Any], parts: dict[str,
     model.set_env(env, force_reset=False)
     load_algorithm_state(model, state["algorithm"])
     set_sim_states(model.get_env(), state["sims"])
+    if state["replay_buffer"] is not None:
+        load_buffer_state(model.replay_buffer, state["replay_buffer"])
     for name, part in parts.items():
         part.load_state_dict(state["parts"][name])
+
+
+def buffer_state(buffer: BaseBuffer | None) -> dict[str, Any] | None:
+    """A replay buffer's attributes, its transition arrays cut to the rows it has filled: a
+    checkpoint early in a run with a large buffer stays small, and so does the resumed run's memory."""
+    if buffer is None:
+        return None
+    filled = buffer.buffer_size if buffer.full else buffer.pos
+    return {
+        name: value[:filled] if name in TRANSITIONS and isinstance(value, np.ndarray) else value
+        for name, value in vars(buffer).items()
+    }
+
+
+def load_buffer_state(buffer: BaseBuffer, state: dict[str, Any] | BaseBuffer) -> None:
+    """Put `buffer_state` back into a freshly built buffer of the same settings, the transitions
+    in place (the stacked engine's buffers are views of its arrays)."""
+    attributes = vars(state) if isinstance(state, BaseBuffer) else state  # or the whole buffer, as saved before
+    for name, value in attributes.items():
+        if name in TRANSITIONS and isinstance(value, np.ndarray):
+            getattr(buffer, name)[: len(value)] = value
+        else:
+            setattr(buffer, name, value)
 
 
 def normalize_state(normalize: VecNormalize) -> dict[str, Any]:
@@ -213,8 +240,6 @@ class Checkpointer(BaseCallback):
             self.clear()
             return False
         load_run_state(model, state, self.parts)
-        if state["replay_buffer"] is not None:
-            model.replay_buffer = state["replay_buffer"]
         _set_rng_state(state["rng"])
         self._resume = {
             "action_noise": copy.deepcopy(state["algorithm"]["attributes"].get("action_noise")),

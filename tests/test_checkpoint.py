@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch as th
+from stable_baselines3.common.buffers import ReplayBuffer
 
 from study import algos
-from study.checkpoint import CHECKPOINT, EXACT_RESUME_ALGOS, algorithm_state
+from study.buffers import TRANSITIONS
+from study.checkpoint import CHECKPOINT, EXACT_RESUME_ALGOS, algorithm_state, read_checkpoint, write_checkpoint
 from study.config import load_study
 from study.recording import EpisodeRecorder
 from study.run import execute
@@ -174,6 +176,15 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(write_study, tmp_path, 
     assert reference.status == "done", reference.error
     expected = _final_state(models[-1])
 
+    folder = tmp_path / "checkpoints" / spec.run_id
+    _crash_at_step_330(spec, folder, monkeypatch)
+    _resume(spec, folder, reference)
+    _assert_same(_final_state(models[-1]), expected, case)
+    assert not folder.exists()  # removed once the run completed
+
+
+def _crash_at_step_330(spec: Any, folder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `spec` with checkpoints every 100 steps into `folder` until it crashes at step 330."""
     original = EpisodeRecorder._on_step
 
     def crash_at_step_330(self) -> bool:
@@ -181,20 +192,47 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(write_study, tmp_path, 
             raise Interrupted
         return original(self)
 
-    folder = tmp_path / "checkpoints" / spec.run_id
     with monkeypatch.context() as crashing:
         crashing.setattr(EpisodeRecorder, "_on_step", crash_at_step_330)
         crashed = execute(spec, checkpoint_dir=folder)
     assert crashed.status == "failed" and "Interrupted" in crashed.error
     assert (folder / CHECKPOINT).is_file()
 
+
+def _resume(spec: Any, folder: Any, reference: Any) -> None:
+    """Resume `spec` from its checkpoint at step 300 and check it records what `reference` does."""
     resumed = execute(spec, checkpoint_dir=folder)
     assert resumed.status == "done", resumed.error
     assert resumed.meta["resumed_at"] == 300
     for name, frame in reference.tables().items():
         pd.testing.assert_frame_equal(resumed.tables()[name], frame, check_exact=True, obj=name)
-    _assert_same(_final_state(models[-1]), expected, case)
-    assert not folder.exists()  # removed once the run completed
+
+
+def test_a_checkpoint_holds_the_filled_rows_of_the_buffer_and_one_with_the_whole_buffer_resumes_alike(
+    write_study, tmp_path, monkeypatch
+) -> None:
+    path = write_study(
+        {"total_steps": 500, "budgets.full": 500, "eval.freq": 125, "checkpoint_every": 100}
+        | {"hyperparams.buffer_size": 100_000}
+    )
+    spec = load_study(path).runs[0]
+    reference = execute(spec)
+    folder = tmp_path / "checkpoints"
+    _crash_at_step_330(spec, folder, monkeypatch)
+    state = read_checkpoint(folder / CHECKPOINT)
+    saved = state["replay_buffer"]
+    assert (saved["buffer_size"], saved["pos"], saved["full"]) == (100_000, 300, False)
+    assert {saved[name].shape[0] for name in TRANSITIONS} == {300}
+    # Pendulum's 100,000 transitions of float32 (3 + 3 + 1 + 1 + 1 + 1) take 4 MB; its 300, 12 kB
+    assert (folder / CHECKPOINT).stat().st_size < 1_000_000
+
+    whole = ReplayBuffer.__new__(ReplayBuffer)  # as checkpoints held it before: the buffer itself
+    for name, value in saved.items():
+        if name in TRANSITIONS:
+            value = np.concatenate([value, np.zeros((100_000 - 300, *value.shape[1:]), value.dtype)])
+        setattr(whole, name, value)
+    write_checkpoint(folder / CHECKPOINT, state | {"replay_buffer": whole})
+    _resume(spec, folder, reference)
 
 
 def test_a_checkpoint_of_an_earlier_format_starts_the_run_over(write_study, tmp_path) -> None:

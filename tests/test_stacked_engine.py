@@ -20,6 +20,7 @@ from study.launch import makespan, plan_tasks, run_study, task_cost
 from study.run import RunParts, build_run, run_result
 from study.stacked.group import Group, Member, run_group
 from study.stacked.nets import Unsupported
+from study.stacked.resume import read_member_checkpoint
 from study.store import load_results
 
 SEEDS = (0, 1, 2)
@@ -451,6 +452,11 @@ def test_a_resumed_group_equals_an_uninterrupted_one(case: str, tmp_path, monkey
     monkeypatch.setattr(Group, "save_checkpoint", save_then_crash)
     crashed = run_group(runs, cpus=1, checkpoint_dirs=folders)
     assert {r.status for r in crashed} == {"failed"}
+    for folder in folders:  # a member's checkpoint holds the rows its buffer has filled
+        state = read_member_checkpoint(folder)
+        buffer = state and state["replay_buffer"]
+        if buffer:
+            assert len(buffer["observations"]) == (buffer["buffer_size"] if buffer["full"] else buffer["pos"])
     monkeypatch.setattr(Group, "save_checkpoint", original)
     resumed = run_group(runs, cpus=1, checkpoint_dirs=folders)
     for a, b in zip(uninterrupted, resumed, strict=True):

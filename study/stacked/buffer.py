@@ -14,12 +14,12 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import ReplayBuffer
 
-from study.buffers import PrioritizedReplayBuffer, RankReplayBuffer
+from study.buffers import TRANSITIONS, PrioritizedReplayBuffer, RankReplayBuffer
 from study.stacked.common import StackedBatch
 from study.stacked.nets import Unsupported
 
 STACKABLE = (ReplayBuffer, PrioritizedReplayBuffer, RankReplayBuffer)
-FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+FIELDS = TRANSITIONS
 
 
 class StackedReplayBuffer:

@@ -456,7 +456,6 @@ def run_group(
     th.set_num_threads(cpus)
     folders = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(specs)
     folders = [folder if spec.checkpoint_every else None for spec, folder in zip(specs, folders, strict=True)]
-    states = [read_member_checkpoint(folder) for folder in folders]
     started = datetime.now(UTC)
     clock = time.perf_counter()
     members: list[Member] = []
@@ -468,7 +467,7 @@ def run_group(
             if watchers is not None:
                 watchers.watch(spec, parts)
             members.append(Member(spec, parts, folder))
-            kept.append(states[i])
+            kept.append(read_member_checkpoint(folder))
         except Exception:
             failures[i] = traceback.format_exc()
     try:
@@ -476,6 +475,7 @@ def run_group(
             group = Group(members)
             if any(kept):
                 restore_members(group, kept)
+            kept.clear()  # the checkpoints are in the members now: their arrays are not held twice
             group.learn(specs[0].checkpoint_every)
     except Exception:
         for member in members:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import torch as th
 
 from study.checkpoint import CHECKPOINT, load_run_state, read_checkpoint, run_state, write_checkpoint
-from study.stacked.buffer import FIELDS
 
 if TYPE_CHECKING:
     from study.stacked.group import Group, Member
@@ -80,14 +79,8 @@ def restore_members(group: Group, states: list[dict[str, Any] | None]) -> None:
 
 def _restore_member(member: Member, state: dict[str, Any]) -> None:
     model = member.model
-    load_run_state(model, state, member.parts.stateful())  # parameters in place: the views stay views
+    load_run_state(model, state, member.parts.stateful())  # parameters and transitions in place: views stay views
     member.resume_noise = copy.deepcopy(state["algorithm"]["attributes"].get("action_noise"))
-    buffer = model.replay_buffer
-    for name, value in vars(state["replay_buffer"]).items():  # the arrays in place, the rest (priorities) as saved
-        if name in FIELDS:
-            getattr(buffer, name)[...] = value
-        else:
-            setattr(buffer, name, value)
     member.rng.set_state(state["rng"]["numpy"])
     member.generator.set_state(state["rng"]["torch"])
     member.resumed_at = model.num_timesteps
