@@ -208,7 +208,7 @@ def test_episode_is_drawn_apart_from_the_sampling_intervals() -> None:
     metrics = pd.DataFrame(
         {"env": "E", "interval": pd.Categorical(["1", "8", "episode"] * 2, dtype=levels), "seed": [0] * 3 + [1] * 3}
     ).assign(final_return=[1.0, 2.0, 3.0, 1.5, 2.5, 3.5])
-    fig = metric_vs_interval(metrics, "interval", [], "final_return", reps=20, episode_length={"E": 200.0})
+    fig = metric_vs_interval(metrics, "interval", [], "final_return", reps=20, episode_length={"E": "≈200"})
     ax = fig.axes[0]
     joined = [line for line in ax.get_lines() if line.get_linestyle() != "None" and len(line.get_xdata()) > 1]
     assert [list(line.get_xdata()) for line in joined if line.get_color() != "grey"] == [[1.0, 8.0]]
@@ -238,8 +238,8 @@ def test_the_episode_label_is_the_length_of_the_runs_that_resample_once_per_epis
 
     metrics = pd.DataFrame({"run_id": ["a", "b"], "k": ["8", "episode"]})
     episodes = pd.DataFrame({"run_id": ["a", "a", "a", "b"], "env": "E", "length": [100, 100, 100, 999]})
-    assert _episode_length(SimpleNamespace(episodes=episodes), metrics, "k") == {"E": 999.0}
-    assert _episode_length(SimpleNamespace(episodes=episodes), metrics.assign(k="8"), "k") == {"E": 324.75}
+    assert _episode_length(SimpleNamespace(episodes=episodes), metrics, "k") == {"E": "999"}  # every episode
+    assert _episode_length(SimpleNamespace(episodes=episodes), metrics.assign(k="8"), "k") == {"E": "≈325"}  # 324.75
 
 
 def test_tradeoff_goes_log_when_costs_span_decades() -> None:

@@ -338,7 +338,7 @@ def metric_vs_interval(
     others: Sequence[str],
     metric: str,
     reps: int = REPS,
-    episode_length: dict[str, float] | None = None,
+    episode_length: dict[str, str] | None = None,
     baselines: pd.DataFrame | None = None,
     baseline_factors: Sequence[str] = (),
 ) -> Figure:
@@ -386,7 +386,7 @@ def metric_vs_interval(
         labels = list(x)
         if EPISODE in x:
             length = (episode_length or {}).get(env)
-            labels[labels.index(EPISODE)] = EPISODE + (f"\n(≈{length:.0f})" if length else "")
+            labels[labels.index(EPISODE)] = EPISODE + (f"\n({length})" if length else "")
             if numbers:
                 ax.axvline(x[numbers[-1]] * 2.0, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xticks(list(x.values()), labels=labels)

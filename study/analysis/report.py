@@ -357,16 +357,19 @@ def _warmup_steps(results: StudyResults) -> dict[str, float]:
     return {env: float(values.pop()) for env, values in starts.items() if len(values) == 1}
 
 
-def _episode_length(results: StudyResults, metrics: pd.DataFrame, interval: str) -> dict[str, float]:
-    """Per env, the mean length of the training episodes of the runs that resample once per
-    episode (what `interval: episode` lasts there); of all runs where none does."""
+def _episode_length(results: StudyResults, metrics: pd.DataFrame, interval: str) -> dict[str, str]:
+    """Per env, the length of the training episodes of the runs that resample once per episode
+    (what `interval: episode` lasts there; of all runs where none does): the length every
+    episode has, or ≈ their mean."""
     episodes = results.episodes
     once = metrics.loc[metrics[interval].astype(str) == figures.EPISODE, "run_id"]
     if len(once):
         episodes = episodes[episodes["run_id"].isin(once)]
-    if not len(episodes):
-        return {}
-    return episodes.groupby("env", observed=True)["length"].mean().to_dict()
+    lengths = episodes.groupby("env", observed=True)["length"].agg(["min", "max", "mean"])
+    return {
+        env: f"{row['max']:.0f}" if row["min"] == row["max"] else f"≈{row['mean']:.0f}"
+        for env, row in lengths.iterrows()
+    }
 
 
 def _coinciding(sets: dict[str, list[list[str]]], what: str = "Curves", equal: str = "") -> str:
