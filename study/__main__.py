@@ -121,10 +121,13 @@ def print_runs(study: Study, results: Path, console: Console) -> None:
     live = read_progress(results / study.name)
     running = live["running"] if live else {}
     for spec in study.runs:
-        state = checks[spec.run_id].state
+        check = checks[spec.run_id]
+        state = check.state
         states[state] += 1
         row = running.get(spec.run_id)
-        shown = f"running {row['steps'] / max(row['total'], 1):.0%}" if row and state != DONE else state
+        shown = f"{state} at {check.steps:,}" if check.steps is not None else state
+        if row and state != DONE:
+            shown = f"running {row['steps'] / max(row['total'], 1):.0%}"
         table.add_row(
             spec.env, *spec.factors.values(), str(spec.seed), str(spec.settings.total_steps), spec.spec_hash, shown
         )

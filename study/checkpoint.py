@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import pickle
 import random
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import cloudpickle
 import numpy as np
@@ -21,6 +23,7 @@ from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from study.buffers import TRANSITIONS
+from study.store import CHECKPOINT_STEPS
 
 CHECKPOINT = "checkpoint.pkl"
 # the algorithms whose resume the tests prove exact (tests/test_checkpoint.py): a run resumed by
@@ -171,11 +174,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Replace the checkpoint at `path` with `state`, atomically."""
+    """Replace the checkpoint at `path` with `state`, atomically, then the step it was taken at beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _replace(path, lambda fh: cloudpickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL))
+    steps = json.dumps({"steps": int(state["algorithm"]["attributes"]["num_timesteps"])})
+    _replace(path.parent / CHECKPOINT_STEPS, lambda fh: fh.write(steps.encode()))
+
+
+def _replace(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file through a temporary one, synced, so that it is replaced whole or not at all."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
     with open(tmp, "wb") as fh:
-        cloudpickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        write(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

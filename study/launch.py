@@ -28,6 +28,7 @@ from study.store import (
     RunCheck,
     check_run,
     checkpoint_dir,
+    checkpoint_steps,
     clear_staging,
     write_run,
 )
@@ -419,6 +420,8 @@ def _fan_out(
         else:
             ref = run_task.options(name=TASK_NAME, **options).remote(specs[0], where[0], board, tensorboard)
         refs[ref] = specs
+    # where the runs with a checkpoint on this machine resume (on a cluster's other nodes: not known here)
+    resume_at = {spec.run_id: checkpoint_steps(checkpoint_dir(results, spec)) or 0 for spec in pending}
     clock = time.monotonic()
     finished_steps = 0  # steps of the runs this invocation finished
     copied = 0.0  # when the progress copy for `study status` was last written
@@ -439,7 +442,7 @@ def _fan_out(
             asked = board.snapshot.remote()
         progress = {run_id: row for run_id, row in reports.items() if run_id in out}
         running = max(sum(len(specs) for specs in list(refs.values())[:slots]), len(reporting(progress)))
-        eta = _eta(elapsed, finished_steps, list(out.values()), progress)
+        eta = _eta(elapsed, finished_steps, list(out.values()), progress, resume_at)
         event = Event(
             kind, len(summary.done), len(summary.failed), running, left - running, elapsed, eta, result, progress
         )
@@ -503,15 +506,26 @@ def _fan_out(
         raise Interrupted
 
 
-def _eta(elapsed: float, finished: int, unfinished: list[RunSpec], progress: dict[str, dict[str, Any]]) -> float | None:
+def _eta(
+    elapsed: float,
+    finished: int,
+    unfinished: list[RunSpec],
+    progress: dict[str, dict[str, Any]],
+    resume_at: dict[str, int] | None = None,
+) -> float | None:
     """The time left at the study's speed so far: the unfinished runs' steps still to take over
     the steps taken per second in this invocation (by the finished runs and the running ones'
-    reports)."""
+    reports). A run not reporting yet starts at its checkpoint's step (`resume_at`) or at 0."""
     taken = finished + sum(row["taken"] for row in progress.values())
     if not taken or elapsed <= 0:
         return None
-    to_take = sum(spec.settings.total_steps for spec in unfinished) - sum(row["steps"] for row in progress.values())
-    return max(to_take, 0) / (taken / elapsed)
+    resume_at = resume_at or {}
+    at = {
+        spec.run_id: progress[spec.run_id]["steps"] if spec.run_id in progress else resume_at.get(spec.run_id, 0)
+        for spec in unfinished
+    }
+    to_take = sum(max(spec.settings.total_steps - at[spec.run_id], 0) for spec in unfinished)
+    return to_take / (taken / elapsed)
 
 
 @contextmanager

@@ -34,6 +34,7 @@ MANIFEST = "manifest"  # meta.json's record of every other file of the run: {nam
 DONE, FAILED, PARTIAL, PENDING, DAMAGED = "done", "failed", "partial", "pending", "damaged"
 STAGING = ".staging"
 CHECKPOINTS = ".checkpoints"
+CHECKPOINT_STEPS = "steps.json"  # beside a run's checkpoint: the step it was taken at, read without unpickling it
 # what a run folder without a manifest (written before manifests) is checked for: the columns
 # every version of `study` recorded, and the keys every spec.yaml has
 REQUIRED_COLUMNS = {
@@ -64,6 +65,7 @@ class RunCheck:
     state: str
     problem: str | None = None
     sealed: bool = True  # False: written before manifests, its files only checked readable
+    steps: int | None = None  # a partial run's: the step its checkpoint was taken at, where known
 
 
 def study_dir(results: Path, study: str) -> Path:
@@ -77,6 +79,14 @@ def run_dir(results: Path, spec: RunSpec) -> Path:
 def checkpoint_dir(results: Path, spec: RunSpec) -> Path:
     """Where a run in progress keeps its checkpoint (on the machine that runs it)."""
     return study_dir(results, spec.study) / CHECKPOINTS / spec.run_id
+
+
+def checkpoint_steps(folder: Path) -> int | None:
+    """The step at which the checkpoint in a run's checkpoint folder was taken; None if not known."""
+    try:
+        return int(json.loads((Path(folder) / CHECKPOINT_STEPS).read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def clear_staging(folder: Path) -> None:
@@ -101,7 +111,8 @@ def check_run(results: Path, spec: RunSpec) -> RunCheck:
     """A run's state, its folder verified against its manifest (sizes and checksums)."""
     folder = run_dir(results, spec)
     if not folder.exists():
-        return RunCheck(PARTIAL if checkpoint_dir(results, spec).is_dir() else PENDING)
+        checkpoints = checkpoint_dir(results, spec)
+        return RunCheck(PARTIAL, steps=checkpoint_steps(checkpoints)) if checkpoints.is_dir() else RunCheck(PENDING)
     meta, problems = check_folder(folder)
     if problems:
         return RunCheck(DAMAGED, "; ".join(problems))

@@ -17,6 +17,7 @@ from study.checkpoint import CHECKPOINT, EXACT_RESUME_ALGOS, algorithm_state, re
 from study.config import load_study
 from study.recording import EpisodeRecorder
 from study.run import execute
+from study.store import PARTIAL, RunCheck, check_run, checkpoint_dir
 
 
 class Interrupted(Exception):
@@ -176,8 +177,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(write_study, tmp_path, 
     assert reference.status == "done", reference.error
     expected = _final_state(models[-1])
 
-    folder = tmp_path / "checkpoints" / spec.run_id
+    folder = checkpoint_dir(tmp_path / "results", spec)
     _crash_at_step_330(spec, folder, monkeypatch)
+    assert check_run(tmp_path / "results", spec) == RunCheck(PARTIAL, steps=300)  # what `study status` shows
     _resume(spec, folder, reference)
     _assert_same(_final_state(models[-1]), expected, case)
     assert not folder.exists()  # removed once the run completed

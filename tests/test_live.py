@@ -85,6 +85,9 @@ def test_the_eta_is_the_steps_left_at_the_speed_so_far(write_study) -> None:
     # a run resumed at step 400 has taken 100 of its 500 steps in this invocation: 1,100 in 10 s
     resumed = {runs[0].run_id: {"steps": 500, "taken": 100, "total": 1000}}
     assert _eta(10.0, 1000, runs, resumed) == pytest.approx(1500 / 110)
+    # a run that has not reported yet, with a checkpoint at step 600: 400 left, not 1,000
+    assert _eta(10.0, 1000, runs, {}, {runs[0].run_id: 600}) == pytest.approx(1400 / 100)
+    assert _eta(10.0, 1000, runs, progress, {runs[0].run_id: 400}) == pytest.approx(10.0)  # its report counts
 
 
 def test_the_launcher_shows_the_running_runs_progress(write_study, tmp_path, monkeypatch) -> None:

@@ -21,7 +21,7 @@ from study.run import RunParts, build_run, run_result
 from study.stacked.group import Group, Member, run_group
 from study.stacked.nets import Unsupported
 from study.stacked.resume import read_member_checkpoint
-from study.store import load_results
+from study.store import checkpoint_steps, load_results
 
 SEEDS = (0, 1, 2)
 #: the batched forward of the stacked actors rounds differently from one network's matrix-vector
@@ -452,11 +452,12 @@ def test_a_resumed_group_equals_an_uninterrupted_one(case: str, tmp_path, monkey
     monkeypatch.setattr(Group, "save_checkpoint", save_then_crash)
     crashed = run_group(runs, cpus=1, checkpoint_dirs=folders)
     assert {r.status for r in crashed} == {"failed"}
-    for folder in folders:  # a member's checkpoint holds the rows its buffer has filled
+    for spec, folder in zip(runs, folders, strict=True):  # a member's checkpoint holds the rows its buffer has filled
         state = read_member_checkpoint(folder)
         buffer = state and state["replay_buffer"]
         if buffer:
             assert len(buffer["observations"]) == (buffer["buffer_size"] if buffer["full"] else buffer["pos"])
+        assert checkpoint_steps(folder) == (saved[spec.run_id][-1] if saved[spec.run_id] else None)
     monkeypatch.setattr(Group, "save_checkpoint", original)
     resumed = run_group(runs, cpus=1, checkpoint_dirs=folders)
     for a, b in zip(uninterrupted, resumed, strict=True):
