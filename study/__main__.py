@@ -24,7 +24,17 @@ if TYPE_CHECKING:
 from study.launch import MAX_RETRIES, Interrupted, Summary, pending_runs, run_study
 from study.live import progress_line, read_progress
 from study.progress import ProgressDisplay, counts_line
-from study.store import DAMAGED, DONE, FAILED, PARTIAL, PENDING, NoResultsError, check_run, damaged_runs
+from study.store import (
+    DAMAGED,
+    DONE,
+    FAILED,
+    PARTIAL,
+    PENDING,
+    NoResultsError,
+    check_run,
+    damaged_runs,
+    resume_steps,
+)
 from study.studylock import StudyLocked
 
 EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_LOST, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
@@ -165,7 +175,7 @@ def print_estimate(study: Study, args: argparse.Namespace, console: Console) -> 
         return
     workers = args.workers or os.cpu_count() or 1
     try:
-        got = estimate(pending, workers)
+        got = estimate(pending, workers, resume_at=resume_steps(args.results, pending))
     except Exception as err:  # e.g. a GPU run on a machine without one
         console.print(f"no time estimate: calibrating failed ({type(err).__name__}: {err})", highlight=False)
         return

@@ -43,16 +43,19 @@ class Speed:
     evaluation: float
     episode_length: float = 1.0
 
-    def seconds(self, spec: RunSpec, learning_starts: int) -> float:
-        """The time of `spec`'s task at these speeds, `learning_starts` as its model has it."""
+    def seconds(self, spec: RunSpec, learning_starts: int, start: int = 0) -> float:
+        """The time of `spec`'s task at these speeds, `learning_starts` as its model has it, from
+        step `start` (where it resumes)."""
         total = spec.settings.total_steps
+        start = min(start, total)
         warm = min(learning_starts, total)
         freq = spec.settings.eval.freq
         if freq == "episode":  # after every training episode, and at the end
-            evaluations = total / self.episode_length + 1
+            evaluations = (total - start) / self.episode_length + 1
         else:  # and one at the end, unless the last step was evaluated
-            evaluations = total // freq + bool(total % freq)
-        return self.build + warm * self.warmup + (total - warm) * self.train + evaluations * self.evaluation
+            evaluations = total // freq + bool(total % freq) - start // freq
+        warmup, training = max(warm - start, 0), total - max(warm, start)
+        return self.build + warmup * self.warmup + training * self.train + evaluations * self.evaluation
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,12 @@ def task_slots(pending: Sequence[RunSpec], workers: int) -> int:
     return slots
 
 
-def estimate(pending: Sequence[RunSpec], workers: int, steps: int = CALIBRATION_STEPS) -> Estimate:
-    """The compute of `pending` on `workers` local CPUs, calibrating each configuration here."""
+def estimate(
+    pending: Sequence[RunSpec], workers: int, steps: int = CALIBRATION_STEPS, resume_at: dict[str, int] | None = None
+) -> Estimate:
+    """The compute of `pending` on `workers` local CPUs, calibrating each configuration here; a
+    run resumes at its step in `resume_at` (a stacked group: its members' earliest)."""
+    resume_at = resume_at or {}
     slots = task_slots(pending, workers)
     tasks = plan_tasks(list(pending), slots)
     clock = time.perf_counter()
@@ -181,10 +188,11 @@ def estimate(pending: Sequence[RunSpec], workers: int, steps: int = CALIBRATION_
         if key not in speeds:
             speeds[key] = calibrate(task, steps)
         speed, learning_starts = speeds[key]
-        durations.append(speed.seconds(task[0], learning_starts))
+        start = min(resume_at.get(spec.run_id, 0) for spec in task)
+        durations.append(speed.seconds(task[0], learning_starts, start))
     return Estimate(
         runs=len(pending),
-        steps=sum(spec.settings.total_steps for spec in pending),
+        steps=sum(max(spec.settings.total_steps - resume_at.get(spec.run_id, 0), 0) for spec in pending),
         seconds=makespan(durations, slots),
         run_seconds=sum(durations),
         workers=workers,

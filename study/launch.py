@@ -28,8 +28,8 @@ from study.store import (
     RunCheck,
     check_run,
     checkpoint_dir,
-    checkpoint_steps,
     clear_staging,
+    resume_steps,
     write_run,
 )
 from study.studylock import StudyLock
@@ -421,7 +421,7 @@ def _fan_out(
             ref = run_task.options(name=TASK_NAME, **options).remote(specs[0], where[0], board, tensorboard)
         refs[ref] = specs
     # where the runs with a checkpoint on this machine resume (on a cluster's other nodes: not known here)
-    resume_at = {spec.run_id: checkpoint_steps(checkpoint_dir(results, spec)) or 0 for spec in pending}
+    resume_at = resume_steps(results, pending)
     clock = time.monotonic()
     finished_steps = 0  # steps of the runs this invocation finished
     copied = 0.0  # when the progress copy for `study status` was last written

@@ -89,6 +89,11 @@ def checkpoint_steps(folder: Path) -> int | None:
         return None
 
 
+def resume_steps(results: Path, specs: Iterable[RunSpec]) -> dict[str, int]:
+    """The step each run resumes at: its checkpoint's on this machine, else 0."""
+    return {spec.run_id: checkpoint_steps(checkpoint_dir(results, spec)) or 0 for spec in specs}
+
+
 def clear_staging(folder: Path) -> None:
     """Remove what interrupted writes left behind."""
     shutil.rmtree(folder / STAGING, ignore_errors=True)

@@ -36,6 +36,18 @@ def test_a_runs_time_adds_build_warm_up_training_and_evaluations(write_study) ->
     assert of_50.seconds(after_episodes, 100) == pytest.approx(1 + 1 + 90 + (20 + 1) * 2)  # 20 episodes, the end
 
 
+def test_a_resumed_runs_time_counts_from_its_checkpoint(write_study) -> None:
+    spec = load_study(write_study({"eval": {"freq": 250, "episodes": 1}}), steps=1000).runs[0]
+    speed = Speed(build=1.0, warmup=0.01, train=0.1, evaluation=2.0)
+    # from 500: no warm-up, 500 training steps, evaluations at 750 and 1000
+    assert speed.seconds(spec, learning_starts=100, start=500) == pytest.approx(1 + 500 * 0.1 + 2 * 2)
+    # from 50: 50 warm-up steps left, 900 training steps, all 4 evaluations
+    assert speed.seconds(spec, learning_starts=100, start=50) == pytest.approx(1 + 50 * 0.01 + 90 + 4 * 2)
+    after_episodes = load_study(write_study({"eval": {"freq": "episode", "episodes": 1}}), steps=1000).runs[0]
+    of_50 = Speed(build=1.0, warmup=0.01, train=0.1, evaluation=2.0, episode_length=50)
+    assert of_50.seconds(after_episodes, 100, start=500) == pytest.approx(1 + 50 + (10 + 1) * 2)
+
+
 def test_runs_that_differ_in_seed_or_member_scalars_share_a_configuration(grid, write_study) -> None:
     runs = load_study(grid).runs
     assert len(runs) == 4 and len({configuration([spec]) for spec in runs}) == 1
@@ -58,6 +70,8 @@ def test_the_estimate_counts_the_pending_runs_and_their_steps(grid) -> None:
     runs = load_study(grid).runs
     got = estimate(runs, workers=2, steps=50)
     assert (got.runs, got.steps, got.configurations, got.workers) == (4, 4 * 300, 1, 2)
+    resumed = estimate(runs, workers=2, steps=50, resume_at={runs[0].run_id: 200})
+    assert resumed.steps == 4 * 300 - 200
     assert 0 < got.seconds < got.run_seconds
     assert task_slots(runs, 2) == 2 and task_slots(runs, 16) == 16
 
