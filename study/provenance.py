@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import socket
 import subprocess
@@ -36,9 +37,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+SOURCE = ("study", "pyproject.toml")  # what a run's code is: the package and its pinned dependencies
+
+
 @cache
 def code_version() -> dict[str, str | bool | None]:
-    """The git commit of the project's source tree, and whether it had uncommitted changes."""
+    """The git commit of the project's source tree, whether it had uncommitted changes, and the
+    sha256 of its source (`source_sha256`), which identifies the code also where git does not
+    (an export, an installed copy)."""
     root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str | None:
@@ -49,8 +55,19 @@ def code_version() -> dict[str, str | bool | None]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", "study", "pyproject.toml")
-    return {"commit": commit, "dirty": bool(status) if commit else None}
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE)
+    return {"commit": commit, "dirty": bool(status) if commit else None, "source_sha256": source_sha256(root)}
+
+
+def source_sha256(root: Path) -> str:
+    """The sha256 of the project's source under `root`: each Python file of the package and
+    pyproject.toml, by relative path, in sorted order."""
+    digest = hashlib.sha256()
+    files = sorted((root / SOURCE[0]).rglob("*.py")) + [root / name for name in SOURCE[1:]]
+    for path in files:
+        if path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def host() -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,8 @@ import torch
 
 from study.config import load_study
 from study.run import execute, run_result
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ def test_metadata(spec) -> None:
     assert meta["status"] == "done" and meta["steps"] == 300
     assert meta["torch_threads"] == 1
     assert meta["versions"]["stable-baselines3"] and meta["versions"]["torch"].startswith("2.13.0")
-    assert set(meta["code"]) == {"commit", "dirty"}
+    assert set(meta["code"]) == {"commit", "dirty", "source_sha256"} and len(meta["code"]["source_sha256"]) == 64
     assert set(meta["host"]) == {"hostname", "python", "platform", "cpu"} and isinstance(meta["host"]["cpu"], str)
     assert meta["steps_per_s"] > 0 and meta["wall_time_s"] > 0
     assert meta["final_return"] < 0
@@ -71,7 +74,26 @@ def test_the_code_version_is_read_when_the_run_is_built_not_when_it_ends(spec, m
     parts.model.learn(spec.settings.total_steps, callback=parts.callbacks)
     meta = run_result(spec, parts, None, datetime.now(UTC), 1.0, None, 1).meta
     provenance.code_version.cache_clear()
-    assert meta["code"] == {"commit": "aaaa", "dirty": False}
+    assert meta["code"] == {"commit": "aaaa", "dirty": False, "source_sha256": provenance.source_sha256(ROOT)}
+
+
+def test_the_source_hash_identifies_the_package_source_without_git(tmp_path) -> None:
+    from study.provenance import source_sha256
+
+    def tree(name: str, files: dict[str, str]) -> str:
+        for path, text in files.items():
+            (tmp_path / name / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / path).write_text(text)
+        return source_sha256(tmp_path / name)
+
+    files = {"study/__init__.py": "", "study/run.py": "x = 1\n", "pyproject.toml": "[project]\n"}
+    same = tree("a", files)
+    assert tree("b", files) == same  # where it lies does not matter
+    assert tree("c", files | {"README.md": "notes", "study/data.csv": "1"}) == same  # nor files outside the source
+    assert tree("d", files | {"study/run.py": "x = 2\n"}) != same
+    assert tree("e", files | {"pyproject.toml": "[project]\nversion = 2\n"}) != same
+    moved = {"study/__init__.py": "", "study/runs.py": "x = 1\n", "pyproject.toml": "[project]\n"}
+    assert tree("f", moved) != same
 
 
 def fake_git(commit: str):
