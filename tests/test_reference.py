@@ -38,6 +38,16 @@ def test_reference_td3_mountaincar_sampling_interval_loads_complete() -> None:
     assert (REFERENCE / "sampling_interval" / "report-mountaincar" / "report.md").is_file()
 
 
+def test_reference_td3_halfcheetah_sampling_interval_loads_complete() -> None:
+    study = load_study(ROOT / "ablations" / "sampling_interval.yaml", budget="halfcheetah")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert len(metrics) == 80 and (metrics.groupby("interval", observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 100_000).all() and metrics["c_train"].notna().all()
+    assert {spec.settings.engine for spec in results.specs.values()} == {"stacked"}
+    assert (REFERENCE / "sampling_interval" / "report-halfcheetah" / "report.md").is_file()
+
+
 def test_reference_mountaincar_layer_norm_loads_complete() -> None:
     """Layer norm on and off, parameter noise (once per episode, or every 8 steps) and action noise,
     for TD3 and (every 8 steps) SAC; layer norm decides TD3's k = 8 cell and none of SAC's."""
