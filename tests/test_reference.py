@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from study.analysis.engines import compare_engines
@@ -28,24 +29,15 @@ def test_reference_sampling_interval_study_loads_complete() -> None:
     assert (REFERENCE / "sampling_interval" / "report-reduced" / "report.md").is_file()
 
 
-def test_reference_td3_mountaincar_sampling_interval_loads_complete() -> None:
-    study = load_study(ROOT / "ablations" / "sampling_interval.yaml", budget="mountaincar")
+@pytest.mark.parametrize(("budget", "steps"), [("mountaincar", 60_000), ("halfcheetah", 100_000)])
+def test_reference_td3_sampling_interval_loads_complete(budget: str, steps: int) -> None:
+    study = load_study(ROOT / "ablations" / "sampling_interval.yaml", budget=budget)
     results = load_results(study, REFERENCE)
     metrics = run_metrics(results)
     assert len(metrics) == 80 and (metrics.groupby("interval", observed=True).size() == 10).all()
-    assert (metrics["total_steps"] == 60_000).all() and metrics["c_train"].notna().all()
+    assert (metrics["total_steps"] == steps).all() and metrics["c_train"].notna().all()
     assert {spec.settings.engine for spec in results.specs.values()} == {"stacked"}
-    assert (REFERENCE / "sampling_interval" / "report-mountaincar" / "report.md").is_file()
-
-
-def test_reference_td3_halfcheetah_sampling_interval_loads_complete() -> None:
-    study = load_study(ROOT / "ablations" / "sampling_interval.yaml", budget="halfcheetah")
-    results = load_results(study, REFERENCE)
-    metrics = run_metrics(results)
-    assert len(metrics) == 80 and (metrics.groupby("interval", observed=True).size() == 10).all()
-    assert (metrics["total_steps"] == 100_000).all() and metrics["c_train"].notna().all()
-    assert {spec.settings.engine for spec in results.specs.values()} == {"stacked"}
-    assert (REFERENCE / "sampling_interval" / "report-halfcheetah" / "report.md").is_file()
+    assert (REFERENCE / "sampling_interval" / f"report-{budget}" / "report.md").is_file()
 
 
 def test_reference_mountaincar_layer_norm_loads_complete() -> None:
