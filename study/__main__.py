@@ -135,9 +135,10 @@ def print_runs(study: Study, results: Path, console: Console) -> None:
         state = check.state
         states[state] += 1
         row = running.get(spec.run_id)
-        shown = f"{state} at {check.steps:,}" if check.steps is not None else state
         if row and state != DONE:
             shown = f"running {row['steps'] / max(row['total'], 1):.0%}"
+        else:
+            shown = state if check.steps is None else f"{state} at {check.steps:,}"
         table.add_row(
             spec.env, *spec.factors.values(), str(spec.seed), str(spec.settings.total_steps), spec.spec_hash, shown
         )

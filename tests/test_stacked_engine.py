@@ -393,6 +393,11 @@ RESUME_CASES = {
         {"param_noise": {"interval": "episode", "adapt_every": 20}},
         {"layer_norm": True},
     ),
+    "td3 with layer norm, adaptive parameter noise k = 8 on HalfCheetah (sampling_interval's MuJoCo budgets)": (
+        "td3",
+        {"param_noise": {"interval": 8, "adapt_every": 20}},
+        {"layer_norm": True, "env": "HalfCheetah-v5"},
+    ),
     "td3 with layer norm, parameter noise k = 8, training at episode ends (decoupling's TD3)": (
         "td3",
         {"param_noise": {"interval": 8, "adapt_every": 20}},
