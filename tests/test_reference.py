@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -13,7 +14,7 @@ from study.analysis.engines import compare_engines
 from study.analysis.metrics import run_metrics
 from study.checkpoint import EXACT_RESUME_ALGOS, RESUME_VERSION
 from study.config import load_study
-from study.store import MANIFEST, MODEL, check_folder, load_results
+from study.store import MANIFEST, MODEL, StudyResults, check_folder, load_results
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "results" / "reference"
@@ -63,6 +64,31 @@ def test_reference_mountaincar_layer_norm_loads_complete() -> None:
         solved = (metrics["final_return"] > 90).groupby([metrics["layer_norm"], metrics["noise"]], observed=True).sum()
         assert {key: n for key, n in solved.items() if n} == solved_by_budget[budget]
         assert (REFERENCE / "layer_norm" / f"report-{budget}" / "report.md").is_file()
+
+
+def _episodes(results: StudyResults, **levels: str) -> pd.DataFrame:
+    """The training episodes of the runs at the given factor levels, by seed and episode."""
+    rows = results.episodes
+    for factor, level in levels.items():
+        rows = rows[rows[factor] == level]
+    return rows.sort_values(["seed", "episode"])[["seed", "episode", "return", "continuity_cost"]]
+
+
+def test_reference_td3_halfcheetah_layer_norm_repeats_the_sampling_interval_runs() -> None:
+    """Layer norm on/off, parameter noise once per episode and action noise, TD3 on HalfCheetah:
+    every run learns to run, and the layer-norm-on parameter-noise cell, the configuration of the
+    sampling-interval study's once-per-episode runs, records the same episodes to the last digit."""
+    study = load_study(ROOT / "ablations" / "layer_norm.yaml", budget="halfcheetah")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert len(metrics) == 40 and (metrics.groupby(["layer_norm", "noise"], observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 100_000).all() and (metrics["final_return"] > 3_000).all()
+    interval = load_results(load_study(ROOT / "ablations" / "sampling_interval.yaml", budget="halfcheetah"), REFERENCE)
+    ours = _episodes(results, layer_norm="true", noise="param noise")
+    theirs = _episodes(interval, interval="episode")
+    assert len(ours) == len(theirs) == 1_000
+    np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
+    assert (REFERENCE / "layer_norm" / "report-halfcheetah" / "report.md").is_file()
 
 
 def test_reference_td3_mountaincar_adaptation_loads_complete() -> None:
