@@ -413,6 +413,16 @@ RESUME_CASES = {
         {"param_noise": {"interval": 8, "adaptive": False, "initial_sigma": 0.05}},
         {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
     ),
+    "sac, OU noise on its mean, training at episode ends (smoothness's OU)": (
+        "sac",
+        {"mean_actions": True, "action_noise": {"type": "ou", "sigma": 0.1}},
+        {"hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
+    ),
+    "sac, parameter noise once per episode, training at episode ends": (
+        "sac",
+        {"param_noise": {"interval": "episode", "adapt_every": 20}},
+        {"hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
+    ),
     "dqn on CartPole, training at episode ends (the members' rollouts end at different steps)": (
         "dqn",
         {},
