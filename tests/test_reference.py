@@ -76,7 +76,7 @@ def _episodes(results: StudyResults, **levels: str) -> pd.DataFrame:
 
 def test_reference_td3_halfcheetah_layer_norm_repeats_the_sampling_interval_runs() -> None:
     """Layer norm on/off, parameter noise once per episode and action noise, TD3 on HalfCheetah:
-    every run learns to run, and the layer-norm-on parameter-noise cell, the configuration of the
+    every run ends above 3,000, and the layer-norm-on parameter-noise cell, the configuration of the
     sampling-interval study's once-per-episode runs, records the same episodes to the last digit."""
     study = load_study(ROOT / "ablations" / "layer_norm.yaml", budget="halfcheetah")
     results = load_results(study, REFERENCE)
