@@ -131,6 +131,33 @@ def test_reference_sac_mountaincar_decoupling_loads_complete() -> None:
     assert (REFERENCE / "decoupling" / "report-mountaincar" / "report.md").is_file()
 
 
+def test_reference_td3_mountaincar_decoupling_repeats_the_sampling_interval_runs() -> None:
+    """TD3 with layer norm and parameter noise (every 8 steps, once per episode) trained at episode
+    ends or after every step; the every-step cells, the configuration of the sampling-interval
+    study's k = 8 and once-per-episode runs, record the same episodes to the last digit."""
+    study = load_study(ROOT / "ablations" / "decoupling.yaml", budget="mountaincar_td3")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert len(metrics) == 40 and (metrics.groupby(["noise", "training"], observed=True).size() == 10).all()
+    assert {(s.settings.algo, s.settings.layer_norm, s.settings.engine) for s in study.runs} == {
+        ("td3", True, "stacked")
+    }
+    solved = metrics.assign(solved=metrics["final_return"] > 90).groupby(["noise", "training"], observed=True)
+    assert solved["solved"].sum().to_dict() == {
+        ("param k=8", "episode end"): 6,
+        ("param k=8", "every step"): 10,
+        ("param k=episode", "episode end"): 0,
+        ("param k=episode", "every step"): 0,
+    }
+    interval = load_results(load_study(ROOT / "ablations" / "sampling_interval.yaml", budget="mountaincar"), REFERENCE)
+    for k in ("8", "episode"):
+        ours = _episodes(results, noise=f"param k={k}", training="every step")
+        theirs = _episodes(interval, interval=k)
+        assert len(ours) == len(theirs) > 0
+        np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
+    assert (REFERENCE / "decoupling" / "report-mountaincar_td3" / "report.md").is_file()
+
+
 def test_reference_sac_mountaincar_smoothness_loads_complete() -> None:
     """SAC with parameter noise and gSDE at every k beside no noise (trained at episode ends or
     every 8 steps), unstructured, OU and colored noise over β (10 seeds each, stacked engine);
@@ -250,7 +277,8 @@ def test_no_reference_run_was_resumed_by_an_engine_not_proven_exact() -> None:
 
 def test_every_reference_run_is_sealed_and_verifies() -> None:
     """Every committed run carries a manifest (sizes and checksums of its files) that verifies,
-    and no saved model (reference runs are run with `--set save_model=false`)."""
+    and no saved model (reference runs are run with `--set save_model=false`, or have the model
+    and its manifest entry removed before they are committed)."""
     folders = sorted(meta.parent for meta in REFERENCE.glob("*/*/meta.json"))
     assert {folder.parent.name for folder in folders} == {
         "sampling_interval",
