@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from study.analysis.aggregates import probability_of_improvement
 from study.analysis.engines import compare_engines
 from study.analysis.metrics import run_metrics
 from study.checkpoint import EXACT_RESUME_ALGOS, RESUME_VERSION
@@ -89,6 +90,18 @@ def test_reference_td3_halfcheetah_layer_norm_repeats_the_sampling_interval_runs
     assert len(ours) == len(theirs) == 1_000
     np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
     assert (REFERENCE / "layer_norm" / "report-halfcheetah" / "report.md").is_file()
+
+
+def test_reference_td3_hopper_layer_norm_raises_return_and_smoothness() -> None:
+    """Layer norm on/off, parameter noise once per episode and action noise, TD3 on Hopper: layer
+    norm's probability of a higher return and of a lower C_train both lie above 0.5."""
+    study = load_study(ROOT / "ablations" / "layer_norm.yaml", budget="hopper")
+    metrics = run_metrics(load_results(study, REFERENCE))
+    assert len(metrics) == 40 and (metrics.groupby(["layer_norm", "noise"], observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 100_000).all() and set(metrics["env"]) == {"Hopper-v5"}
+    for metric, low in (("final_return", 0.5), ("c_train", 0.85)):
+        assert probability_of_improvement(metrics, "layer_norm", "true", "false", metric)["low"] > low
+    assert (REFERENCE / "layer_norm" / "report-hopper" / "report.md").is_file()
 
 
 def test_reference_td3_mountaincar_adaptation_loads_complete() -> None:
