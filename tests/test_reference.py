@@ -171,6 +171,21 @@ def test_reference_td3_mountaincar_decoupling_repeats_the_sampling_interval_runs
     assert (REFERENCE / "decoupling" / "report-mountaincar_td3" / "report.md").is_file()
 
 
+def test_reference_sac_halfcheetah_decoupling_loads_complete() -> None:
+    """SAC's parameter-noise rows on HalfCheetah (every 8 steps, once per episode; trained at
+    episode ends or every step): every run learns to run, and the schedule is not told apart."""
+    study = load_study(ROOT / "ablations" / "decoupling.yaml", budget="halfcheetah")
+    metrics = run_metrics(load_results(study, REFERENCE))
+    assert len(metrics) == 40 and (metrics.groupby(["noise", "training"], observed=True).size() == 10).all()
+    assert {(s.settings.algo, s.settings.layer_norm, s.settings.engine) for s in study.runs} == {
+        ("sac", False, "stacked")
+    }
+    assert (metrics["total_steps"] == 100_000).all() and (metrics["final_return"] > 3_000).all()
+    p = probability_of_improvement(metrics, "training", "episode end", "every step", "final_return")
+    assert p["low"] < 0.5 < p["high"]
+    assert (REFERENCE / "decoupling" / "report-halfcheetah" / "report.md").is_file()
+
+
 def test_reference_sac_mountaincar_smoothness_loads_complete() -> None:
     """SAC with parameter noise and gSDE at every k beside no noise (trained at episode ends or
     every 8 steps), unstructured, OU and colored noise over β (10 seeds each, stacked engine);
