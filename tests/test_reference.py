@@ -42,6 +42,11 @@ def test_reference_td3_sampling_interval_loads_complete(budget: str, steps: int)
     assert (REFERENCE / "sampling_interval" / f"report-{budget}" / "report.md").is_file()
 
 
+def _solved(metrics: pd.DataFrame, *factors: str) -> dict:
+    """Seeds per cell whose final return exceeds 90 (MountainCar solved), keyed by the factors' levels."""
+    return (metrics["final_return"] > 90).groupby([metrics[f] for f in factors], observed=True).sum().to_dict()
+
+
 def test_reference_mountaincar_layer_norm_loads_complete() -> None:
     """Layer norm on and off, parameter noise (once per episode, or every 8 steps) and action noise,
     for TD3 and (every 8 steps) SAC; layer norm decides TD3's k = 8 cell and none of SAC's."""
@@ -62,7 +67,7 @@ def test_reference_mountaincar_layer_norm_loads_complete() -> None:
         assert {
             s.settings.exploration.param_noise.interval for s in study.runs if s.factors["noise"] == "param noise"
         } == {interval}
-        solved = (metrics["final_return"] > 90).groupby([metrics["layer_norm"], metrics["noise"]], observed=True).sum()
+        solved = _solved(metrics, "layer_norm", "noise")
         assert {key: n for key, n in solved.items() if n} == solved_by_budget[budget]
         assert (REFERENCE / "layer_norm" / f"report-{budget}" / "report.md").is_file()
 
@@ -130,8 +135,7 @@ def test_reference_sac_mountaincar_decoupling_loads_complete() -> None:
     }
     engines = {(s.factors["noise"].split()[0], s.settings.engine) for s in study.runs}
     assert engines == {("param", "stacked"), ("gSDE", "sb3")}
-    solved = metrics.assign(solved=metrics["final_return"] > 90).groupby(["noise", "training"], observed=True)
-    assert solved["solved"].sum().to_dict() == {
+    assert _solved(metrics, "noise", "training") == {
         ("param k=8", "episode end"): 9,
         ("param k=8", "every step"): 9,
         ("param k=episode", "episode end"): 0,
@@ -155,8 +159,7 @@ def test_reference_td3_mountaincar_decoupling_repeats_the_sampling_interval_runs
     assert {(s.settings.algo, s.settings.layer_norm, s.settings.engine) for s in study.runs} == {
         ("td3", True, "stacked")
     }
-    solved = metrics.assign(solved=metrics["final_return"] > 90).groupby(["noise", "training"], observed=True)
-    assert solved["solved"].sum().to_dict() == {
+    assert _solved(metrics, "noise", "training") == {
         ("param k=8", "episode end"): 6,
         ("param k=8", "every step"): 10,
         ("param k=episode", "episode end"): 0,
