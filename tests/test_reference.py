@@ -123,6 +123,26 @@ def test_reference_td3_mountaincar_adaptation_loads_complete() -> None:
     assert (REFERENCE / "adaptation" / "report-mountaincar" / "report.md").is_file()
 
 
+def test_reference_td3_halfcheetah_adaptation_beats_the_larger_fixed_sigma() -> None:
+    """Fixed σ at two values and adaptive σ at four δ, parameter noise once per episode, TD3 on
+    HalfCheetah: adaptive δ = 0.2 ends higher than fixed σ = 0.2, and its runs, the configuration
+    of the sampling-interval study's once-per-episode runs, record the same episodes to the last digit."""
+    study = load_study(ROOT / "ablations" / "adaptation.yaml", budget="halfcheetah")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert len(metrics) == 60 and (metrics.groupby("adaptation", observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 100_000).all() and set(metrics["env"]) == {"HalfCheetah-v5"}
+    assert {s.settings.exploration.param_noise.interval for s in study.runs} == {"episode"}
+    assert (
+        probability_of_improvement(metrics, "adaptation", "delta=0.2", "fixed sigma=0.2", "final_return")["low"] > 0.9
+    )
+    interval = load_results(load_study(ROOT / "ablations" / "sampling_interval.yaml", budget="halfcheetah"), REFERENCE)
+    ours, theirs = _episodes(results, adaptation="delta=0.2"), _episodes(interval, interval="episode")
+    assert len(ours) == len(theirs) == 1_000
+    np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
+    assert (REFERENCE / "adaptation" / "report-halfcheetah" / "report.md").is_file()
+
+
 def test_reference_sac_mountaincar_decoupling_loads_complete() -> None:
     """Parameter noise and gSDE (every 8 steps, once per episode) trained at episode ends or after
     every step; gSDE's runs by the SB3 engine, parameter noise's stacked."""

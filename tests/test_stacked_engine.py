@@ -403,6 +403,11 @@ RESUME_CASES = {
         {"param_noise": {"interval": "episode", "adapt_every": 20}},
         {"layer_norm": True, "env": "HalfCheetah-v5"},
     ),
+    "td3 with layer norm, fixed-sigma parameter noise once per episode on HalfCheetah": (
+        "td3",
+        {"param_noise": {"interval": "episode", "adaptive": False, "initial_sigma": 0.2}},
+        {"layer_norm": True, "env": "HalfCheetah-v5"},
+    ),
     "td3 with layer norm, parameter noise once per episode on Hopper (episodes end apart)": (
         "td3",
         {"param_noise": {"interval": "episode", "adapt_every": 20}},
