@@ -143,6 +143,25 @@ def test_reference_td3_halfcheetah_adaptation_beats_the_larger_fixed_sigma() -> 
     assert (REFERENCE / "adaptation" / "report-halfcheetah" / "report.md").is_file()
 
 
+def test_reference_td3_hopper_adaptation_repeats_the_layer_norm_runs() -> None:
+    """The same grid on Hopper: fixed σ = 0.2 acts least smoothly in training, and adaptive δ = 0.2,
+    the configuration of the Hopper layer-norm study's layer-norm-on parameter-noise cell, records
+    the same episodes to the last digit."""
+    study = load_study(ROOT / "ablations" / "adaptation.yaml", budget="hopper")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert len(metrics) == 60 and (metrics.groupby("adaptation", observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 100_000).all() and set(metrics["env"]) == {"Hopper-v5"}
+    c_train = metrics.groupby("adaptation", observed=True)["c_train"].mean()
+    assert c_train.idxmax() == "fixed sigma=0.2"
+    layer_norm = load_results(load_study(ROOT / "ablations" / "layer_norm.yaml", budget="hopper"), REFERENCE)
+    ours = _episodes(results, adaptation="delta=0.2")
+    theirs = _episodes(layer_norm, layer_norm="true", noise="param noise")
+    assert len(ours) == len(theirs) > 0
+    np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
+    assert (REFERENCE / "adaptation" / "report-hopper" / "report.md").is_file()
+
+
 def test_reference_sac_mountaincar_decoupling_loads_complete() -> None:
     """Parameter noise and gSDE (every 8 steps, once per episode) trained at episode ends or after
     every step; gSDE's runs by the SB3 engine, parameter noise's stacked."""
