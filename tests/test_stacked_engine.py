@@ -403,9 +403,12 @@ RESUME_CASES = {
         {"param_noise": {"interval": "episode", "adapt_every": 20}},
         {"layer_norm": True, "env": "HalfCheetah-v5"},
     ),
-    "td3 with layer norm, fixed-sigma parameter noise once per episode on HalfCheetah": (
+    "td3 with layer norm, fixed and adaptive sigma in one group, once per episode on HalfCheetah": (
         "td3",
-        {"param_noise": {"interval": "episode", "adaptive": False, "initial_sigma": 0.2}},
+        [
+            {"param_noise": {"interval": "episode", "adaptive": False, "initial_sigma": 0.2}},
+            {"param_noise": {"interval": "episode", "adapt_every": 20, "target_distance": 0.4}},
+        ],
         {"layer_norm": True, "env": "HalfCheetah-v5"},
     ),
     "td3 with layer norm, parameter noise once per episode on Hopper (episodes end apart)": (
@@ -462,10 +465,11 @@ def test_a_resumed_group_equals_an_uninterrupted_one(case: str, tmp_path, monkey
         hyperparams |= {"target_update_interval": 70, "train_freq": 3}
     env = dict(env)
     hyperparams |= env.pop("hyperparams", {})
-    runs = [
-        spec.model_copy(update={"checkpoint_every": 120})
-        for spec in specs(algo, exploration=exploration, total_steps=400, hyperparams=hyperparams, **env)
+    variants = [  # a list: the members' explorations in turn, in one group (as a study's levels are)
+        specs(algo, exploration=variant, total_steps=400, hyperparams=hyperparams, **env)
+        for variant in (exploration if isinstance(exploration, list) else [exploration])
     ]
+    runs = [variants[i % len(variants)][i].model_copy(update={"checkpoint_every": 120}) for i in range(len(SEEDS))]
     folders = [tmp_path / spec.run_id for spec in runs]
     uninterrupted = run_group(runs, cpus=1)
 
