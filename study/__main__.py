@@ -1,4 +1,5 @@
-"""Command line: python -m study run|status|rename|report|evaluate STUDY.yaml ..., python -m study tune TUNE.yaml ..."""
+"""Command line: python -m study run|status|rename|reuse|report|evaluate STUDY.yaml ...,
+python -m study tune TUNE.yaml ..."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     study_command("status", "runs of a study by state")
     rename = study_command("rename", "give existing runs the ids of a changed grid (a factor added, a level renamed)")
     rename.add_argument("--dry-run", action="store_true", help="print the renames and change nothing")
+    reuse = study_command(
+        "reuse", "copy another study's finished runs that are runs of this one (same seed and settings)"
+    )
+    reuse.add_argument("--from", dest="source", required=True, help="the other study's name (its folder in --results)")
+    reuse.add_argument("--dry-run", action="store_true", help="print the copies and change nothing")
     report = study_command("report", "figures, tables and report.md from a study's results")
     report.add_argument("--include-warmup", action="store_true", help="keep warm-up episodes in C_train")
     evaluate = study_command("evaluate", "evaluate a run's saved model again")
@@ -207,18 +214,42 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_rename(args: argparse.Namespace, console: Console) -> int:
     from study.rename import rename_runs
-    from study.store import DamagedRunError
 
     study = _load(args)
+    return _give_ids(
+        console,
+        lambda: rename_runs(study, args.results, dry_run=args.dry_run),
+        ("would rename" if args.dry_run else "renamed", f"runs of {study.name} under {args.results / study.name}"),
+    )
+
+
+def cmd_reuse(args: argparse.Namespace, console: Console) -> int:
+    from study.rename import reuse_runs
+
+    study = _load(args)
+    return _give_ids(
+        console,
+        lambda: {
+            f"{args.source}/{old}": new
+            for new, old in reuse_runs(study, args.source, args.results, dry_run=args.dry_run).items()
+        },
+        ("would copy" if args.dry_run else "copied", f"runs of {args.source} to {args.results / study.name}"),
+    )
+
+
+def _give_ids(console: Console, act: Callable[[], dict[str, str]], summary: tuple[str, str]) -> int:
+    """Run a rename or a reuse and print each record's old and new id, or why nothing changed."""
+    from study.store import DamagedRunError
+
+    verb, what = summary
     try:
-        renames = rename_runs(study, args.results, dry_run=args.dry_run)
+        moves = act()
     except DamagedRunError as err:
-        print(f"error: nothing renamed: {err}", file=sys.stderr)
+        print(f"error: nothing changed: {err}", file=sys.stderr)
         return EXIT_FAILED_RUNS
-    for old, new in renames.items():
+    for old, new in moves.items():
         console.print(f"{old} → {new}", highlight=False)
-    verb = "would rename" if args.dry_run else "renamed"
-    console.print(f"{verb} {len(renames)} runs of {study.name} under {args.results / study.name}", highlight=False)
+    console.print(f"{verb} {len(moves)} {what}", highlight=False)
     return 0
 
 
@@ -417,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": cmd_run,
         "status": cmd_status,
         "rename": cmd_rename,
+        "reuse": cmd_reuse,
         "report": cmd_report,
         "evaluate": cmd_evaluate,
         "tune": cmd_tune,

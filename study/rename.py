@@ -1,4 +1,6 @@
-"""Give a study's existing runs the ids of its changed grid (a factor added, a level relabelled)."""
+"""Give existing runs a study's ids: its own runs after its grid changed (a factor added, a level
+relabelled), or another study's finished runs that are runs of this one (the same env, seed and
+settings)."""
 
 from __future__ import annotations
 
@@ -119,19 +121,72 @@ def _rename_record(
     folder: Path, old: str, spec: RunSpec, meta: dict, recorded: dict, planned: dict[str, RunSpec]
 ) -> None:
     """Write the record of `old` under `spec`'s id, whole, then remove the old folder."""
-    staging = folder / STAGING
-    staging.mkdir(exist_ok=True)
-    tmp = staging / f"{spec.run_id}.{uuid.uuid4().hex[:8]}"
-    shutil.copytree(folder / old, tmp)
-    recorded["factors"] = dict(spec.factors)
-    (tmp / SPEC).write_text(yaml.safe_dump(recorded, sort_keys=False))
-    meta |= {"run_id": spec.run_id, "factors": dict(spec.factors)}
     if "group" in meta:  # the stacked group it was trained in, by the members' planned ids
         ids = {_key(run_id): run_id for run_id in planned}
         meta["group"] = [ids.get(_key(member), member) for member in meta["group"]]
-    if MANIFEST in meta:  # the old folder's files were verified against it
+    _write_record(folder / old, folder, spec, meta, recorded)
+    shutil.rmtree(folder / old)
+
+
+def _write_record(source: Path, folder: Path, spec: RunSpec, meta: dict, recorded: dict) -> None:
+    """Copy the verified record `source` into `folder` under `spec`'s id and factors, whole: staged,
+    its manifest renewed, then moved into place."""
+    staging = folder / STAGING
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / f"{spec.run_id}.{uuid.uuid4().hex[:8]}"
+    shutil.copytree(source, tmp)
+    recorded["factors"] = dict(spec.factors)
+    (tmp / SPEC).write_text(yaml.safe_dump(recorded, sort_keys=False))
+    meta |= {"run_id": spec.run_id, "factors": dict(spec.factors)}
+    if MANIFEST in meta:  # the source's files were verified against it
         meta[MANIFEST] = manifest(tmp)
     (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
     sync_files(tmp)
     os.replace(tmp, folder / spec.run_id)
-    shutil.rmtree(folder / old)
+
+
+def reuse_runs(study: Study, source: str, results: Path | str = "results", dry_run: bool = False) -> dict[str, str]:
+    """Copy each finished run of the study `source` (its folder beside `study`'s) whose seed and
+    settings (its env among them) are those of a planned run of `study` that has no record yet,
+    under that run's id; returns new id → source id.
+
+    A run's results follow from its settings and seed alone, so the copy is the run `study` would
+    train. Its spec.yaml and meta.json take `study`'s name, budget, factors and id, meta.json
+    records where it came from (`reused_from`: study, budget and id), and its manifest is renewed;
+    each is written whole under a temporary name first. Every source record is checked before
+    any is copied (also with `dry_run`, which changes nothing). Holds `study`'s lock.
+    """
+    results = Path(results)
+    folder, origin = study_dir(results, study.name), study_dir(results, source)
+    if origin == folder:
+        raise StudyError(f"{origin}: runs are reused from another study's folder, not the study's own")
+    if not origin.is_dir():
+        raise StudyError(f"{origin}: no such study folder")
+    planned = {spec.run_id: spec for spec in study.runs}
+    if dry_run:
+        return {new: old for new, (old, _, _) in _reusable(folder, origin, planned).items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    with StudyLock(folder):
+        clear_staging(folder)
+        copies = _reusable(folder, origin, planned)
+        for new, (old, meta, recorded) in copies.items():
+            spec = planned[new]
+            renamed = {"study": study.name, "budget": spec.budget}
+            reused_from = {"study": meta["study"], "budget": meta["budget"], "run_id": old}
+            _write_record(origin / old, folder, spec, meta | renamed | {"reused_from": reused_from}, recorded | renamed)
+            shutil.rmtree(folder / CHECKPOINTS / new, ignore_errors=True)  # a partial run of it, superseded
+    return {new: old for new, (old, _, _) in copies.items()}
+
+
+def _reusable(folder: Path, origin: Path, planned: dict[str, RunSpec]) -> dict[str, tuple[str, dict, dict]]:
+    """New id → (source id, meta.json, spec.yaml) for each planned run without a record in
+    `folder` that a finished record of `origin` matches by seed and settings hash."""
+    sources = {_key(p.name): p for p in sorted(origin.iterdir()) if (p / META).is_file()}
+    copies: dict[str, tuple[str, dict, dict]] = {}
+    for new, spec in planned.items():
+        record = sources.get(_key(new))
+        if record is None or (folder / new / META).is_file():
+            continue
+        if json.loads((record / META).read_text()).get("status") == DONE:
+            copies[new] = (record.name, *_checked(record, spec))
+    return copies

@@ -11,7 +11,7 @@ import yaml
 
 from study.__main__ import main
 from study.config import StudyError, load_study
-from study.rename import rename_runs
+from study.rename import rename_runs, reuse_runs
 from study.store import CHECKPOINTS, DONE, MANIFEST, META, SPEC, DamagedRunError, check_run, load_results, manifest
 from study.studylock import StudyLock, StudyLocked
 
@@ -132,3 +132,74 @@ def test_the_command_line(results, grown, capsys) -> None:
     assert main(["rename", str(grown), "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "renamed 4 runs of smoke" in out and "→ Pendulum-v1_algo=TD3_interval=k=4_layer_norm=true_s0_" in out
+
+
+@pytest.fixture
+def other(grown) -> Path:
+    """The grown smoke grid as a study of its own, whose TD3 runs are the smoke study's."""
+    doc = yaml.safe_load(grown.read_text())
+    doc["name"] = "other"
+    path = grown.with_name("other.yaml")
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_another_studys_runs_are_copied_under_this_studys_ids(results, other) -> None:
+    smoke = load_study(ROOT / "ablations" / "smoke.yaml")
+    study = load_study(other)
+    source = {spec.run_id for spec in smoke.runs}
+    assert reuse_runs(study, "smoke", results, dry_run=True) and not (results / "other").exists()
+    copies = reuse_runs(study, "smoke", results)
+    assert len(copies) == 4 and set(copies.values()) == source
+    assert {p.name for p in (results / "smoke").glob("Pendulum*")} == source  # the originals stay
+    for new, old in copies.items():
+        spec = next(s for s in study.runs if s.run_id == new)
+        assert "algo=TD3" in new and new.rsplit("_", 2)[1:] == old.rsplit("_", 2)[1:]  # seed and settings hash
+        assert check_run(results, spec).state == DONE
+        meta = json.loads((results / "other" / new / META).read_text())
+        assert (meta["study"], meta["run_id"], meta["factors"]) == ("other", new, spec.factors)
+        assert meta["reused_from"] == {"study": "smoke", "budget": "full", "run_id": old}
+        recorded = yaml.safe_load((results / "other" / new / SPEC).read_text())
+        assert (recorded["study"], recorded["factors"]) == ("other", spec.factors)
+    before, after = load_results(smoke, results), load_results(study, results)
+    assert sorted(after.runs["final_return"]) == sorted(before.runs["final_return"])
+    assert reuse_runs(study, "smoke", results) == {}  # nothing left to copy
+
+
+def test_only_finished_runs_missing_here_are_copied(results, other) -> None:
+    runs = [spec.run_id for spec in load_study(ROOT / "ablations" / "smoke.yaml").runs]
+    failed = results / "smoke" / runs[0]
+    meta = json.loads((failed / META).read_text())
+    (failed / META).write_text(json.dumps(meta | {"status": "failed"}))  # meta is not in the manifest
+    study = load_study(other)
+    first = reuse_runs(study, "smoke", results)
+    assert runs[0] not in first.values() and len(first) == 3
+    kept = results / "other" / next(iter(first))
+    (kept / "mark").write_text("x")  # a record here is never replaced
+    checkpoint = next(s for s in study.runs if s.run_id.endswith(runs[1][-11:]))  # its seed and hash
+    assert reuse_runs(study, "smoke", results) == {} and (kept / "mark").exists()
+    (results / "other" / CHECKPOINTS / checkpoint.run_id).mkdir(parents=True)
+    shutil.rmtree(results / "other" / checkpoint.run_id)  # a partial run here: its checkpoint goes
+    assert reuse_runs(study, "smoke", results) == {checkpoint.run_id: runs[1]}
+    assert not (results / "other" / CHECKPOINTS / checkpoint.run_id).exists()
+
+
+def test_a_damaged_source_stops_every_copy(results, other) -> None:
+    victim = results / "smoke" / load_study(ROOT / "ablations" / "smoke.yaml").runs[-1].run_id
+    (victim / "episodes.parquet").write_bytes(b"not a table")
+    with pytest.raises(DamagedRunError):
+        reuse_runs(load_study(other), "smoke", results)
+    assert not list((results / "other").glob("Pendulum*"))
+
+
+def test_reuse_on_the_command_line(results, other, capsys) -> None:
+    assert main(["reuse", str(other), "--from", "smoke", "--results", str(results), "--dry-run"]) == 0
+    assert "would copy 4 runs of smoke" in capsys.readouterr().out
+    assert main(["reuse", str(other), "--from", "other", "--results", str(results)]) == 2
+    assert "another study's folder, not the study's own" in capsys.readouterr().err
+    assert main(["reuse", str(other), "--from", "nothing", "--results", str(results)]) == 2
+    assert "nothing: no such study folder" in capsys.readouterr().err
+    with StudyLock(results / "other"):
+        assert main(["reuse", str(other), "--from", "smoke", "--results", str(results)]) != 0
+    assert main(["reuse", str(other), "--from", "smoke", "--results", str(results)]) == 0
+    assert "copied 4 runs of smoke" in capsys.readouterr().out
