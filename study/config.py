@@ -628,22 +628,48 @@ class TuneSettings(_Strict):
         return self
 
 
+def level_label(value: Any) -> str:
+    """A factor level as the YAML writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _labels(columns: Any) -> Any:
+    """Columns → levels as the YAML writes them (each column: one level or a list of them)."""
+    if not isinstance(columns, dict):
+        return columns
+    return {k: [level_label(x) for x in v] if isinstance(v, list) else [level_label(v)] for k, v in columns.items()}
+
+
+Level = Annotated[str, BeforeValidator(level_label)]
+ColumnLevels = Annotated[dict[str, Annotated[list[str], Field(min_length=1)]], BeforeValidator(_labels)]
+
+
 class CellOverride(_Strict):
     """Settings for the runs whose env and factor levels `match` names (a column: one level or several)."""
 
-    match: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(min_length=1)
+    match: Annotated[ColumnLevels, Field(min_length=1)]
     set: dict[str, Any]
 
     def matches(self, cell: Mapping[str, str]) -> bool:
         """Whether a run with these env and factor levels is one this override sets."""
         return all(cell.get(column) in levels for column, levels in self.match.items())
 
-    @field_validator("match", mode="before")
-    @classmethod
-    def _levels_as_written(cls, match: Any) -> Any:
-        if not isinstance(match, dict):
-            return match
-        return {k: [level_label(x) for x in v] if isinstance(v, list) else [level_label(v)] for k, v in match.items()}
+
+class Comparison(_Strict):
+    """A probability of improvement the study's report computes: level `x` of `factor` against
+    level `y`, over the runs whose env and other factors take the levels `where` names (all runs
+    if it names none)."""
+
+    factor: str
+    x: Level
+    y: Level
+    where: ColumnLevels = {}
 
 
 class StudyFile(_SharedSettings):
@@ -657,6 +683,7 @@ class StudyFile(_SharedSettings):
     env_overrides: dict[str, dict[str, Any]] = {}
     grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = {}
     cell_overrides: list[CellOverride] = []  # settings of the grid cells they match, applied after their levels
+    compare: list[Comparison] = []  # the report's probabilities of improvement (default: each level vs the last)
     checkpoint_every: PositiveInt | None = None
     tune: TuneSettings | None = None  # for `python -m study tune`
 
@@ -865,17 +892,6 @@ def select_runs(study: Study, only: Mapping[str, Sequence[str]]) -> Study:
     kept = {c: [level for level in levels if level in only.get(c, levels)] for c, levels in study.factor_levels.items()}
     chosen = {c: sorted(set(only[c]), key=columns[c].index) for c in sorted(only)}
     return study.model_copy(update={"runs": runs, "factor_levels": kept, "only": chosen})
-
-
-def level_label(value: Any) -> str:
-    """A factor level as the YAML writes it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, str | int | float):
-        return str(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _factor_levels(grid: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -1253,34 +1269,75 @@ def _cell_layers(file: StudyFile, source: _Layer, envs: set[str]) -> tuple[list[
     errors = []
     for i, cell in enumerate(file.cell_overrides):
         head = _Layer({}, source.file, f"cell_overrides[{i}].match", ("cell_overrides", i, "match"), source.lines)
-        for column, levels in cell.match.items():
-            if column == "env":
-                known = sorted(envs)
-                errors += [
-                    f"{head.prefix()}env: {env!r} is not an env of the study or its budgets (have: {', '.join(known)})"
-                    + did_you_mean(env, known)
-                    for env in levels
-                    if env not in envs
-                ]
-                continue
-            if column not in columns:
-                have = ["env", *columns]
-                errors.append(
-                    f"{head.prefix()}{column}: no such column (have: {', '.join(have)})" + did_you_mean(column, have)
-                )
-                continue
-            for level in levels:
-                if level not in columns[column]:
-                    known = columns[column]
-                    errors.append(
-                        f"{head.prefix()}{column}: no level {level!r} (have: {', '.join(known)})"
-                        + did_you_mean(level, known)
-                    )
+        errors += _match_errors(head, cell.match, columns, envs)
     layers = [
         _Layer(cell.set, source.file, f"cell_overrides[{i}]", ("cell_overrides", i, "set"), source.lines)
         for i, cell in enumerate(file.cell_overrides)
     ]
     return layers, errors
+
+
+def _comparison_errors(file: StudyFile, source: _Layer, envs: set[str]) -> list[str]:
+    """What is wrong with the study's `compare`: each names a factor, two of its levels (of the
+    whole grid), and in `where` envs and other factors' levels."""
+    columns = {column: [label for label, _ in levels] for column, levels in _factor_levels(file.grid).items()}
+    errors = []
+    for i, comparison in enumerate(file.compare):
+        head = _Layer({}, source.file, f"compare[{i}]", ("compare", i), source.lines)
+        factor = comparison.factor
+        if factor not in columns:
+            errors.append(
+                f"{head.prefix()}factor: no factor {factor!r} (have: {', '.join(columns)})"
+                + did_you_mean(factor, columns)
+            )
+            continue
+        for key in ("x", "y"):
+            level = getattr(comparison, key)
+            if level not in columns[factor]:
+                known = columns[factor]
+                errors.append(
+                    f"{head.prefix()}{key}: no level {level!r} of {factor} (have: {', '.join(known)})"
+                    + did_you_mean(level, known)
+                )
+        if comparison.x == comparison.y:
+            errors.append(f"{head.prefix()}y: the same level as x ({comparison.x!r})")
+        if factor in comparison.where:
+            errors.append(f"{head.prefix()}where: may not name {factor}, the factor compared")
+        where = _Layer({}, source.file, f"compare[{i}].where", ("compare", i, "where"), source.lines)
+        errors += _match_errors(where, comparison.where, columns, envs)
+    return errors
+
+
+def _match_errors(
+    head: _Layer, match: dict[str, list[str]], columns: dict[str, list[str]], envs: set[str]
+) -> list[str]:
+    """What is wrong with a mapping of columns to levels: each column `env` (with envs of the file
+    or its budgets) or a factor column (with levels of the whole grid)."""
+    errors = []
+    for column, levels in match.items():
+        if column == "env":
+            known = sorted(envs)
+            errors += [
+                f"{head.prefix()}env: {env!r} is not an env of the study or its budgets (have: {', '.join(known)})"
+                + did_you_mean(env, known)
+                for env in levels
+                if env not in envs
+            ]
+            continue
+        if column not in columns:
+            have = ["env", *columns]
+            errors.append(
+                f"{head.prefix()}{column}: no such column (have: {', '.join(have)})" + did_you_mean(column, have)
+            )
+            continue
+        for level in levels:
+            if level not in columns[column]:
+                known = columns[column]
+                errors.append(
+                    f"{head.prefix()}{column}: no level {level!r} (have: {', '.join(known)})"
+                    + did_you_mean(level, known)
+                )
+    return errors
 
 
 def _level_errors(file: StudyFile, shared: dict[str, Any], level_layers: dict[str, list[_Level]]) -> list[str]:
@@ -1324,6 +1381,7 @@ def _expand(
         for env, over in file.env_overrides.items()
     }
     cell_layers, errors = _cell_layers(file, layers[0], envs or set(file.envs))
+    errors += _comparison_errors(file, layers[0], envs or set(file.envs))
     settable = [("a grid level", level.layer) for column in level_layers.values() for level in column]
     settable += [("an env override", layer) for layer in env_layers.values()]
     settable += [("a cell override", layer) for layer in cell_layers]

@@ -135,6 +135,46 @@ def test_bad_cell_overrides_name_the_override(write_study, cell, message) -> Non
         load_study(path)
 
 
+@pytest.mark.parametrize(
+    ("comparison", "message"),
+    [
+        (
+            {"factor": "algoo", "x": "TD3", "y": "DDPG"},
+            "compare[0]: factor: no factor 'algoo' (have: algo, layer_norm)",
+        ),
+        ({"factor": "algo", "x": "TD3", "y": "DDGP"}, "compare[0]: y: no level 'DDGP' of algo (have: TD3, DDPG)"),
+        ({"factor": "algo", "x": "TD3", "y": "TD3"}, "compare[0]: y: the same level as x ('TD3')"),
+        ({"factor": "algo", "x": "TD3", "y": "DDPG", "where": {"algo": "TD3"}}, "compare[0]: where: may not name algo"),
+        (
+            {"factor": "algo", "x": "TD3", "y": "DDPG", "where": {"layer_norm": 1}},
+            "compare[0].where: layer_norm: no level '1'",
+        ),
+        (
+            {"factor": "algo", "x": "TD3", "y": "DDPG", "where": {"env": "Hopper-v5"}},
+            "compare[0].where: env: 'Hopper-v5'",
+        ),
+        ({"factor": "algo", "x": "TD3"}, "compare[0].y: required, but not given"),
+    ],
+)
+def test_bad_comparisons_name_the_comparison(write_study, comparison, message) -> None:
+    grid = {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}}, "layer_norm": [True, False]}
+    path = write_study({"grid": grid, "compare": [comparison]})
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(path)
+
+
+def test_comparisons_keep_levels_as_written_and_no_run_changes(write_study) -> None:
+    grid = {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}}, "layer_norm": [True, False]}
+    plain = load_study(write_study({"grid": grid}))
+    compared = load_study(
+        write_study(
+            {"grid": grid, "compare": [{"factor": "layer_norm", "x": True, "y": False, "where": {"algo": "TD3"}}]}
+        )
+    )
+    assert [(c.x, c.y, c.where) for c in compared.file.compare] == [("true", "false", {"algo": ["TD3"]})]
+    assert [r.run_id for r in compared.runs] == [r.run_id for r in plain.runs]
+
+
 def test_a_budget_picks_levels_of_the_grid(write_study) -> None:
     grid = {"exploration.param_noise.interval": [1, 8, "episode"], "layer_norm": [True, False]}
     small = {"total_steps": 500, "levels": {"interval": [8, "episode"], "layer_norm": True}}

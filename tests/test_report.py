@@ -257,3 +257,30 @@ def test_compute_is_the_wall_time_of_each_process_times_its_cpus() -> None:
         "Compute: 2 CPU-hours of training (wall time × CPUs) in 2 processes, stacked groups of up to 3 runs; "
         "3 runs resumed after an interruption count from the resume, so it is a lower bound."
     )
+
+
+def test_probabilities_of_improvement_are_the_comparisons_the_study_names(write_study) -> None:
+    """P(X better than Y) per comparison, over the runs `where` names, against hand-counted pairs:
+    with parameter noise k = 1 returns 10, 11, 12 against once per episode's 0, 1, 13 (6 of 9
+    pairs better); with action noise 0, 0, 0 against 5, 5, 5 (none). By default each level is
+    compared with its factor's last, over all runs: (6/9 + 0) / 2."""
+    from study.analysis.report import _improvement_table
+
+    grid = {
+        "exploration.param_noise.interval": [1, "episode"],
+        "noise": {"param": {}, "action": {"exploration.action_noise.type": "normal"}},
+    }
+    where = {"factor": "interval", "x": 1, "y": "episode", "where": {"noise": "param"}}
+    returns = {("1", "param"): [10, 11, 12], ("episode", "param"): [0, 1, 13], ("1", "action"): [0, 0, 0]}
+    rows = [
+        {"env": "Pendulum-v1", "interval": k, "noise": noise, "seed": seed, "final_return": value, "c_train": None}
+        for (k, noise) in [("1", "param"), ("episode", "param"), ("1", "action"), ("episode", "action")]
+        for seed, value in enumerate(returns.get((k, noise), [5, 5, 5]))
+    ]
+    metrics = pd.DataFrame(rows).astype({"interval": "category", "noise": "category", "c_train": float})
+    named = _improvement_table(metrics, load_study(write_study({"grid": grid, "compare": [where]})), reps=200)
+    assert "| interval | 1 vs episode | noise: param | final return (higher is better) | 0.67 [" in named
+    assert "param vs action" not in named and "C_train" not in named  # no C_train recorded: no row
+    default = _improvement_table(metrics, load_study(write_study({"grid": grid})), reps=200)
+    assert "| interval | 1 vs episode | all | final return (higher is better) | 0.33 [" in default
+    assert "| noise | param vs action | all |" in default

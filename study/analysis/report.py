@@ -14,7 +14,7 @@ from study.analysis.aggregates import MIN_SEEDS, REPS, cell_stats, probability_o
 from study.analysis.labels import config_label
 from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
 from study.analysis.settings import settings_markdown
-from study.config import FULL_BUDGET, RunSettings, Study, StudyError
+from study.config import FULL_BUDGET, Comparison, RunSettings, Study, StudyError
 from study.registry import ALGORITHMS
 from study.store import DAMAGED, DONE, FAILED, StudyResults, load_results
 
@@ -539,33 +539,50 @@ def _runs_per_cell(study: Study, states: pd.Series) -> str:
 
 
 def _improvement_table(metrics: pd.DataFrame, study: Study, reps: int) -> str:
-    """P(each level beats the factor's last level), on final return and on C_train."""
+    """P(X better than Y) on final return and on C_train, for the study's `compare` (by default,
+    each level of a factor against its last)."""
     lines = []
-    for factor, levels in study.factor_levels.items():
-        if len(levels) < 2 or factor in CHAIN_LENGTH_FACTORS:  # a task's size is not a choice to compare
-            continue
-        reference = levels[-1]
-        for level in levels[:-1]:
-            for metric in ("final_return", "c_train"):
-                if metrics[metric].isna().all():
-                    continue
-                p = probability_of_improvement(metrics, factor, level, reference, metric, reps=reps)
-                if p["tasks"]:
-                    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
-                    lines.append(
-                        f"| {factor} | {level} vs {reference} | {LABELS[metric]} ({better} is better) | "
-                        f"{p['p']:.2f} [{p['low']:.2f}, {p['high']:.2f}] |"
-                    )
+    for comparison in _comparisons(study):
+        factor, x, y = comparison.factor, comparison.x, comparison.y
+        if factor not in study.factors or not {x, y} <= set(study.factor_levels[factor]):
+            continue  # a level this budget or selection does not run
+        runs = metrics
+        for column, levels in comparison.where.items():
+            runs = runs[runs[column].isin(levels)]
+        where = "; ".join(f"{column}: {', '.join(levels)}" for column, levels in comparison.where.items())
+        for metric in ("final_return", "c_train"):
+            if runs[metric].isna().all():
+                continue
+            p = probability_of_improvement(runs, factor, x, y, metric, reps=reps)
+            if p["tasks"]:
+                better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+                lines.append(
+                    f"| {factor} | {x} vs {y} | {where or 'all'} | {LABELS[metric]} ({better} is better) | "
+                    f"{p['p']:.2f} [{p['low']:.2f}, {p['high']:.2f}] |"
+                )
     if not lines:
         return ""
     head = [
-        "P(X better than Y): over seeds, averaged over envs and the other factors' levels, with 95% bootstrap "
-        "CIs; 0.5 means no difference.",
+        "P(X better than Y): over seeds, averaged over envs and the other factors' levels (of the runs "
+        "named), with 95% bootstrap CIs; 0.5 means no difference.",
         "",
-        "| factor | X vs Y | metric | P(X better) [95% CI] |",
-        "|---|---|---|---|",
+        "| factor | X vs Y | runs | metric | P(X better) [95% CI] |",
+        "|---|---|---|---|---|",
     ]
     return "\n".join(head + lines) + "\n"
+
+
+def _comparisons(study: Study) -> list[Comparison]:
+    """The study's `compare`, or each level of each factor against the factor's last level (a
+    task's size, the chain length, is not a choice to compare)."""
+    if study.file.compare:
+        return study.file.compare
+    return [
+        Comparison(factor=factor, x=level, y=levels[-1])
+        for factor, levels in study.factor_levels.items()
+        if factor not in CHAIN_LENGTH_FACTORS
+        for level in levels[:-1]
+    ]
 
 
 def _stats_markdown(stats: pd.DataFrame, factors: list[str]) -> str:
