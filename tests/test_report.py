@@ -279,8 +279,8 @@ def test_probabilities_of_improvement_are_the_comparisons_the_study_names(write_
     ]
     metrics = pd.DataFrame(rows).astype({"interval": "category", "noise": "category", "c_train": float})
     named = _improvement_table(metrics, load_study(write_study({"grid": grid, "compare": [where]})), reps=200)
-    assert "| interval | 1 vs episode | noise: param | final return (higher is better) | 0.67 [" in named
+    assert "| k | k = 1 vs k = episode | param | final return (higher is better) | 0.67 [" in named
     assert "param vs action" not in named and "C_train" not in named  # no C_train recorded: no row
     default = _improvement_table(metrics, load_study(write_study({"grid": grid})), reps=200)
-    assert "| interval | 1 vs episode | all | final return (higher is better) | 0.33 [" in default
-    assert "| noise | param vs action | all |" in default
+    assert "| k | k = 1 vs k = episode | all | final return (higher is better) | 0.33 [" in default
+    assert "| noise | param vs action | all |" in default  # levels as readers name them

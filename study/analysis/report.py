@@ -11,7 +11,7 @@ import pandas as pd
 
 from study.analysis import figures, tables
 from study.analysis.aggregates import MIN_SEEDS, REPS, cell_stats, probability_of_improvement
-from study.analysis.labels import config_label
+from study.analysis.labels import config_label, factor_name, level_label
 from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
 from study.analysis.settings import settings_markdown
 from study.config import FULL_BUDGET, Comparison, RunSettings, Study, StudyError
@@ -549,7 +549,11 @@ def _improvement_table(metrics: pd.DataFrame, study: Study, reps: int) -> str:
         runs = metrics
         for column, levels in comparison.where.items():
             runs = runs[runs[column].isin(levels)]
-        where = "; ".join(f"{column}: {', '.join(levels)}" for column, levels in comparison.where.items())
+        where = ", ".join(
+            level if column == "env" else level_label(column, level)
+            for column, levels in comparison.where.items()
+            for level in levels
+        )
         for metric in ("final_return", "c_train"):
             if runs[metric].isna().all():
                 continue
@@ -557,7 +561,8 @@ def _improvement_table(metrics: pd.DataFrame, study: Study, reps: int) -> str:
             if p["tasks"]:
                 better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
                 lines.append(
-                    f"| {factor} | {x} vs {y} | {where or 'all'} | {LABELS[metric]} ({better} is better) | "
+                    f"| {factor_name(factor)} | {level_label(factor, x)} vs {level_label(factor, y)} | "
+                    f"{where or 'all'} | {LABELS[metric]} ({better} is better) | "
                     f"{p['p']:.2f} [{p['low']:.2f}, {p['high']:.2f}] |"
                 )
     if not lines:
