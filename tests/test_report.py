@@ -284,3 +284,42 @@ def test_probabilities_of_improvement_are_the_comparisons_the_study_names(write_
     default = _improvement_table(metrics, load_study(write_study({"grid": grid})), reps=200)
     assert "| k | k = 1 vs k = episode | all | final return (higher is better) | 0.33 [" in default
     assert "| noise | param vs action | all |" in default  # levels as readers name them
+
+
+def test_horizontal_lines_on_top_of_each_other_are_named() -> None:
+    """Baselines whose IQMs differ by at most 1% of the env's range (0 to 100 here) coincide."""
+    from study.analysis.figures import coinciding_levels
+
+    values = {"none": [0.0, 0.1, 0.2, 0.3], "OU": [0.5, 0.6, 0.7, 0.8], "pink": [90.0, 91.0, 92.0, 100.0]}
+    runs = pd.DataFrame(
+        [{"env": "E", "noise": name, "final_return": v} for name, vs in values.items() for v in vs]
+    ).astype({"noise": "category"})
+    assert coinciding_levels(runs, ["noise"], "final_return") == {"E": [["none", "OU"]]}  # IQMs 0.15 and 0.65
+    narrow = runs[runs["noise"] != "pink"]  # a range of 0.8: 1% of it no longer covers 0.5
+    assert coinciding_levels(narrow, ["noise"], "final_return") == {}
+    assert coinciding_levels(narrow, ["noise"], "final_return", scale=runs) == {"E": [["none", "OU"]]}
+
+
+def test_episodes_to_solve_bolds_the_best_and_what_cannot_be_told_from_it() -> None:
+    """Per N, the lowest median in bold with every median whose interquartile range overlaps the
+    best's; none where all overlap."""
+    from study.analysis.tables import solve_table
+
+    solves = {
+        ("a", 5): [90, 100, 100, 110],  # median 100, IQR [97.5, 102.5]
+        ("b", 5): [95, 101, 103, 120],  # 102 [99.5, 107.25]: overlaps a's
+        ("c", 5): [280, 300, 300, 320],  # told apart
+        ("a", 10): [100, 110, 120, 130],
+        ("b", 10): [105, 115, 125, 135],
+        ("c", 10): [110, 120, 130, 140],  # every range overlaps the best's
+    }
+    metrics = pd.DataFrame(
+        [
+            {"env": "E", "method": m, "n": n, "seed": i, "episodes_to_solve": float(v)}
+            for (m, n), values in solves.items()
+            for i, v in enumerate(values)
+        ]
+    ).astype({"method": "category", "n": "category"})
+    best = solve_table(metrics, "n", ["method"], budget=1000).attrs["best"]
+    assert best["N = 5"].to_dict() == {"a": True, "b": True, "c": False}
+    assert not best["N = 10"].any()

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles, score_distribution
+from study.analysis.aggregates import CONFIDENCE, REPS, cell_stats, censored_quantiles, iqm, score_distribution
 from study.analysis.labels import (
     MARKERS,
     config_label,
@@ -224,6 +224,23 @@ def coinciding_scores(metrics: pd.DataFrame, factors: Sequence[str]) -> dict[str
     return out
 
 
+def coinciding_levels(
+    runs: pd.DataFrame, factors: Sequence[str], metric: str, scale: pd.DataFrame | None = None
+) -> dict[str, list[list[str]]]:
+    """Per env, the sets of configurations whose IQM of `metric` is equal to 1% of the env's range
+    of it (over `scale`'s runs, `runs` by default): horizontal lines drawn on top of each other."""
+    frame = runs.dropna(subset=[metric]).assign(config=lambda f: config_label(f, factors))
+    scale = frame if scale is None else scale.dropna(subset=[metric])
+    out = {}
+    for env, rows in frame.groupby("env", sort=False):
+        span = float(np.ptp(scale.loc[scale["env"] == env, metric].to_numpy(dtype=float))) or 1.0
+        levels = {c: iqm(g[metric].to_numpy(dtype=float)) for c, g in rows.groupby("config", sort=False)}
+        sets = _equal_sets(levels, lambda a, b, span=span: abs(a - b) <= 0.01 * span)
+        if sets:
+            out[env] = sets
+    return out
+
+
 def _equal_sets(items: dict[str, Any], equal: Callable[[Any, Any], bool]) -> list[list[str]]:
     """Groups of two or more keys whose values are `equal` to the group's first."""
     sets: list[list[str]] = []
@@ -406,14 +423,22 @@ def _baseline_levels(
     if not len(stats):
         return
     stats["config"] = config_label(stats, factors)
-    colors = palette(offset + len(stats))[offset:]
+    colors = [_legible(color) for color in palette(offset + len(stats))[offset:]]
     right = blended_transform_factory(ax.transAxes, ax.transData)  # x in the panel's width, y in data
     for i, (color, linestyle, row) in enumerate(
         zip(colors, [":", "-.", (0, (1, 3)), (0, (5, 2))] * 8, stats.itertuples(), strict=False)
     ):
-        ax.axhline(row.iqm, color=color, linestyle=linestyle, linewidth=1.2, label=row.config)
+        ax.axhline(row.iqm, color=color, linestyle=linestyle, linewidth=1.6, label=row.config)
         x = 1.02 + 0.018 * i
         ax.plot([x, x], [row.iqm_low, row.iqm_high], color=color, linewidth=2, transform=right, clip_on=False)
+
+
+def _legible(color: tuple[float, float, float], luminance: float = 0.6) -> tuple[float, float, float]:
+    """A color darkened until a thin dotted line of it stands out on white (the palette's yellow)."""
+    r, g, b = color
+    light = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    scale = min(1.0, luminance / light) if light else 1.0
+    return (r * scale, g * scale, b * scale)
 
 
 #: from this many levels on, `factor_comparison` lists the levels down the y axis
@@ -493,17 +518,18 @@ def tradeoff(metrics: pd.DataFrame, factors: Sequence[str], cost: str = "c_train
                 xerr=np.nan_to_num(row.se_cost),
                 yerr=np.nan_to_num(row.se_return),
                 fmt=styles[row.config]["marker"],
-                markersize=8 - 4 * i / max(len(rows) - 1, 1),  # later points smaller: a point on top of another
+                markersize=9 - 3 * i / max(len(rows) - 1, 1),  # later points smaller: a point on top of another
                 markerfacecolor="none",  # stays visible inside it
-                markeredgewidth=1.4,
+                markeredgewidth=1.6,
+                elinewidth=0.8,  # thinner than the marker's edge, which stays visible on its bars
                 capsize=3,
                 color=styles[row.config]["color"],
                 label=row.config,
             )
         log = _cost_scale(ax, rows["mean_cost"])
         ax.set_title(env)
-        ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)" + (", log scale" if log else ""))
-        ax.set_ylabel("final return")
+        ax.set_xlabel(f"{LABELS.get(cost, cost)} (mean; lower: smoother)" + (", log scale" if log else ""))
+        ax.set_ylabel("final return (mean)")
     return _finish(fig, axes, len(envs), legend_title(factors))
 
 
@@ -560,9 +586,10 @@ def tradeoff_by_interval(
                 yerr=group["se_return"].fillna(0),
                 color=style["color"],
                 marker=style["marker"],
-                markersize=8 - 4 * i / max(len(configs) - 1, 1),  # as in `tradeoff`: points on top of
+                markersize=9 - 3 * i / max(len(configs) - 1, 1),  # as in `tradeoff`: points on top of
                 markerfacecolor="none",  # each other stay visible
-                markeredgewidth=1.4,
+                markeredgewidth=1.6,
+                elinewidth=0.8,
                 linestyle=style["linestyle"] if joined else "none",
                 capsize=2,
                 label=config,
@@ -579,7 +606,8 @@ def tradeoff_by_interval(
                 yerr=np.nan_to_num(row.se_return),
                 fmt=marker,
                 markerfacecolor="none",
-                markeredgewidth=1.4,
+                markeredgewidth=1.6,
+                elinewidth=0.8,
                 capsize=3,
                 color=color,
                 label=row.config,
@@ -587,8 +615,8 @@ def tradeoff_by_interval(
         costs = pd.concat([curves.loc[curves["env"] == env, "mean_cost"], env_points.get("mean_cost", pd.Series())])
         log = _cost_scale(ax, costs)
         ax.set_title(env)
-        ax.set_xlabel(f"{LABELS.get(cost, cost)} (lower: smoother)" + (", log scale" if log else ""))
-        ax.set_ylabel("final return")
+        ax.set_xlabel(f"{LABELS.get(cost, cost)} (mean; lower: smoother)" + (", log scale" if log else ""))
+        ax.set_ylabel("final return (mean)")
         shown = pd.concat([curves[curves["env"] == env], env_points])
         drawn = shown[["mean_cost", "mean_return", "se_cost", "se_return"]].fillna(0)
         placing.append((ax, labels, list(drawn.itertuples(index=False, name=None))))
@@ -687,10 +715,10 @@ def sigma_trajectories(
     columns: str | None = None,
 ) -> Figure:
     """σ and the measured distance d over training (median over seeds, IQR band; d smoothed
-    by a running mean), per configuration; dashed lines: the target distance δ of each
-    configuration where fixed. One column of panels per env, or with `columns` per level of
-    that factor (e.g. the chain length). `distance` names the measure (a key of
-    DISTANCE_LABELS); NoisyNet's σ is its mean |σ|."""
+    by a running mean), per configuration; wide pale lines: the target distance δ of each
+    configuration where fixed; σ on a log scale where it spans more than a decade. One column
+    of panels per env, or with `columns` per level of that factor (e.g. the chain length).
+    `distance` names the measure (a key of DISTANCE_LABELS); NoisyNet's σ is its mean |σ|."""
     lines = [f for f in factors if f != columns]
     frame = adaptations.assign(config=config_label(adaptations, lines))
     frame["delta"] = frame["run_id"].map(targets)
@@ -719,11 +747,14 @@ def sigma_trajectories(
                 ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, linewidth=0)
             for delta in group["delta"].dropna().unique():
                 color = "grey" if frame["delta"].nunique() == 1 else styles[config]["color"]
-                axes[1, col].axhline(delta, color=color, linestyle="--", linewidth=1)
+                axes[1, col].axhline(delta, color=color, linewidth=5, alpha=0.25, solid_capstyle="butt")
         axes[0, col].set_title(panel)
         if cols <= 4:
             axes[1, col].set_xlabel("environment steps")
         axes[1, col].set_yscale("log")
+        sigmas = frame.loc[frame["panel"] == panel, "sigma"]
+        if (sigmas > 0).any() and sigmas.max() > 10 * sigmas[sigmas > 0].min():  # σ adapted over decades
+            axes[0, col].set_yscale("log")
         for ax in axes[:, col]:
             ax.xaxis.set_major_formatter(STEPS)
             if cols > 4:
@@ -734,7 +765,7 @@ def sigma_trajectories(
     if cols > 4:
         fig.supxlabel("environment steps", y=0.0, fontsize="medium")
     drawn = frame["delta"].notna().any()
-    _legend(fig, axes, legend_title(lines) + ("   (dashed: target distance δ)" if drawn else ""))
+    _legend(fig, axes, legend_title(lines) + ("   (wide pale line: target distance δ)" if drawn else ""))
     fig.tight_layout()
     return fig
 

@@ -197,12 +197,20 @@ def build_report(
         if baselines is not None and len(baselines)
         else ""
     )
+
+    def on_top(metric: str) -> str:
+        if baselines is None or not len(baselines):
+            return ""
+        sets = figures.coinciding_levels(baselines, baseline_factors, metric, scale=metrics)
+        quantity = "return" if metric == "final_return" else "C_train"
+        return _coinciding(sets, "Horizontal lines", "their IQMs", quantity)
+
     if interval:
         figure(
             "return_vs_interval",
             "Final return against the noise sampling interval k: IQM over seeds with 95% bootstrap confidence "
             "intervals; `episode` resamples only at episode starts (drawn apart, with the mean length of those "
-            "runs' training episodes); configurations side by side at each k." + drawn_apart,
+            "runs' training episodes); configurations side by side at each k." + drawn_apart + on_top("final_return"),
             lambda: figures.metric_vs_interval(
                 k_metrics,
                 interval,
@@ -218,7 +226,9 @@ def build_report(
             figure(
                 "continuity_vs_interval",
                 "Continuity cost of the training episodes (C_train, 0–100, lower is smoother) against the "
-                "sampling interval k: IQM over seeds with 95% bootstrap confidence intervals." + drawn_apart,
+                "sampling interval k: IQM over seeds with 95% bootstrap confidence intervals."
+                + drawn_apart
+                + on_top("c_train"),
                 lambda: figures.metric_vs_interval(
                     k_metrics,
                     interval,
@@ -263,8 +273,9 @@ def build_report(
             "sigma",
             "Adaptive parameter noise: σ and the measured distance d over training (median over seeds, "
             "interquartile band; d as a running mean over 1/40 of the run, since one adaptation measures one "
-            "batch); dashed: the target distance δ where it is fixed. NoisyNet runs show the mean |σ| of their "
-            "noisy layers." + (" One column per chain length N." if chain_n else ""),
+            "batch); wide pale lines: the target distance δ where it is fixed; σ on a log scale where it spans more "
+            "than a decade. NoisyNet runs show the mean |σ| of their noisy layers."
+            + (" One column per chain length N." if chain_n else ""),
             lambda: figures.sigma_trajectories(
                 _within_budget(loaded.adaptations, loaded),
                 factors,
@@ -372,7 +383,9 @@ def _episode_length(results: StudyResults, metrics: pd.DataFrame, interval: str)
     }
 
 
-def _coinciding(sets: dict[str, list[list[str]]], what: str = "Curves", equal: str = "") -> str:
+def _coinciding(
+    sets: dict[str, list[list[str]]], what: str = "Curves", equal: str = "", quantity: str = "return"
+) -> str:
     """A caption's sentence naming the lines of a figure that lie on top of each other."""
     if not sets:
         return ""
@@ -380,7 +393,7 @@ def _coinciding(sets: dict[str, list[list[str]]], what: str = "Curves", equal: s
         (f"{env}: " if len(sets) > 1 else "") + "; ".join(" = ".join(f"‘{m}’" for m in members) for members in groups)
         for env, groups in sets.items()
     )
-    return f" {what} on top of each other ({equal + ' ' if equal else ''}equal to 1% of the return range): {named}."
+    return f" {what} on top of each other ({equal + ' ' if equal else ''}equal to 1% of the {quantity} range): {named}."
 
 
 def _state(run_id: str, states: pd.Series, damaged: dict[str, str]) -> str:

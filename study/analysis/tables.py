@@ -72,7 +72,8 @@ def solve_table(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: f
     """Episodes to solve as strings (config × N): "median [q1, q3] (solved/seeds · k init)" over
     seeds, with unsolved runs censored at `budget` and "≥" on a quantile that depends on one, and
     k the runs whose untrained greedy policy was already optimal at the first evaluation (where
-    recorded); the lowest median of each N in bold."""
+    recorded). In bold, per N: the lowest median and each median whose interquartile range
+    overlaps its own (none where every configuration's does, or where one alone is listed)."""
     keys = ["env", *factors] if metrics["env"].nunique() > 1 else list(factors)
     frame = metrics.assign(config=config_label(metrics, keys))
     configs = ordered_configs(frame, keys)
@@ -80,6 +81,7 @@ def solve_table(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: f
     columns = [f"N = {level}" for level in levels]
     table = pd.DataFrame("", index=configs, columns=columns)
     medians = pd.DataFrame(float("nan"), index=configs, columns=columns)
+    lows, highs = medians.copy(), medians.copy()
     for (config, level), group in frame.groupby(["config", frame[n].astype(str)], observed=True):
         q = censored_quantiles(group["episodes_to_solve"], budget)
         value = [("≥ " if row.censored else "") + f"{row.value:.0f}" for row in q.itertuples()]
@@ -91,7 +93,18 @@ def solve_table(metrics: pd.DataFrame, n: str, factors: Sequence[str], budget: f
         table.loc[config, column] = f"{value[1]} [{value[0]}, {value[2]}] ({solved}/{len(group)}{init})"
         if not q["censored"][0.5]:
             medians.loc[config, column] = q["value"][0.5]
-    table.attrs["best"] = medians.eq(medians.min()) & medians.notna()
+            lows.loc[config, column] = q["value"][0.25]
+            highs.loc[config, column] = np.inf if q["censored"][0.75] else q["value"][0.75]
+    tied = pd.DataFrame(False, index=configs, columns=columns)
+    for column in columns:
+        known = medians[column].dropna()
+        if known.empty:  # no configuration solves half its runs
+            continue
+        best = known.idxmin()
+        overlap = (lows[column] <= highs.loc[best, column]) & (highs[column] >= lows.loc[best, column])
+        if overlap.sum() < len(configs):  # some configuration is told apart from the best
+            tied[column] = overlap
+    table.attrs["best"] = tied
     return table
 
 
