@@ -115,7 +115,7 @@ def test_levels_are_named_as_readers_name_them() -> None:
     assert level_label("noise", "param k=episode") == "param k = episode"
     assert level_label("noise", "none, train every 8") == "none, train every 8"
     frame = pd.DataFrame({"method": ["epsilon-greedy"], "replay": ["uniform"], "n": ["20"]})
-    assert config_label(frame, ["method", "replay", "n"]).tolist() == ["epsilon-greedy, uniform replay, N = 20"]
+    assert config_label(frame, ["method", "replay", "n"]).tolist() == ["ε-greedy, uniform replay, N = 20"]
 
 
 def test_probability_of_improvement_needs_two_seeds_of_each_level() -> None:
