@@ -28,6 +28,8 @@ from study.analysis.tables import mean_se, results_table, significant, tied_best
         (-0.0004, 0.00004, "-0.000400 ± 0.000040"),
         (3.0, float("nan"), "3.00"),  # one seed: no s.e., three significant digits
         (0.0, 0.0, "0 ± 0"),
+        (11.0, 0.0, "11.0 ± 0"),  # every seed alike: the mean to three significant digits
+        (0.058, 1e-12, "0.0580 ± 0"),  # an s.e. too small to show beside its mean
         (-0.00001, 0.3, "0.00 ± 0.30"),  # never "-0.00"
     ],
 )

@@ -611,6 +611,9 @@ def _stats_markdown(stats: pd.DataFrame, factors: list[str]) -> str:
         at_se = tables.decimals(row["se"], row["mean"])
         at_ci = tables.decimals((row["iqm_high"] - row["iqm_low"]) / 2, row["iqm"])
         digits = {"mean": at_se, "se": at_se, "iqm": at_ci, "iqm_low": at_ci, "iqm_high": at_ci}
-        cells = [tables.fmt(row[c], digits[c]) if c in digits else str(row[c]) for c in columns]
+        cells = [
+            tables.fmt_se(row[c], at_se) if c == "se" else tables.fmt(row[c], digits[c]) if c in digits else str(row[c])
+            for c in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

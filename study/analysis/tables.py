@@ -28,15 +28,22 @@ def fmt(value: float, digits: int = 0) -> str:
 
 
 def decimals(se: float, mean: float) -> int:
-    """Decimals that show a standard error to two significant digits (a mean without one to three)."""
-    scale = se if pd.notna(se) and se > 0 else abs(mean) / 10 if pd.notna(mean) and mean != 0 else 10.0
+    """Decimals that show a standard error to two significant digits (a mean without one, or
+    with one too small to show beside it, to three)."""
+    shown = pd.notna(se) and se > 0 and (pd.isna(mean) or se > 1e-6 * abs(mean))
+    scale = se if shown else abs(mean) / 10 if pd.notna(mean) and mean != 0 else 10.0
     return int(min(6, max(0, 1 - np.floor(np.log10(scale)))))
+
+
+def fmt_se(se: float, digits: int) -> str:
+    """A standard error at `digits` decimals; "0" where it rounds to nothing (every seed alike)."""
+    return fmt(se, digits) if pd.isna(se) or round(se, digits) != 0 else "0"
 
 
 def mean_se(mean: float, se: float) -> str:
     """ "mean ± se" at the standard error's precision: −116 ± 15, 94.49 ± 0.05, −0.0025 ± 0.0015."""
     digits = decimals(se, mean)
-    return fmt(mean, digits) + ("" if pd.isna(se) else f" ± {fmt(se, digits)}")
+    return fmt(mean, digits) + ("" if pd.isna(se) else f" ± {fmt_se(se, digits)}")
 
 
 def significant(value: float, digits: int = 3) -> str:
