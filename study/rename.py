@@ -152,7 +152,7 @@ def reuse_runs(study: Study, source: str, results: Path | str = "results", dry_r
 
     A run's results follow from its settings and seed alone, so the copy is the run `study` would
     train. Its spec.yaml and meta.json take `study`'s name, budget, factors and id, meta.json
-    records where it came from (`reused_from`: study, budget and id), and its manifest is renewed;
+    records where it was trained (`reused_from`: study, budget and id), and its manifest is renewed;
     each is written whole under a temporary name first. Every source record is checked before
     any is copied (also with `dry_run`, which changes nothing). Holds `study`'s lock.
     """
@@ -172,7 +172,8 @@ def reuse_runs(study: Study, source: str, results: Path | str = "results", dry_r
         for new, (old, meta, recorded) in copies.items():
             spec = planned[new]
             renamed = {"study": study.name, "budget": spec.budget}
-            reused_from = {"study": meta["study"], "budget": meta["budget"], "run_id": old}
+            # where the run was trained: a copy of a copy names the study that trained it
+            reused_from = meta.get("reused_from") or {"study": meta["study"], "budget": meta["budget"], "run_id": old}
             _write_record(origin / old, folder, spec, meta | renamed | {"reused_from": reused_from}, recorded | renamed)
             shutil.rmtree(folder / CHECKPOINTS / new, ignore_errors=True)  # a partial run of it, superseded
     return {new: old for new, (old, _, _) in copies.items()}

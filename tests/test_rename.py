@@ -164,6 +164,11 @@ def test_another_studys_runs_are_copied_under_this_studys_ids(results, other) ->
     before, after = load_results(smoke, results), load_results(study, results)
     assert sorted(after.runs["final_return"]) == sorted(before.runs["final_return"])
     assert reuse_runs(study, "smoke", results) == {}  # nothing left to copy
+    third = other.with_name("third.yaml")
+    third.write_text(other.read_text().replace("name: other", "name: third"))
+    for new, old in reuse_runs(load_study(third), "other", results).items():  # a copy of a copy
+        meta = json.loads((results / "third" / new / META).read_text())
+        assert meta["reused_from"] == {"study": "smoke", "budget": "full", "run_id": copies[old]}
 
 
 def test_only_finished_runs_missing_here_are_copied(results, other) -> None:
