@@ -31,7 +31,7 @@ def test_reference_sampling_interval_study_loads_complete() -> None:
     assert (REFERENCE / "sampling_interval" / "report-reduced" / "report.md").is_file()
 
 
-@pytest.mark.parametrize(("budget", "steps"), [("mountaincar", 60_000), ("halfcheetah", 100_000)])
+@pytest.mark.parametrize(("budget", "steps"), [("mountaincar", 60_000), ("halfcheetah", 100_000), ("hopper", 100_000)])
 def test_reference_td3_sampling_interval_loads_complete(budget: str, steps: int) -> None:
     study = load_study(ROOT / "ablations" / "sampling_interval.yaml", budget=budget)
     results = load_results(study, REFERENCE)
@@ -78,6 +78,35 @@ def _episodes(results: StudyResults, **levels: str) -> pd.DataFrame:
     for factor, level in levels.items():
         rows = rows[rows[factor] == level]
     return rows.sort_values(["seed", "episode"])[["seed", "episode", "return", "continuity_cost"]]
+
+
+def test_reference_td3_hopper_sampling_interval_repeats_once_per_episode() -> None:
+    """TD3 on Hopper at every k: k = 1 acts least smoothly and k = 64 ends below once per episode.
+    Once-per-episode runs record the Hopper layer-norm study's layer-norm-on parameter-noise
+    episodes to the last digit, and k = 256 records once per episode's until the first training
+    episode longer than 256 steps (seed 5 has none, and is the same run throughout)."""
+    study = load_study(ROOT / "ablations" / "sampling_interval.yaml", budget="hopper")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert metrics.groupby("interval", observed=True)["c_train"].mean().idxmax() == "1"
+    assert probability_of_improvement(metrics, "interval", "64", "episode", "final_return")["high"] < 0.5
+    layer_norm = load_results(load_study(ROOT / "ablations" / "layer_norm.yaml", budget="hopper"), REFERENCE)
+    ours, theirs = _episodes(results, interval="episode"), _episodes(layer_norm, layer_norm="true", noise="param noise")
+    assert len(ours) == len(theirs) > 0
+    np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
+    episodes = results.episodes
+    for seed in range(10):
+        k256, once = (
+            episodes[(episodes["interval"] == k) & (episodes["seed"] == seed)].sort_values("episode")
+            for k in ("256", "episode")
+        )
+        long = np.flatnonzero(k256["length"].to_numpy() > 256)
+        same = long[0] if len(long) else len(k256)
+        assert (seed == 5) == (len(long) == 0)
+        np.testing.assert_array_equal(k256["return"].to_numpy()[:same], once["return"].to_numpy()[:same])
+        if len(long):
+            assert k256["return"].iloc[same] != once["return"].iloc[same]
+    assert (REFERENCE / "sampling_interval" / "report-hopper" / "report.md").is_file()
 
 
 def test_reference_td3_halfcheetah_layer_norm_repeats_the_sampling_interval_runs() -> None:
