@@ -323,3 +323,17 @@ def test_episodes_to_solve_bolds_the_best_and_what_cannot_be_told_from_it() -> N
     best = solve_table(metrics, "n", ["method"], budget=1000).attrs["best"]
     assert best["N = 5"].to_dict() == {"a": True, "b": True, "c": False}
     assert not best["N = 10"].any()
+
+
+def test_the_solved_fraction_caption_names_panels_no_run_solves() -> None:
+    from study.analysis.report import _unsolved_panels
+
+    metrics = pd.DataFrame(
+        {
+            "actions": ["fixed", "fixed", "randomized", "randomized"],
+            "n": ["5", "10", "5", "10"],
+            "episodes_to_solve": [100.0, 300.0, 200.0, float("nan")],
+        }
+    ).astype({"actions": "category", "n": "category"})
+    assert _unsolved_panels(metrics, "n", "actions").endswith(": randomized actions, N = 10.")
+    assert _unsolved_panels(metrics.fillna(1.0), "n", None) == ""

@@ -139,9 +139,19 @@ def _warmup(ax: plt.Axes, steps: float | None) -> None:
     """Shade the warm-up (random actions, no training) at the left of a learning-curve panel."""
     if steps:
         ax.axvspan(0, steps, color="grey", alpha=0.12, linewidth=0)
-        if steps >= 0.12 * ax.get_xlim()[1]:  # named where the name fits
+        share = steps / ax.get_xlim()[1]
+        if share >= 0.03:  # named across where it fits, upright in a narrow band
+            upright = share < 0.12
             ax.text(
-                steps / 2, 0.02, "warm-up", transform=ax.get_xaxis_transform(), ha="center", fontsize=7, color="dimgrey"
+                steps / 2,
+                0.04 if upright else 0.02,
+                "warm-up",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                rotation=90 if upright else 0,
+                fontsize=7,
+                color="dimgrey",
             )
 
 

@@ -147,8 +147,8 @@ def build_report(
         caption = (
             f"{study.name}: episodes to solve, median [interquartile range] over seeds (solved / seeds · runs "
             "whose untrained greedy policy was optimal at the first evaluation); only evaluations after learning "
-            f"began count; unsolved runs censored at {budget:.0f} episodes, ≥ marks a lower bound; lowest median "
-            "per N in bold."
+            f"began count; unsolved runs censored at {budget:.0f} episodes, ≥ marks a lower bound; in bold per N, "
+            "the lowest median and every median whose interquartile range overlaps it (none where all do)."
         )
         (report.folder / "episodes_to_solve.md").write_text(tables.to_markdown(solve))
         (report.folder / "episodes_to_solve.tex").write_text(tables.to_latex(solve, caption))
@@ -157,7 +157,8 @@ def build_report(
             "solved_fraction",
             "Fraction of seeds solved (greedy policy optimal in `solved_window` consecutive evaluations) by each "
             "training episode, one panel per chain length N"
-            + (f" (one row per level of `{chain_panel}`)." if chain_panel else "."),
+            + (f" (one row per level of `{chain_panel}`)." if chain_panel else ".")
+            + _unsolved_panels(metrics, chain_n, chain_panel),
             lambda: figures.solved_fraction(metrics, chain_n, chain_others, budget, chain_panel),
         )
     else:
@@ -381,6 +382,19 @@ def _episode_length(results: StudyResults, metrics: pd.DataFrame, interval: str)
         env: f"{row['max']:.0f}" if row["min"] == row["max"] else f"≈{row['mean']:.0f}"
         for env, row in lengths.iterrows()
     }
+
+
+def _unsolved_panels(metrics: pd.DataFrame, n: str, panel: str | None) -> str:
+    """A caption's sentence naming the panels where no run is solved: every line lies at 0 there."""
+    keys = [panel, n] if panel else [n]
+    solved = metrics["episodes_to_solve"].notna().groupby([metrics[k] for k in keys], observed=True).sum()
+    empty = [key if isinstance(key, tuple) else (key,) for key, count in solved.items() if count == 0]
+    if not empty:
+        return ""
+    named = "; ".join(
+        ", ".join(level_label(k, level, first=False) for k, level in zip(keys, key, strict=True)) for key in empty
+    )
+    return f" No run is solved in these panels, where every line lies at 0, on top of the others: {named}."
 
 
 def _coinciding(
