@@ -215,7 +215,7 @@ def test_factor_comparison_wraps_long_level_names() -> None:
     ).assign(final_return=range(8))
     fig = factor_comparison(metrics, "noise", [], "final_return", reps=50)
     labels = [tick.get_text() for tick in fig.axes[0].get_xticklabels()]
-    assert labels == ["none", "unstructured", "param\nnoise", "gSDE-8"]
+    assert labels == ["none", "unstructured", "parameter\nnoise", "gSDE-8"]
 
 
 def test_curves_draw_each_run_up_to_its_budget() -> None:

@@ -25,9 +25,11 @@ GREEK = {"sigma": "σ", "delta": "δ", "beta": "β", "alpha": "α", "epsilon": "
 
 
 def _spelled(text: str) -> str:
-    """A label's `name=value` parts and Greek names as readers write them: "fixed sigma=0.05" →
-    "fixed σ = 0.05", "epsilon-greedy" → "ε-greedy", "ez-greedy" → "εz-greedy"."""
+    """A label's `name=value` parts, Greek names and abbreviations as readers write them: "fixed
+    sigma=0.05" → "fixed σ = 0.05", "epsilon-greedy" → "ε-greedy", "ez-greedy" → "εz-greedy",
+    "param noise" → "parameter noise"."""
     text = re.sub(r"\b(\w+)=(?=\S)", lambda m: f"{GREEK.get(m[1], m[1])} = ", text)
+    text = re.sub(r"\bparam noise\b", "parameter noise", text)
     return re.sub(r"\b(epsilon|ez)-", lambda m: "ε-" if m[1] == "epsilon" else "εz-", text)
 
 
