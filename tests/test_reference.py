@@ -243,17 +243,21 @@ def test_reference_td3_mountaincar_decoupling_repeats_the_sampling_interval_runs
 
 
 def test_reference_sac_halfcheetah_decoupling_loads_complete() -> None:
-    """SAC's parameter-noise rows on HalfCheetah (every 8 steps, once per episode; trained at
-    episode ends or every step): every run learns to run, and the schedule is not told apart."""
+    """SAC's parameter noise and gSDE on HalfCheetah (every 8 steps, once per episode; trained at
+    episode ends or every step), all stacked: every run learns to run, the schedule is told apart
+    for neither noise, and gSDE every 8 steps ends below parameter noise every 8 steps."""
     study = load_study(ROOT / "ablations" / "decoupling.yaml", budget="halfcheetah")
     metrics = run_metrics(load_results(study, REFERENCE))
-    assert len(metrics) == 40 and (metrics.groupby(["noise", "training"], observed=True).size() == 10).all()
+    assert len(metrics) == 80 and (metrics.groupby(["noise", "training"], observed=True).size() == 10).all()
     assert {(s.settings.algo, s.settings.layer_norm, s.settings.engine) for s in study.runs} == {
         ("sac", False, "stacked")
     }
     assert (metrics["total_steps"] == 100_000).all() and (metrics["final_return"] > 3_000).all()
-    p = probability_of_improvement(metrics, "training", "episode end", "every step", "final_return")
-    assert p["low"] < 0.5 < p["high"]
+    for family in ("param", "gSDE"):
+        runs = metrics[metrics["noise"].str.startswith(family)]
+        p = probability_of_improvement(runs, "training", "episode end", "every step", "final_return")
+        assert p["low"] < 0.5 < p["high"]
+    assert probability_of_improvement(metrics, "noise", "gSDE k=8", "param k=8", "final_return")["high"] < 0.5
     assert (REFERENCE / "decoupling" / "report-halfcheetah" / "report.md").is_file()
 
 
