@@ -93,14 +93,14 @@ def test_results_of_another_budget_are_named_not_a_key_error(tmp_path: Path, cap
     the folder and the budgets it holds (from meta.json, or spec.yaml); `study report` names the
     command that reports them, and exits 2."""
     path = ROOT / "ablations" / "sampling_interval.yaml"
-    full = load_study(path)  # the reference results are of budgets halfcheetah, mountaincar and reduced
+    full = load_study(path)  # the reference results are of budgets halfcheetah, hopper, mountaincar and reduced
     with pytest.raises(
         NoResultsError,
-        match="reference/sampling_interval; it holds 80 runs of budget 'halfcheetah', 80 runs of budget 'mountaincar', "
-        "40 runs of budget 'reduced'",
+        match="reference/sampling_interval; it holds 80 runs of budget 'halfcheetah', 80 runs of budget 'hopper', "
+        "80 runs of budget 'mountaincar', 40 runs of budget 'reduced'",
     ) as err:
         load_results(full, REFERENCE)
-    assert err.value.found == {"halfcheetah": 80, "mountaincar": 80, "reduced": 40}
+    assert err.value.found == {"halfcheetah": 80, "hopper": 80, "mountaincar": 80, "reduced": 40}
     assert err.value.folder == REFERENCE / "sampling_interval"
     with pytest.raises(NoResultsError, match=re.escape(f"under {tmp_path / 'sampling_interval'}: no such folder")):
         load_results(full, tmp_path)
