@@ -405,6 +405,9 @@ def _fan_out(
     import ray
     from ray.exceptions import RayError
 
+    # what a Ray call raises when Ray itself fails: its own errors, or the core worker's
+    # connection to a dead raylet reset (an OSError)
+    ray_gone = (RayError, OSError)
     cpus_per_run = max(spec.settings.resources.cpus for spec in pending)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_run))
     run_task, group_task = ray.remote(_run_task), ray.remote(_run_group_task)
@@ -434,12 +437,12 @@ def _fan_out(
         elapsed = time.monotonic() - clock
         left = sum(len(specs) for specs in refs.values())
         out = {spec.run_id: spec for specs in refs.values() for spec in specs}
-        if ray.wait([asked], timeout=0)[0]:  # the board's latest answer; the loop never waits for one
-            try:
-                reports = ray.get(asked)
-            except RayError:
-                reports = {}
-            asked = board.snapshot.remote()
+        try:
+            if ray.wait([asked], timeout=0)[0]:  # the board's latest answer; the loop never waits for one
+                answered, asked = asked, board.snapshot.remote()
+                reports = ray.get(answered)
+        except ray_gone:  # progress rows only: Ray's failure is met by the loop
+            reports = {}
         progress = {run_id: row for run_id, row in reports.items() if run_id in out}
         running = max(sum(len(specs) for specs in list(refs.values())[:slots]), len(reporting(progress)))
         eta = _eta(elapsed, finished_steps, list(out.values()), progress, resume_at)
@@ -463,7 +466,7 @@ def _fan_out(
             while refs and not interrupted.is_set():
                 try:
                     ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
-                except RayError as err:  # Ray itself is gone: every run still out is lost
+                except ray_gone as err:  # Ray itself is gone: every run still out is lost
                     summary.lost += [LostRun(spec, _first_line(err)) for specs in refs.values() for spec in specs]
                     refs.clear()
                     break
@@ -471,8 +474,8 @@ def _fan_out(
                     taking = refs.pop(ref)
                     try:
                         outcome = ray.get(ref)
-                    except RayError as err:
-                        if not is_run_failure(err):
+                    except ray_gone as err:
+                        if not (isinstance(err, RayError) and is_run_failure(err)):
                             summary.lost += [LostRun(spec, _first_line(err)) for spec in taking]
                             emit("tick")
                             continue

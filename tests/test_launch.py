@@ -277,6 +277,31 @@ def test_ray_ending_the_driver_leaves_the_runs_out_pending(write_study, tmp_path
     assert len(rerun.done) == 2 and rerun.skipped == 1 and not rerun.lost
 
 
+@pytest.mark.slow
+def test_a_connection_reset_by_a_dead_raylet_leaves_the_runs_out_pending(
+    write_study, tmp_path: Path, monkeypatch
+) -> None:
+    # the core worker may instead report its raylet's death as a reset connection (OSError) from ray.wait
+    import ray
+
+    path = write_study({"name": "reset", "seeds": 3, "total_steps": 600, "budgets.full": 600})
+    results = tmp_path / "results"
+    real_wait = ray.wait
+
+    def wait(*args, **kwargs):
+        if completed(results, "reset"):
+            raise OSError("Connection reset by peer")
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", wait)
+    summary = run_study(load_study(path), results, workers=1)
+    assert len(summary.done) == 1 and not summary.failed and len(summary.lost) == 2
+    assert {lost.reason for lost in summary.lost} == {"OSError: Connection reset by peer"}
+    monkeypatch.undo()
+    rerun = run_study(load_study(path), results, workers=1)
+    assert len(rerun.done) == 2 and rerun.skipped == 1 and not rerun.lost
+
+
 def test_a_local_instance_listens_on_the_loopback_address_only(write_study, tmp_path: Path) -> None:
     path = write_study({"name": "quiet", "envs": ["faulty_envs:Slow-v0"], "total_steps": 400, "budgets.full": 400})
     driver = start_cli(path, tmp_path / "results", "--workers", "1")
