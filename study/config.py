@@ -684,6 +684,7 @@ class StudyFile(_SharedSettings):
     grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = {}
     cell_overrides: list[CellOverride] = []  # settings of the grid cells they match, applied after their levels
     compare: list[Comparison] = []  # the report's probabilities of improvement (default: each level vs the last)
+    labels: dict[str, dict[Level, str]] = {}  # factor → level → how the report names it (default: from the level)
     checkpoint_every: PositiveInt | None = None
     tune: TuneSettings | None = None  # for `python -m study tune`
 
@@ -1308,6 +1309,30 @@ def _comparison_errors(file: StudyFile, source: _Layer, envs: set[str]) -> list[
     return errors
 
 
+def _label_errors(file: StudyFile, layers: list[_Layer]) -> list[str]:
+    """What is wrong with the study's `labels`: each names a factor and levels of it (of the whole
+    grid), each error at the file or budget that wrote it."""
+    columns = {column: [label for label, _ in levels] for column, levels in _factor_levels(file.grid).items()}
+    errors = []
+    for factor, names in file.labels.items():
+        if factor not in columns:
+            layer, path, _ = _origin(layers, ("labels", factor))
+            have = ", ".join(columns)
+            errors.append(
+                f"{layer.prefix(path)}labels.{factor}: no factor {factor!r} (have: {have})"
+                + did_you_mean(factor, columns)
+            )
+            continue
+        for level in names:
+            if level not in (known := columns[factor]):
+                layer, path, _ = _origin(layers, ("labels", factor, level))
+                errors.append(
+                    f"{layer.prefix(path)}labels.{factor}: no level {level!r} of {factor} (have: {', '.join(known)})"
+                    + did_you_mean(level, known)
+                )
+    return errors
+
+
 def _match_errors(
     head: _Layer, match: dict[str, list[str]], columns: dict[str, list[str]], envs: set[str]
 ) -> list[str]:
@@ -1382,6 +1407,7 @@ def _expand(
     }
     cell_layers, errors = _cell_layers(file, layers[0], envs or set(file.envs))
     errors += _comparison_errors(file, layers[0], envs or set(file.envs))
+    errors += _label_errors(file, layers)
     settable = [("a grid level", level.layer) for column in level_layers.values() for level in column]
     settable += [("an env override", layer) for layer in env_layers.values()]
     settable += [("a cell override", layer) for layer in cell_layers]

@@ -175,6 +175,34 @@ def test_comparisons_keep_levels_as_written_and_no_run_changes(write_study) -> N
     assert [r.run_id for r in compared.runs] == [r.run_id for r in plain.runs]
 
 
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"algoo": {"TD3": "x"}}, "labels.algoo: no factor 'algoo' (have: algo, layer_norm)"),
+        ({"algo": {"DDGP": "x"}}, "labels.algo: no level 'DDGP' of algo (have: TD3, DDPG)"),
+        ({"layer_norm": {1: "x"}}, "labels.layer_norm: no level '1' of layer_norm (have: true, false)"),
+    ],
+)
+def test_bad_labels_name_the_file_or_budget_and_the_key(write_study, labels, message) -> None:
+    grid = {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}}, "layer_norm": [True, False]}
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(write_study({"grid": grid, "labels": labels}))
+    path = write_study({"grid": grid, "budgets.small": {"total_steps": 500, "labels": labels}})
+    with pytest.raises(StudyError, match=re.escape(f"budgets.small: {message}")):
+        load_study(path, budget="small")
+
+
+def test_labels_set_by_a_budget_change_no_run(write_study) -> None:
+    grid = {"algo": {"TD3": {}, "DDPG": {"algo": "ddpg"}}, "layer_norm": [True, False]}
+    path = write_study({"grid": grid, "budgets.small": {"total_steps": 500, "labels": {"layer_norm": {True: "LN"}}}})
+    named, plain = (
+        load_study(path, budget="small"),
+        load_study(write_study({"grid": grid, "budgets.small": 500}), budget="small"),
+    )
+    assert named.file.labels == {"layer_norm": {"true": "LN"}} and load_study(path).file.labels == {}
+    assert [r.run_id for r in named.runs] == [r.run_id for r in plain.runs]
+
+
 def test_a_budget_picks_levels_of_the_grid(write_study) -> None:
     grid = {"exploration.param_noise.interval": [1, 8, "episode"], "layer_norm": [True, False]}
     small = {"total_steps": 500, "levels": {"interval": [8, "episode"], "layer_norm": True}}

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from study.__main__ import main
+from study.analysis.labels import level_label, level_names
 from study.analysis.report import build_report
 from study.config import load_study
 from study.store import write_run
@@ -69,6 +70,20 @@ def test_report_of_a_selection_at_one_interval(smoke_results: Path, tmp_path: Pa
     assert "Every run at interval = 4." in text
     assert "| k = 4, layer norm on |" in text  # the interval stays in the labels: its figures are drawn on it
     assert "interval" in (report.folder / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_a_report_names_levels_as_the_study_labels_them(smoke_results: Path, tmp_path: Path) -> None:
+    """The study's `labels` name its levels in every table and caption (and legend); nothing else changes."""
+    import shutil
+
+    results = Path(shutil.copytree(smoke_results, tmp_path / "results"))
+    study = load_study(ROOT / "ablations" / "smoke.yaml")
+    labels = {"layer_norm": {"false": "plain layers"}, "interval": {"episode": "once per episode"}}
+    named = study.model_copy(update={"file": study.file.model_copy(update={"labels": labels})})
+    text = build_report(named, results, reps=50).markdown.read_text()
+    assert "| k = 4, plain layers |" in text and "| once per episode, layer norm on |" in text
+    assert "layer norm off" not in text and "k = episode" not in text
+    assert level_label("layer_norm", "false") == "layer norm off"  # only within the report
 
 
 @pytest.fixture
@@ -281,9 +296,12 @@ def test_probabilities_of_improvement_are_the_comparisons_the_study_names(write_
     named = _improvement_table(metrics, load_study(write_study({"grid": grid, "compare": [where]})), reps=200)
     assert "| k | k = 1 vs k = episode | param | final return (higher is better) | 0.67 [" in named
     assert "param vs action" not in named and "C_train" not in named  # no C_train recorded: no row
-    default = _improvement_table(metrics, load_study(write_study({"grid": grid})), reps=200)
+    study = load_study(write_study({"grid": grid}))
+    default = _improvement_table(metrics, study, reps=200)
     assert "| k | k = 1 vs k = episode | all | final return (higher is better) | 0.33 [" in default
     assert "| noise | param vs action | all |" in default  # levels as readers name them
+    with level_names({"noise": {"action": "own noise"}}):  # or as the study's labels do
+        assert "| noise | param vs own noise | all |" in _improvement_table(metrics, study, reps=200)
 
 
 def test_horizontal_lines_on_top_of_each_other_are_named() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,20 @@ def factor_name(factor: str) -> str:
     return SYMBOLS.get(short, short.replace("_", " "))
 
 
+_NAMES: ContextVar[Mapping[str, Mapping[str, str]] | None] = ContextVar("level_names", default=None)
+
+
+@contextmanager
+def level_names(names: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
+    """Within the block, levels that `names` lists (factor → level → name) are called by that
+    name in every label, legend and table (a study file's `labels`)."""
+    token = _NAMES.set(names)
+    try:
+        yield
+    finally:
+        _NAMES.reset(token)
+
+
 GREEK = {"sigma": "σ", "delta": "δ", "beta": "β", "alpha": "α", "epsilon": "ε"}
 
 
@@ -34,7 +50,10 @@ def _spelled(text: str) -> str:
 
 
 def level_label(factor: str, level: object, first: bool = True) -> str:
-    """A level as readers name it: "k = 8", "layer norm on", "uniform replay", "ε-greedy", "δ = 0.2"."""
+    """A level as readers name it: "k = 8", "layer norm on", "uniform replay", "ε-greedy", "δ = 0.2";
+    or as the `level_names` in force name it."""
+    if (given := (_NAMES.get() or {}).get(factor, {}).get(str(level))) is not None:
+        return given
     text, name = _spelled(str(level)), factor_name(factor)
     if text.lower() in ("true", "false"):
         return f"{name} {'on' if text.lower() == 'true' else 'off'}"

@@ -11,7 +11,7 @@ import pandas as pd
 
 from study.analysis import figures, tables
 from study.analysis.aggregates import MIN_SEEDS, REPS, cell_stats, probability_of_improvement
-from study.analysis.labels import config_label, factor_name, level_label
+from study.analysis.labels import config_label, factor_name, level_label, level_names
 from study.analysis.metrics import HIGHER_IS_BETTER, LABELS, run_metrics
 from study.analysis.settings import settings_markdown
 from study.config import FULL_BUDGET, Comparison, RunSettings, Study, StudyError
@@ -98,8 +98,14 @@ def build_report(
     study: Study, results: Path | str = "results", reps: int = REPS, include_warmup: bool = False
 ) -> Report:
     """Load the study's results and write figures (PNG + PDF), tables (Markdown + LaTeX) and
-    report.md to `results/<study>/report/` (`report-<budget>/` for other budgets). Damaged runs
-    are left out and named in `Report.damaged` and report.md."""
+    report.md to `results/<study>/report/` (`report-<budget>/` for other budgets), its levels
+    named as the study's `labels` say. Damaged runs are left out and named in `Report.damaged`
+    and report.md."""
+    with level_names(study.file.labels):
+        return _build_report(study, results, reps, include_warmup)
+
+
+def _build_report(study: Study, results: Path | str, reps: int, include_warmup: bool) -> Report:
     results = Path(results)
     loaded = load_results(study, results, damaged="skip")
     states = loaded.states()
