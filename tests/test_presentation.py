@@ -72,12 +72,17 @@ def test_the_per_cell_table_keeps_the_digits_of_small_returns() -> None:
 
 
 def test_costs_keep_three_significant_digits() -> None:
-    assert [significant(v) for v in (22.14, 0.35912, 8.08e-9, 0.0, float("nan"))] == [
+    assert [significant(v) for v in (22.14, 0.35912, 8.08e-9, 0.0, float("nan"), 19.96, 0.36, 8e-9, 150.0, 1234.5)] == [
         "22.1",
         "0.359",
         "8.08e-09",
         "0",
         "–",
+        "20.0",
+        "0.360",
+        "8.00e-09",
+        "150",
+        "1.23e+03",
     ]
 
 
@@ -100,10 +105,10 @@ def test_results_table_bolds_the_return_and_never_the_cost() -> None:
         }
     )
     table = results_table(metrics, ["noise"])
-    assert table.loc["gSDE", "E"] == "94.500 ± 0.058 / 0.36"
-    assert table.loc["none", "E"] == "-0.00100 ± 0.00058 / 2e-08"
-    assert "| gSDE | **94.500 ± 0.058** / 0.36 |" in to_markdown(table)
-    assert r"\textbf{94.500 $\pm$ 0.058} / 0.36" in to_latex(table, "caption")
+    assert table.loc["gSDE", "E"] == "94.500 ± 0.058 / 0.360"
+    assert table.loc["none", "E"] == "-0.00100 ± 0.00058 / 2.00e-08"
+    assert "| gSDE | **94.500 ± 0.058** / 0.360 |" in to_markdown(table)
+    assert r"\textbf{94.500 $\pm$ 0.058} / 0.360" in to_latex(table, "caption")
 
 
 def test_levels_are_named_as_readers_name_them() -> None:

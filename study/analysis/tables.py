@@ -47,8 +47,10 @@ def mean_se(mean: float, se: float) -> str:
 
 
 def significant(value: float, digits: int = 3) -> str:
-    """A value to `digits` significant digits: 22.1, 0.36, 8e-09."""
-    return "–" if pd.isna(value) else f"{value + 0.0:.{digits}g}"
+    """A value to `digits` significant digits, trailing zeros kept: 22.1, 20.0, 0.360, 8.00e-09 (and 0)."""
+    if pd.isna(value):
+        return "–"
+    return "0" if value == 0 else f"{value + 0.0:#.{digits}g}".rstrip(".")
 
 
 def tied_best(mean: pd.Series, se: pd.Series, z: float = 1.96) -> pd.Series:
