@@ -305,6 +305,39 @@ def test_reference_sac_mountaincar_smoothness_loads_complete() -> None:
     assert (REFERENCE / "smoothness" / "report-mountaincar" / "report.md").is_file()
 
 
+def test_reference_sac_halfcheetah_smoothness_holds_its_first_130_runs() -> None:
+    """SAC on HalfCheetah (10 seeds per row, stacked): parameter noise at every k, gSDE at k = 8 and
+    once per episode, no noise, SAC's own and OU. Every run learns to run, and C_train hardly moves
+    with k or the noise: the noiseless policy is as jerky. The four rows trained by `decoupling`
+    are its runs, copied by `study reuse`, evaluation for evaluation."""
+    study = load_study(ROOT / "ablations" / "smoothness.yaml", budget="halfcheetah")
+    metrics = run_metrics(load_results(study, REFERENCE))
+    ks = ["1", "2", "4", "8", "16", "64", "256", "episode"]
+    committed = ["none", "unstructured", "OU", *(f"param k={k}" for k in ks), "gSDE k=8", "gSDE k=episode"]
+    assert len(study.runs) == 240 and len(metrics) == 130
+    assert set(metrics["noise"]) == set(committed) and (metrics.groupby("noise", observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 100_000).all() and (metrics["final_return"] > 3_000).all()
+    c_train = metrics.groupby("noise", observed=True)["c_train"].mean()
+    assert c_train.between(18, 23).all() and c_train.idxmax() == "unstructured"
+    assert c_train[[f"param k={k}" for k in ks]].max() / c_train[[f"param k={k}" for k in ks]].min() < 1.15
+    p = probability_of_improvement(metrics, "noise", "gSDE k=episode", "param k=episode", "final_return")
+    assert p["high"] < 0.5
+    source = load_study(ROOT / "ablations" / "decoupling.yaml", budget="halfcheetah")
+    trained = {(r.seed, r.factors["noise"]): r.run_id for r in source.runs if r.factors["training"] == "episode end"}
+    reused = [
+        r for r in study.runs if r.factors["noise"] in ("param k=8", "param k=episode", "gSDE k=8", "gSDE k=episode")
+    ]
+    for run in reused:
+        meta = json.loads((REFERENCE / "smoothness" / run.run_id / "meta.json").read_text())
+        origin = REFERENCE / "decoupling" / trained[(run.seed, run.factors["noise"])]
+        assert meta["reused_from"] == {"study": "decoupling", "budget": "halfcheetah", "run_id": origin.name}
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(REFERENCE / "smoothness" / run.run_id / "evaluations.parquet"),
+            pd.read_parquet(origin / "evaluations.parquet"),
+        )
+    assert (REFERENCE / "smoothness" / "report-halfcheetah" / "report.md").is_file()
+
+
 def test_reference_chain_study_loads_complete() -> None:
     study = load_study(ROOT / "ablations" / "chain.yaml")
     results = load_results(study, REFERENCE)
