@@ -101,3 +101,24 @@ def test_the_figure_draws_a_panel_per_configuration() -> None:
     assert titles == ["white", "slow"]
     lines = fig.axes[1].get_lines()
     np.testing.assert_allclose(lines[-1].get_ydata(), np.sin(np.arange(50) / 8))  # the training trace, drawn last
+
+
+def test_no_training_trace_hides_in_the_grey_of_the_evaluation() -> None:
+    """The palette's eighth color is a grey: that configuration's training trace is drawn in black."""
+    from matplotlib.colors import to_rgb
+
+    methods = [f"m{i}" for i in range(8)]
+    rows = [
+        {"run_id": m, "env": "E", "seed": 0, "method": m, "kind": kind, "point": point, "step": 0,
+         "t": t, "dim": 0, "action": np.sin(t / (i + 1)), "sigma": np.nan}
+        for i, m in enumerate(methods) for kind, point in (("train", np.nan), ("eval", 1.0)) for t in range(20)
+    ]  # fmt: skip
+    traces = pd.DataFrame(rows).astype({"method": pd.CategoricalDtype(methods, ordered=True)})
+    fig = figures.action_traces(traces, ["method"], "E")
+    drawn = [ax.get_lines() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(drawn) == 8
+    for evaluation, training in drawn:
+        grey, color = to_rgb(evaluation.get_color()), to_rgb(training.get_color())
+        assert max(grey) - min(grey) < 0.05  # the evaluation: grey
+        assert max(color) - min(color) > 0.05 or color == (0.0, 0.0, 0.0)
+    assert to_rgb(drawn[7][1].get_color()) == (0.0, 0.0, 0.0)

@@ -451,6 +451,11 @@ def _legible(color: tuple[float, float, float], luminance: float = 0.6) -> tuple
     return (r * scale, g * scale, b * scale)
 
 
+def _apart_from_grey(color: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A color that stands out on a grey line: black in place of the palette's grey."""
+    return (0.0, 0.0, 0.0) if max(color) - min(color) < 0.05 else color
+
+
 #: from this many levels on, `factor_comparison` lists the levels down the y axis
 MANY_LEVELS = 13
 LEVEL_HEIGHT = 0.24  # inches per level, listed down the y axis
@@ -886,7 +891,13 @@ def action_traces(traces: pd.DataFrame, factors: Sequence[str], env: str, dim: i
         train = group[(group["seed"] == seed) & (group["kind"] == "train")].sort_values("t")
         final = group[(group["seed"] == seed) & (group["kind"] == "eval") & (group["point"] == 1.0)].sort_values("t")
         ax.plot(final["t"], final["action"], color="grey", linestyle="--", linewidth=0.9, label="final evaluation")
-        ax.plot(train["t"], train["action"], color=styles[config]["color"], linewidth=1.1, label="training")
+        ax.plot(
+            train["t"],
+            train["action"],
+            color=_apart_from_grey(styles[config]["color"]),
+            linewidth=1.1,
+            label="training",
+        )
         sigma = train["sigma"].iloc[0] if len(train) else float("nan")
         title = config.replace(", ", "\n")  # one factor per line
         ax.set_title(title + ("" if np.isnan(sigma) else f"\nσ = {sigma:.3g}"), fontsize="small")
