@@ -431,6 +431,15 @@ RESUME_CASES = {
         {"mean_actions": True, "action_noise": {"type": "ou", "sigma": 0.1}},
         {"hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
     ),
+    "sac, adaptive parameter noise k = 1, 4, 16 on HalfCheetah, episode-end training (smoothness's MuJoCo)": (
+        "sac",
+        [{"param_noise": {"interval": k, "adapt_every": 20}} for k in (1, 4, 16)],
+        {
+            "env": "HalfCheetah-v5",
+            "env_kwargs": {"max_episode_steps": 60},
+            "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
+        },
+    ),
     "sac, parameter noise once per episode, training at episode ends": (
         "sac",
         {"param_noise": {"interval": "episode", "adapt_every": 20}},
