@@ -1266,7 +1266,7 @@ def _cell_layers(file: StudyFile, source: _Layer, envs: set[str]) -> tuple[list[
     """The study's cell overrides as layers (`cell_overrides[i]`), and what is wrong with their
     `match`: each names `env` (envs of the file or its budgets) or a factor column, with levels of
     the whole grid."""
-    columns = {column: [label for label, _ in levels] for column, levels in _factor_levels(file.grid).items()}
+    columns = _grid_columns(file)
     errors = []
     for i, cell in enumerate(file.cell_overrides):
         head = _Layer({}, source.file, f"cell_overrides[{i}].match", ("cell_overrides", i, "match"), source.lines)
@@ -1278,10 +1278,15 @@ def _cell_layers(file: StudyFile, source: _Layer, envs: set[str]) -> tuple[list[
     return layers, errors
 
 
+def _grid_columns(file: StudyFile) -> dict[str, list[str]]:
+    """Each factor column with the labels of its levels (of the whole grid)."""
+    return {column: [label for label, _ in levels] for column, levels in _factor_levels(file.grid).items()}
+
+
 def _comparison_errors(file: StudyFile, source: _Layer, envs: set[str]) -> list[str]:
     """What is wrong with the study's `compare`: each names a factor, two of its levels (of the
     whole grid), and in `where` envs and other factors' levels."""
-    columns = {column: [label for label, _ in levels] for column, levels in _factor_levels(file.grid).items()}
+    columns = _grid_columns(file)
     errors = []
     for i, comparison in enumerate(file.compare):
         head = _Layer({}, source.file, f"compare[{i}]", ("compare", i), source.lines)
@@ -1312,7 +1317,7 @@ def _comparison_errors(file: StudyFile, source: _Layer, envs: set[str]) -> list[
 def _label_errors(file: StudyFile, layers: list[_Layer]) -> list[str]:
     """What is wrong with the study's `labels`: each names a factor and levels of it (of the whole
     grid), each error at the file or budget that wrote it."""
-    columns = {column: [label for label, _ in levels] for column, levels in _factor_levels(file.grid).items()}
+    columns = _grid_columns(file)
     errors = []
     for factor, names in file.labels.items():
         if factor not in columns:
