@@ -440,6 +440,15 @@ RESUME_CASES = {
             "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
         },
     ),
+    "sac, gSDE k = 2, 16, 64 on HalfCheetah, trained at episode ends (smoothness's gSDE; 64 resumes mid-interval)": (
+        "sac",
+        [{"gsde": {"interval": k}} for k in (2, 16, 64)],
+        {
+            "env": "HalfCheetah-v5",
+            "env_kwargs": {"max_episode_steps": 60},
+            "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
+        },
+    ),
     "sac, parameter noise once per episode, training at episode ends": (
         "sac",
         {"param_noise": {"interval": "episode", "adapt_every": 20}},
