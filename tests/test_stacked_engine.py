@@ -449,6 +449,20 @@ RESUME_CASES = {
             "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
         },
     ),
+    "sac, colored sampling noise at β = 0, 0.5 and 2 in one group on HalfCheetah, trained at episode ends": (
+        "sac",
+        [{"sampling_noise": {"beta": beta}} for beta in (0.0, 0.5, 2.0)],
+        {
+            "env": "HalfCheetah-v5",
+            "env_kwargs": {"max_episode_steps": 60},
+            "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
+        },
+    ),
+    "sac's mean action, trained every 8 steps (smoothness's 'none, train every 8')": (
+        "sac",
+        {"mean_actions": True},
+        {"hyperparams": {"train_freq": 8, "gradient_steps": -1}},
+    ),
     "sac, parameter noise once per episode, training at episode ends": (
         "sac",
         {"param_noise": {"interval": "episode", "adapt_every": 20}},
