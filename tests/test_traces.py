@@ -103,11 +103,12 @@ def test_the_figure_draws_a_panel_per_configuration() -> None:
     np.testing.assert_allclose(lines[-1].get_ydata(), np.sin(np.arange(50) / 8))  # the training trace, drawn last
 
 
-def test_no_training_trace_hides_in_the_grey_of_the_evaluation() -> None:
-    """The palette's eighth color is a grey: that configuration's training trace is drawn in black."""
+def test_every_training_trace_is_drawn_in_the_legends_color_apart_from_the_evaluations_grey() -> None:
+    """Each panel names its configuration; the training trace is one strong color in every panel
+    (so that none is a pale or grey palette color lost on the grey evaluation), and the legend's."""
     from matplotlib.colors import to_rgb
 
-    methods = [f"m{i}" for i in range(8)]
+    methods = [f"m{i}" for i in range(10)]
     rows = [
         {"run_id": m, "env": "E", "seed": 0, "method": m, "kind": kind, "point": point, "step": 0,
          "t": t, "dim": 0, "action": np.sin(t / (i + 1)), "sigma": np.nan}
@@ -116,9 +117,16 @@ def test_no_training_trace_hides_in_the_grey_of_the_evaluation() -> None:
     traces = pd.DataFrame(rows).astype({"method": pd.CategoricalDtype(methods, ordered=True)})
     fig = figures.action_traces(traces, ["method"], "E")
     drawn = [ax.get_lines() for ax in fig.axes if ax.get_visible() and ax.get_title()]
-    assert len(drawn) == 8
-    for evaluation, training in drawn:
-        grey, color = to_rgb(evaluation.get_color()), to_rgb(training.get_color())
-        assert max(grey) - min(grey) < 0.05  # the evaluation: grey
-        assert max(color) - min(color) > 0.05 or color == (0.0, 0.0, 0.0)
-    assert to_rgb(drawn[7][1].get_color()) == (0.0, 0.0, 0.0)
+    assert len(drawn) == 10
+    colors = {to_rgb(training.get_color()) for _, training in drawn}
+    assert len(colors) == 1
+    (color,) = colors
+    assert max(color) - min(color) > 0.3 and sum(color) < 2.0  # saturated, not pale
+    for evaluation, _ in drawn:
+        grey = to_rgb(evaluation.get_color())
+        assert max(grey) - min(grey) < 0.05
+    legend = {
+        text.get_text(): handle
+        for text, handle in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles, strict=True)
+    }
+    assert to_rgb(legend["training"].get_color()) == color

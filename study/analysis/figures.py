@@ -451,11 +451,6 @@ def _legible(color: tuple[float, float, float], luminance: float = 0.6) -> tuple
     return (r * scale, g * scale, b * scale)
 
 
-def _apart_from_grey(color: tuple[float, float, float]) -> tuple[float, float, float]:
-    """A color that stands out on a grey line: black in place of the palette's grey."""
-    return (0.0, 0.0, 0.0) if max(color) - min(color) < 0.05 else color
-
-
 #: from this many levels on, `factor_comparison` lists the levels down the y axis
 MANY_LEVELS = 13
 LEVEL_HEIGHT = 0.24  # inches per level, listed down the y axis
@@ -875,12 +870,12 @@ def solved_fraction(
 
 def action_traces(traces: pd.DataFrame, factors: Sequence[str], env: str, dim: int = 0) -> Figure:
     """One panel per configuration of `env`: action dimension `dim` over the first training
-    episode after warm-up (colored; σ in the title where parameter noise acts) and over the first
-    episode of the final evaluation (grey, dashed), for the lowest seed that has both."""
+    episode after warm-up (in one strong color, as the small multiples of learning curves draw
+    theirs; σ in the title where parameter noise acts) and over the first episode of the final
+    evaluation (grey, dashed), for the lowest seed that has both."""
     frame = traces[(traces["env"] == env) & (traces["dim"] == dim)]
     frame = frame.assign(config=config_label(frame, factors))
     configs = [c for c in ordered_configs(frame, factors) if c in set(frame["config"])]
-    styles = config_styles(frame, factors)
     cols = min(len(configs), 4)
     rows = int(np.ceil(len(configs) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 0.8 * PANEL_HEIGHT * rows), squeeze=False, sharey=True)
@@ -891,13 +886,7 @@ def action_traces(traces: pd.DataFrame, factors: Sequence[str], env: str, dim: i
         train = group[(group["seed"] == seed) & (group["kind"] == "train")].sort_values("t")
         final = group[(group["seed"] == seed) & (group["kind"] == "eval") & (group["point"] == 1.0)].sort_values("t")
         ax.plot(final["t"], final["action"], color="grey", linestyle="--", linewidth=0.9, label="final evaluation")
-        ax.plot(
-            train["t"],
-            train["action"],
-            color=_apart_from_grey(styles[config]["color"]),
-            linewidth=1.1,
-            label="training",
-        )
+        ax.plot(train["t"], train["action"], color="C0", linewidth=1.1, label="training")
         sigma = train["sigma"].iloc[0] if len(train) else float("nan")
         title = config.replace(", ", "\n")  # one factor per line
         ax.set_title(title + ("" if np.isnan(sigma) else f"\nσ = {sigma:.3g}"), fontsize="small")
