@@ -358,6 +358,12 @@ def test_what_the_stacked_engine_cannot_run_is_refused_at_load(write_study, over
 
 
 GPU_CASE = "sac on a GPU (its gradient step a CUDA graph, captured anew after the resume)"
+#: smoothness's MuJoCo runs, trained at episode ends: 60-step episodes train before the checkpoint at 120
+HALFCHEETAH_AT_EPISODE_ENDS = {
+    "env": "HalfCheetah-v5",
+    "env_kwargs": {"max_episode_steps": 60},
+    "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
+}
 RESUME_CASES = {
     "td3, OU noise": ("td3", {"action_noise": {"type": "ou", "sigma": 0.3}}, {}),
     "sac, parameter noise k = 5": ("sac", {"param_noise": {"interval": 5, "adapt_every": 20}}, {}),
@@ -434,29 +440,17 @@ RESUME_CASES = {
     "sac, adaptive parameter noise k = 1, 4, 16 on HalfCheetah, episode-end training (smoothness's MuJoCo)": (
         "sac",
         [{"param_noise": {"interval": k, "adapt_every": 20}} for k in (1, 4, 16)],
-        {
-            "env": "HalfCheetah-v5",
-            "env_kwargs": {"max_episode_steps": 60},
-            "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
-        },
+        HALFCHEETAH_AT_EPISODE_ENDS,
     ),
     "sac, gSDE k = 2, 16, 64 on HalfCheetah, trained at episode ends (smoothness's gSDE; 64 resumes mid-interval)": (
         "sac",
         [{"gsde": {"interval": k}} for k in (2, 16, 64)],
-        {
-            "env": "HalfCheetah-v5",
-            "env_kwargs": {"max_episode_steps": 60},
-            "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
-        },
+        HALFCHEETAH_AT_EPISODE_ENDS,
     ),
     "sac, colored sampling noise at β = 0, 0.5 and 2 in one group on HalfCheetah, trained at episode ends": (
         "sac",
         [{"sampling_noise": {"beta": beta}} for beta in (0.0, 0.5, 2.0)],
-        {
-            "env": "HalfCheetah-v5",
-            "env_kwargs": {"max_episode_steps": 60},
-            "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
-        },
+        HALFCHEETAH_AT_EPISODE_ENDS,
     ),
     "sac's mean action, trained every 8 steps (smoothness's 'none, train every 8')": (
         "sac",
