@@ -5,13 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from test_launch import ROOT, cli_env, no_orphan_workers, run_cli, wait_for
+from test_launch import ROOT, cli_env, no_orphan_workers, ray_warnings, run_cli, wait_for
 
 from study.store import load_results
 from study.tune import (
@@ -64,6 +65,20 @@ def start_tune(path: Path, results: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_a_trial(driver: subprocess.Popen, results: Path, name: str, timeout: float = 600.0) -> None:
+    """Until the tuning `driver` has told Optuna of a complete trial; if it exits first or the time
+    runs out, fail with what it and Ray said."""
+    deadline = time.monotonic() + timeout
+    while completed_trials(results, name) < 1:
+        if driver.poll() is not None or time.monotonic() > deadline:
+            driver.kill()
+            out, err = driver.communicate()
+            pytest.fail(
+                f"no complete trial (driver exit {driver.returncode}):\n{out}{err[-4000:]}{ray_warnings(driver.pid)}"
+            )
+        time.sleep(0.1)
+
+
 def test_trials_left_running_are_requeued_with_their_settings_or_only_failed(write_study, tmp_path: Path) -> None:
     """A killed invocation may leave a trial running before it drew its settings (nothing to
     retry) or an enqueued retry whose settings are still only fixed: the rerun handles both."""
@@ -89,7 +104,7 @@ def test_a_killed_tuning_resumes_without_losing_a_trial(write_study, tmp_path: P
     path = write_study(TUNE)
     results = tmp_path / "results"
     driver = start_tune(path, results, "--workers", "1")
-    wait_for(lambda: completed_trials(results, "tiny_tune") >= 1, timeout=300)  # told to Optuna, not only stored
+    wait_for_a_trial(driver, results, "tiny_tune")  # told to Optuna, not only stored
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     wait_for(no_orphan_workers, timeout=60)
