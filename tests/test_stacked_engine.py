@@ -422,6 +422,11 @@ RESUME_CASES = {
         {"param_noise": {"interval": "episode", "adapt_every": 20}},
         {"layer_norm": True, "env": "Hopper-v5"},
     ),
+    "td3 with layer norm, parameter noise k = 1, 16, 64 in one Hopper group (sampling_interval's Hopper runs)": (
+        "td3",
+        [{"param_noise": {"interval": k, "adapt_every": 20}} for k in (1, 16, 64)],
+        {"layer_norm": True, "env": "Hopper-v5"},
+    ),
     "td3 with layer norm, parameter noise k = 8, training at episode ends (decoupling's TD3)": (
         "td3",
         {"param_noise": {"interval": 8, "adapt_every": 20}},
