@@ -309,8 +309,8 @@ def test_reference_sac_halfcheetah_smoothness_loads_complete() -> None:
     """SAC on HalfCheetah (10 seeds per row, stacked): parameter noise and gSDE at every k, colored
     noise over β, no noise (trained at episode ends and every 8 steps), SAC's own and OU. Every run
     learns to run, and C_train hardly moves with k or the noise: the noiseless policy is as jerky.
-    gSDE ends below parameter noise at every k. The four rows trained
-    by `decoupling` are its runs, copied by `study reuse`, evaluation for evaluation."""
+    gSDE ends below parameter noise at every k. The four rows trained by `decoupling` are its runs,
+    copied by `study reuse`, evaluation for evaluation."""
     study = load_study(ROOT / "ablations" / "smoothness.yaml", budget="halfcheetah")
     metrics = run_metrics(load_results(study, REFERENCE))
     ks = ["1", "2", "4", "8", "16", "64", "256", "episode"]
