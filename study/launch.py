@@ -199,8 +199,15 @@ def _init_ray(address: str | None, workers: int | None, verbose: bool) -> bool:
     return True
 
 
-#: a local instance collects no metrics: no metrics agent, no exporter, one listening port fewer
-LOCAL_RAY_CONFIG = {"enable_metrics_collection": False}
+#: a local instance collects no metrics: no metrics agent, no exporter, one listening port fewer; and
+#: returns results of up to 128 MiB (a group's models) in the task's reply, not through the object
+#: store: a driver that reads an object from the store of a raylet that just died is ended outright
+#: by Ray, with no chance to leave its runs pending (exit 4)
+LOCAL_RAY_CONFIG = {
+    "enable_metrics_collection": False,
+    "max_direct_call_object_size": 128 * 2**20,
+    "task_rpc_inlined_bytes_limit": 128 * 2**20,
+}
 #: Ray's switch that makes a node use the loopback address (its default on macOS and Windows)
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 

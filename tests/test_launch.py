@@ -246,6 +246,21 @@ def test_a_dead_raylet_leaves_runs_pending_and_a_rerun_completes_each_once(write
     assert all(after[name]["started"] == meta["started"] for name, meta in before.items())  # never rerun
 
 
+def test_a_local_instance_returns_results_in_the_task_reply_not_through_the_object_store() -> None:
+    # a driver that reads a result from the store of a raylet that just died is ended by Ray outright
+    import ray
+
+    from study.launch import _init_ray
+
+    assert _init_ray(None, 1, verbose=False)
+    try:
+        result = ray.remote(lambda: b"x" * 20 * 2**20).remote()  # a group's models: megabytes
+        assert len(ray.get(result)) == 20 * 2**20
+        assert ray.experimental.get_object_locations([result])[result]["node_ids"] == []  # on no node's store
+    finally:
+        ray.shutdown()
+
+
 @pytest.mark.slow
 def test_ray_ending_the_driver_leaves_the_runs_out_pending(write_study, tmp_path: Path, monkeypatch) -> None:
     # Ray's core worker ends a driver whose raylet died by raising SystemExit from inside a Ray call
