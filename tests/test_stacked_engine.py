@@ -437,6 +437,14 @@ RESUME_CASES = {
         {"param_noise": {"interval": 8, "adaptive": False, "initial_sigma": 0.05}},
         {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
     ),
+    "sac with layer norm, fixed and adaptive sigma k = 8 in one group, training at episode ends (adaptation's SAC)": (
+        "sac",
+        [
+            {"param_noise": {"interval": 8, "adaptive": False, "initial_sigma": 0.2}},
+            {"param_noise": {"interval": 8, "adapt_every": 20, "target_distance": 0.4}},
+        ],
+        {"layer_norm": True, "hyperparams": {"train_freq": "episode", "gradient_steps": -1}},
+    ),
     "sac, OU noise on its mean, training at episode ends (smoothness's OU)": (
         "sac",
         {"mean_actions": True, "action_noise": {"type": "ou", "sigma": 0.1}},
