@@ -490,10 +490,12 @@ RESUME_CASES = {
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(case, marks=pytest.mark.skipif(not th.cuda.is_available(), reason="needs a GPU"))
-        if case == GPU_CASE
-        else case
+    [  # each named in full (pytest shortens a long string to `case<i>`)
+        pytest.param(
+            case,
+            id=case,
+            marks=[pytest.mark.skipif(not th.cuda.is_available(), reason="needs a GPU")] if case == GPU_CASE else [],
+        )
         for case in RESUME_CASES
     ],
 )
