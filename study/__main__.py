@@ -176,7 +176,7 @@ def print_runs(study: Study, results: Path, console: Console) -> None:
 
 def print_estimate(study: Study, args: argparse.Namespace, console: Console) -> None:
     """The pending runs' environment steps and their wall time on this machine, estimated."""
-    from study.estimate import estimate
+    from study.estimate import estimate, waits_for_episodes
 
     pending = pending_runs(study, args.results, args.retry_failed)
     if not pending:
@@ -193,7 +193,13 @@ def print_estimate(study: Study, args: argparse.Namespace, console: Console) -> 
         f"about {_duration(got.seconds)} of wall time with {workers} local workers "
         f"({_duration(got.run_seconds)} of runs in all), from {got.configurations} configuration(s) "
         f"trained here for a few hundred steps each ({got.calibration_seconds:.0f} s); runs that stop "
-        "early take less",
+        "early take less"
+        + (
+            "; stacked groups trained at episode ends wait for their longest episode, so runs whose "
+            "episodes come to differ as they learn (a goal found, a fall) take longer"
+            if waits_for_episodes(pending)
+            else ""
+        ),
         highlight=False,
     )
 

@@ -160,6 +160,17 @@ def _shorten(parts: RunParts, warm: int) -> None:
     parts.callbacks[:] = [callback for callback in parts.callbacks if not isinstance(callback, EpisodeLimit)]
 
 
+def waits_for_episodes(pending: Sequence[RunSpec]) -> bool:
+    """Whether some of `pending` train in stacked groups at episode ends, where each round waits for
+    its members' longest episode: a wait the calibration, taken before any member learns, cannot see."""
+    for spec in pending:
+        freq = spec.settings.hyperparams.sb3_kwargs().get("train_freq")
+        episodic = isinstance(freq, tuple) and freq[1] == "episode"
+        if episodic and spec.settings.engine == "stacked" and spec.settings.resources.group_size != 1:
+            return True
+    return False
+
+
 def task_slots(pending: Sequence[RunSpec], workers: int) -> int:
     """How many of the tasks run at once on `workers` local CPUs (and this machine's GPUs), as
     the launcher fits them."""

@@ -103,4 +103,14 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(grid, tmp_path, capsys) 
     out = capsys.readouterr().out
     assert "estimate: 4 pending runs, 1,200 environment steps at most" in out
     assert "with 2 local workers" in out and "runs that stop early take less" in out
+    assert "longest episode" not in out  # trained after every step
     assert not results.exists()
+
+
+def test_dry_run_warns_that_groups_trained_at_episode_ends_wait(write_study, tmp_path, capsys) -> None:
+    study = {"seeds": 2, "engine": "stacked", "hyperparams.train_freq": "episode", "eval": {"freq": 100, "episodes": 1}}
+    for resources, warned in (({}, True), ({"group_size": 1}, False)):  # groups of one wait for no one
+        path = write_study(study | {"resources": resources})
+        assert main(["run", str(path), "--dry-run", "--results", str(tmp_path / "results"), "--workers", "2"]) == 0
+        out = capsys.readouterr().out
+        assert ("wait for their longest episode" in out) == warned, out
