@@ -465,6 +465,19 @@ RESUME_CASES = {
         [{"sampling_noise": {"beta": beta}} for beta in (0.0, 0.5, 2.0)],
         HALFCHEETAH_AT_EPISODE_ENDS,
     ),
+    "sac, its own noise alone on HalfCheetah at episode ends (layer_norm's 'SAC's own noise', layer norm off)": (
+        "sac",
+        {},
+        HALFCHEETAH_AT_EPISODE_ENDS,
+    ),
+    "sac with layer norm on HalfCheetah at episode ends, fixed and adaptive σ once per episode (its MuJoCo budgets)": (
+        "sac",
+        [
+            {"param_noise": {"interval": "episode", "adaptive": False, "initial_sigma": 0.2}},
+            {"param_noise": {"interval": "episode", "adapt_every": 20}},
+        ],
+        HALFCHEETAH_AT_EPISODE_ENDS | {"layer_norm": True},
+    ),
     "sac's mean action, trained every 8 steps (smoothness's 'none, train every 8')": (
         "sac",
         {"mean_actions": True},
