@@ -170,9 +170,14 @@ def _trial_task(
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
-    if url.startswith("sqlite"):  # several worker processes write to it
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
+    from sqlalchemy.exc import OperationalError
+
+    # sqlite: several worker processes write to it
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except OperationalError:  # another process (a notebook, a dashboard) created its tables at the same moment
+        return optuna.storages.RDBStorage(url, **kwargs)
 
 
 def default_storage(results: Path, name: str) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -51,13 +53,35 @@ def trials_by_state(results: Path, name: str) -> dict[TrialState, list]:
 
 
 def completed_trials(results: Path, name: str) -> int:
-    """Complete trials in the tuning's storage (0 while it does not exist yet)."""
-    if not (results / name / "optuna.db").is_file():
+    """Complete trials in the tuning's storage (0 while it does not exist yet), read only: Optuna's
+    own reader would create the tables while the driver creates them."""
+    db = results / name / "optuna.db"
+    if not db.is_file():
         return 0
     try:
-        return len(trials_by_state(results, name).get(TrialState.COMPLETE, []))
-    except Exception:  # noqa: BLE001  (a poll: the study or its tables may not exist yet, the file may be busy)
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as connection:
+            return connection.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:  # a poll: the tables may not exist yet, the file may be busy
         return 0
+
+
+def test_a_storage_whose_tables_another_process_creates_at_the_same_moment_opens(tmp_path, monkeypatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from study.tune import _storage
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url: str, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:  # as the driver meets a table a poller created between its check and its CREATE
+            real(url, **kwargs)
+            raise OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = _storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
 
 
 def start_tune(path: Path, results: Path, *args: str) -> subprocess.Popen:
