@@ -138,6 +138,30 @@ def test_reference_td3_hopper_layer_norm_raises_return_and_smoothness() -> None:
     assert (REFERENCE / "layer_norm" / "report-hopper" / "report.md").is_file()
 
 
+def test_reference_sac_halfcheetah_layer_norm_smooths_and_lowers_the_return() -> None:
+    """Layer norm on/off, parameter noise once per episode and SAC's own noise, SAC on HalfCheetah:
+    layer norm lowers the return and C_train. The layer-norm-off cells are the decoupling study's
+    once-per-episode runs trained at episode ends and the smoothness study's `unstructured` runs,
+    episode by episode to the last digit."""
+    study = load_study(ROOT / "ablations" / "layer_norm.yaml", budget="halfcheetah_sac")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert len(metrics) == 40 and (metrics.groupby(["layer_norm", "noise"], observed=True).size() == 10).all()
+    assert (metrics["total_steps"] == 100_000).all() and set(metrics["algo"]) == {"SAC"}
+    assert probability_of_improvement(metrics, "layer_norm", "true", "false", "final_return")["high"] < 0.5
+    assert probability_of_improvement(metrics, "layer_norm", "true", "false", "c_train")["low"] > 0.9
+    decoupling = load_results(load_study(ROOT / "ablations" / "decoupling.yaml", budget="halfcheetah"), REFERENCE)
+    smoothness = load_results(load_study(ROOT / "ablations" / "smoothness.yaml", budget="halfcheetah"), REFERENCE)
+    for noise, theirs in (
+        ("param noise", _episodes(decoupling, noise="param k=episode", training="episode end")),
+        ("action noise", _episodes(smoothness, noise="unstructured")),
+    ):
+        ours = _episodes(results, layer_norm="false", noise=noise)
+        assert len(ours) == len(theirs) == 1_000
+        np.testing.assert_array_equal(ours.to_numpy(), theirs.to_numpy())
+    assert (REFERENCE / "layer_norm" / "report-halfcheetah_sac" / "report.md").is_file()
+
+
 def test_reference_td3_mountaincar_adaptation_loads_complete() -> None:
     """Fixed σ at two values and adaptive σ at four δ, parameter noise every 8 steps."""
     study = load_study(ROOT / "ablations" / "adaptation.yaml", budget="mountaincar")
