@@ -176,6 +176,37 @@ def test_reference_td3_mountaincar_adaptation_loads_complete() -> None:
     assert (REFERENCE / "adaptation" / "report-mountaincar" / "report.md").is_file()
 
 
+def test_reference_sac_mountaincar_adaptation_solves_more_seeds_with_more_noise() -> None:
+    """SAC, fixed σ at two values and adaptive σ at four δ, parameter noise every 8 steps: the seeds
+    solved rise with δ, and the δ = 0.2 runs, the configuration of the layer-norm study's SAC
+    layer-norm-on cell, record its episodes to the last digit but one seed's last few (trained in a
+    group of 30 here and of 10 there, whose batched products round differently)."""
+    study = load_study(ROOT / "ablations" / "adaptation.yaml", budget="mountaincar_sac")
+    results = load_results(study, REFERENCE)
+    metrics = run_metrics(results)
+    assert len(metrics) == 60 and (metrics.groupby("adaptation", observed=True).size() == 10).all()
+    assert {(s.settings.algo, s.settings.layer_norm) for s in study.runs} == {("sac", True)}
+    assert {s.settings.exploration.param_noise.interval for s in study.runs} == {8}
+    solved = _solved(metrics, "adaptation")
+    assert solved == {
+        "fixed sigma=0.05": 1,
+        "fixed sigma=0.2": 10,
+        "delta=0.05": 4,
+        "delta=0.1": 6,
+        "delta=0.2": 9,
+        "delta=0.4": 10,
+    }
+    layer_norm = load_results(load_study(ROOT / "ablations" / "layer_norm.yaml", budget="mountaincar_sac"), REFERENCE)
+    ours, theirs = (
+        _episodes(results, adaptation="delta=0.2"),
+        _episodes(layer_norm, layer_norm="true", noise="param noise"),
+    )
+    assert len(ours) == len(theirs) > 4_000
+    differ = (ours.to_numpy() != theirs.to_numpy()).any(axis=1)
+    assert set(ours["seed"][differ]) == {2} and differ.sum() <= 10
+    assert (REFERENCE / "adaptation" / "report-mountaincar_sac" / "report.md").is_file()
+
+
 def test_reference_td3_halfcheetah_adaptation_beats_the_larger_fixed_sigma() -> None:
     """Fixed σ at two values and adaptive σ at four δ, parameter noise once per episode, TD3 on
     HalfCheetah: adaptive δ = 0.2 ends higher than fixed σ = 0.2, and its runs, the configuration
