@@ -366,6 +366,11 @@ HALFCHEETAH_AT_EPISODE_ENDS = {
 }
 #: the SAC studies' Hopper runs, trained at episode ends: the members' episodes end at different steps
 HOPPER_AT_EPISODE_ENDS = {"env": "Hopper-v5", "hyperparams": {"train_freq": "episode", "gradient_steps": -1}}
+#: SAC's layer-norm and adaptation groups on MuJoCo: fixed σ = 0.2 beside adaptive δ = 0.2, once per episode
+FIXED_AND_ADAPTIVE_ONCE_PER_EPISODE = [
+    {"param_noise": {"interval": "episode", "adaptive": False, "initial_sigma": 0.2}},
+    {"param_noise": {"interval": "episode", "adapt_every": 20}},
+]
 RESUME_CASES = {
     "td3, OU noise": ("td3", {"action_noise": {"type": "ou", "sigma": 0.3}}, {}),
     "sac, parameter noise k = 5": ("sac", {"param_noise": {"interval": 5, "adapt_every": 20}}, {}),
@@ -474,11 +479,27 @@ RESUME_CASES = {
     ),
     "sac with layer norm on HalfCheetah at episode ends, fixed and adaptive σ once per episode (its MuJoCo budgets)": (
         "sac",
-        [
-            {"param_noise": {"interval": "episode", "adaptive": False, "initial_sigma": 0.2}},
-            {"param_noise": {"interval": "episode", "adapt_every": 20}},
-        ],
+        FIXED_AND_ADAPTIVE_ONCE_PER_EPISODE,
         HALFCHEETAH_AT_EPISODE_ENDS | {"layer_norm": True},
+    ),
+    "sac with layer norm, its own noise alone on HalfCheetah at episode ends (layer_norm's 'SAC's own noise')": (
+        "sac",
+        {},
+        HALFCHEETAH_AT_EPISODE_ENDS | {"layer_norm": True},
+    ),
+    "sac with layer norm on MountainCar at episode ends, fixed σ = 0.05 and adaptive δ = 0.4 at k = 8 in one group "
+    "(adaptation's SAC)": (
+        "sac",
+        [
+            {"param_noise": {"interval": 8, "adaptive": False, "initial_sigma": 0.05}},
+            {"param_noise": {"interval": 8, "adapt_every": 20, "target_distance": 0.4}},
+        ],
+        {
+            "env": "MountainCarContinuous-v0",
+            "env_kwargs": {"max_episode_steps": 60},
+            "layer_norm": True,
+            "hyperparams": {"train_freq": "episode", "gradient_steps": -1},
+        },
     ),
     "sac, adaptive parameter noise k = 8 and once per episode in one Hopper group, trained at episode ends "
     "(decoupling's and smoothness's Hopper)": (
@@ -499,10 +520,7 @@ RESUME_CASES = {
     ),
     "sac with layer norm on Hopper at episode ends, fixed and adaptive σ once per episode (its Hopper budgets)": (
         "sac",
-        [
-            {"param_noise": {"interval": "episode", "adaptive": False, "initial_sigma": 0.2}},
-            {"param_noise": {"interval": "episode", "adapt_every": 20}},
-        ],
+        FIXED_AND_ADAPTIVE_ONCE_PER_EPISODE,
         HOPPER_AT_EPISODE_ENDS | {"layer_norm": True},
     ),
     "sac's mean action, trained every 8 steps (smoothness's 'none, train every 8')": (
